@@ -1,0 +1,1 @@
+"""Parts shared by the coordinator and the workers: settings, state, queues, forges."""

@@ -1,0 +1,95 @@
+"""The Celery app and its queue topology, tuned for agent tasks that run 5 to 60 minutes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from common.settings import Settings
+from common.specialties import max_time_limit, queue_names, time_limits
+
+RUN_TASK = "forgecrew.run_task"
+
+# The broker must never hand a running task to a second worker: keep it invisible for longer
+# than the longest hard limit, plus this margin for the worker to report and ack.
+VISIBILITY_MARGIN_SECONDS = 600
+
+
+def _queues(settings: Settings) -> list[Queue]:
+    exchange = Exchange("forgecrew", type="direct")
+    extras = _queue_extras(settings)
+    return [Queue(name, exchange, routing_key=name, **extras) for name in queue_names(settings)]
+
+
+def _queue_extras(settings: Settings) -> dict[str, Any]:
+    if not settings.broker_url.startswith(("amqp", "pyamqp")):
+        return {}
+    # RabbitMQ closes a channel whose delivery stays unacked past consumer_timeout (30 min by
+    # default). With acks_late an agent task is unacked for its whole run, so give each queue a
+    # per-queue timeout above the longest hard limit (RabbitMQ >= 3.12 honours x-consumer-timeout).
+    timeout_ms = (max_time_limit(settings) + VISIBILITY_MARGIN_SECONDS) * 1000
+    return {"queue_arguments": {"x-consumer-timeout": timeout_ms}}
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app for these settings; tasks are registered by the worker side."""
+    app = Celery("forgecrew", broker=settings.broker_url, set_as_current=False)
+    visibility = max_time_limit(settings) + VISIBILITY_MARGIN_SECONDS
+    app.conf.update(
+        task_queues=_queues(settings),
+        task_default_queue="general",
+        task_default_exchange="forgecrew",
+        # Plain JSON values only cross the queue; the worker re-reads state from the database.
+        task_serializer="json",
+        accept_content=["json"],
+        # Ack after the task finishes so a worker that dies mid-run leaves the message to be
+        # redelivered; the database lease (not the broker) stops two runs at once.
+        task_acks_late=True,
+        # A child killed by SIGKILL/OOM rejects its message so it is redelivered at once instead
+        # of waiting for the visibility timeout; the lease's attempt count bounds poison tasks.
+        task_reject_on_worker_lost=True,
+        # One message per process at a time: a long agent task must not sit on reserved ones.
+        worker_prefetch_multiplier=1,
+        # With acks_late, tasks whose broker connection was lost are redelivered anyway, so
+        # cancel the local copy rather than let two copies run.
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # Results live in PostgreSQL, not in Celery's result backend.
+        task_ignore_result=True,
+        # Events feed Flower: task-sent from the coordinator, the rest from workers.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        task_track_started=True,
+        # Defaults; each send sets its specialty's own limits.
+        task_soft_time_limit=settings.default_soft_time_limit,
+        task_time_limit=max(settings.default_time_limit, settings.default_soft_time_limit + 30),
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=settings.dispatch_timeout_seconds,
+        broker_transport_options={
+            # Redis redelivers an unacked message after visibility_timeout even if its worker is
+            # alive, so it must exceed the longest hard time limit (Celery's Redis caveat).
+            "visibility_timeout": visibility,
+            "socket_connect_timeout": settings.dispatch_timeout_seconds,
+            "socket_timeout": max(settings.dispatch_timeout_seconds, 10),
+        },
+        # Keep Redis from dropping idle worker connections behind NATs and proxies.
+        broker_heartbeat=30,
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+def send_run(app: Celery, settings: Settings, *, task_id: int, specialty: str) -> None:
+    """Put a run of `task_id` on its specialty's queue, failing fast when the broker is down."""
+    soft, hard = time_limits(settings, specialty)
+    app.send_task(
+        RUN_TASK,
+        kwargs={"task_id": task_id},
+        queue=specialty,
+        routing_key=specialty,
+        soft_time_limit=soft,
+        time_limit=hard,
+        retry=True,
+        retry_policy={"max_retries": 1, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1},
+    )

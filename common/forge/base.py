@@ -1,0 +1,71 @@
+"""What the pipeline needs from a forge; `github` and `local` adapters implement it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from common.errors import ForgecrewError
+from common.specialties import StatusLabel
+
+
+class ForgeError(ForgecrewError):
+    """A forge call failed in a way a person must look at (permissions, missing repo, ...)."""
+
+
+class PushRejected(ForgeError):
+    """The forge refused the branch push (protected branch, missing permission, conflict)."""
+
+
+@dataclass(frozen=True)
+class IssueInfo:
+    repo: str  # owner/name
+    number: int
+    title: str
+    body: str
+    author: str = ""
+    labels: tuple[str, ...] = ()
+    comments: tuple[str, ...] = ()  # "login: text", oldest first, bots' own comments left out
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class PullRequestInfo:
+    number: int
+    url: str
+    branch: str
+    draft: bool
+    created: bool  # False when an existing PR for the branch was updated
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Forge(Protocol):
+    """Each method is idempotent where the pipeline may repeat it (retries, redeliveries)."""
+
+    name: str
+
+    def clone_url(self, repo: str) -> str:
+        """URL git clones and pushes with; never contains a credential."""
+        ...
+
+    def git_env(self, repo: str) -> dict[str, str]:
+        """Extra environment for git commands on `repo` (credentials live only here)."""
+        ...
+
+    def default_branch(self, repo: str) -> str: ...
+
+    def get_issue(self, repo: str, number: int) -> IssueInfo: ...
+
+    def has_write_access(self, repo: str, username: str) -> bool: ...
+
+    def comment(self, repo: str, number: int, body: str) -> None: ...
+
+    def set_status_label(self, repo: str, number: int, label: StatusLabel) -> None:
+        """Add `label` and remove forgecrew's other status labels."""
+        ...
+
+    def open_or_update_pr(
+        self, repo: str, *, branch: str, base: str, title: str, body: str, draft: bool
+    ) -> PullRequestInfo:
+        """Open a PR for `branch`, or update the one already open for it (never a second one)."""
+        ...

@@ -1,0 +1,129 @@
+"""Leases with fencing tokens: a task runs on at most one worker at a time."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import update
+
+from common.db import Database
+from common.errors import LeaseLost, TaskNotFound
+from common.models import Task, utcnow
+from common.states import LEASED_STATES, TaskState
+from common.transitions import transition
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Proof that this worker holds the task; `token` fences out earlier holders."""
+
+    task_id: int
+    owner: str
+    token: int
+    attempt: int
+
+
+def claim(db: Database, task_id: int, owner: str) -> Claim | None:
+    """Take the task's lease and move it to running; None when it is not ours to run."""
+    settings = db.settings
+    with db.session() as session:
+        task = session.get(Task, task_id, with_for_update=True)
+        if task is None:
+            raise TaskNotFound(task_id)
+        now = utcnow()
+        state = TaskState(task.state)
+        if state in LEASED_STATES:
+            if task.lease_expires_at and task.lease_expires_at > now:
+                log.info("task %s is held by %s until %s; skipping", task_id, task.lease_owner,
+                         task.lease_expires_at)
+                return None
+            if task.attempt >= settings.max_attempts:
+                transition(session, task, TaskState.FAILED, actor=owner,
+                           detail=f"worker {task.lease_owner} was lost on attempt {task.attempt} "
+                                  f"of {settings.max_attempts}; giving up")
+                task.failure_reason = "worker lost too many times"
+                _clear_lease(task)
+                return None
+            transition(session, task, TaskState.QUEUED, actor=owner,
+                       detail=f"lease of {task.lease_owner} expired; taking over")
+        elif state is TaskState.TRIAGED:
+            transition(session, task, TaskState.QUEUED, actor=owner,
+                       detail="message arrived before the dispatch was recorded")
+        elif state is not TaskState.QUEUED:
+            log.info("task %s is %s; nothing to run", task_id, state.value)
+            return None
+        task.attempt += 1
+        task.lease_owner = owner
+        task.lease_token += 1
+        task.lease_expires_at = now + timedelta(seconds=settings.lease_seconds)
+        task.heartbeat_at = now
+        transition(session, task, TaskState.RUNNING, actor=owner,
+                   detail=f"attempt {task.attempt} of {settings.max_attempts}")
+        return Claim(task_id=task.id, owner=owner, token=task.lease_token, attempt=task.attempt)
+
+
+def renew(db: Database, held: Claim) -> None:
+    """Push the lease expiry forward; raise LeaseLost when someone else took the task."""
+    now = utcnow()
+    with db.session() as session:
+        result = session.execute(
+            update(Task)
+            .where(Task.id == held.task_id, Task.lease_owner == held.owner, Task.lease_token == held.token,
+                   Task.state.in_([s.value for s in LEASED_STATES]))
+            .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=db.settings.lease_seconds))
+        )
+        if result.rowcount != 1:
+            raise LeaseLost(f"task {held.task_id}: lease {held.token} held by {held.owner} is gone")
+
+
+def load_fenced(session, held: Claim) -> Task:  # type: ignore[no-untyped-def]
+    """The task row, locked, if and only if this claim still holds it."""
+    task = session.get(Task, held.task_id, with_for_update=True)
+    if task is None or task.lease_owner != held.owner or task.lease_token != held.token:
+        raise LeaseLost(f"task {held.task_id}: lease {held.token} of {held.owner} was taken over")
+    return task
+
+
+def release(task: Task) -> None:
+    _clear_lease(task)
+
+
+def _clear_lease(task: Task) -> None:
+    task.lease_owner = None
+    task.lease_expires_at = None
+
+
+class Heartbeat:
+    """Renews a lease in a background thread; `lost` is set once the lease is gone."""
+
+    def __init__(self, db: Database, held: Claim, interval: float | None = None) -> None:
+        self.db = db
+        self.held = held
+        self.interval = interval or max(db.settings.lease_seconds / 3, 0.5)
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{held.task_id}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval + 5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                renew(self.db, self.held)
+            except LeaseLost as exc:
+                log.warning("%s", exc)
+                self.lost.set()
+                return
+            except Exception:  # a database blip: keep trying until the lease runs out
+                log.exception("heartbeat for task %s failed; retrying", self.held.task_id)

@@ -1,0 +1,56 @@
+"""Plain-dict views of tasks, shared by the CLI's --json and the REST API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from common.models import Task, TaskEvent
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def task_summary(task: Task) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "repo": task.repo,
+        "issue_number": task.issue_number,
+        "title": task.title,
+        "specialty": task.specialty,
+        "state": task.state,
+        "attempt": task.attempt,
+        "branch": task.branch,
+        "pr_url": task.pr_url,
+        "triage_reason": task.triage_reason,
+        "failure_reason": task.failure_reason,
+        "lease_owner": task.lease_owner,
+        "created_at": _iso(task.created_at),
+        "updated_at": _iso(task.updated_at),
+    }
+
+
+def event_dict(event: TaskEvent) -> dict[str, Any]:
+    return {
+        "from_state": event.from_state,
+        "to_state": event.to_state,
+        "actor": event.actor,
+        "detail": event.detail,
+        "at": _iso(event.at),
+    }
+
+
+def task_detail(task: Task) -> dict[str, Any]:
+    data = task_summary(task)
+    data["body"] = task.body
+    data["summary"] = task.summary
+    data["events"] = [event_dict(event) for event in task.events]
+    data["usage"] = {
+        "input_tokens": task.input_tokens,
+        "output_tokens": task.output_tokens,
+        "cache_read_tokens": task.cache_read_tokens,
+        "cache_write_tokens": task.cache_write_tokens,
+        "cost_usd": task.cost_usd,
+    }
+    return data

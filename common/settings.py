@@ -1,0 +1,152 @@
+"""One settings object for every process, read from FORGECREW_* variables and forgecrew.toml."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from common.errors import SettingsError
+
+ENV_PREFIX = "FORGECREW_"
+CONFIG_FILE_VARIABLE = "FORGECREW_CONFIG"
+PLACEHOLDER_SECRETS = {"changeme", "changethis", "secret", "password", "xxx", "todo"}
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class SpecialtyConfig(BaseSettings):
+    """A specialty added or overridden by configuration (forgecrew.toml [[specialties]])."""
+
+    model_config = SettingsConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,39}$", description="Queue and label suffix.")
+    labels: list[str] = Field(default_factory=list, description="Extra labels that route here.")
+    keywords: list[str] = Field(default_factory=list, description="Title/body words that suggest it.")
+    path_globs: list[str] = Field(default_factory=list, description="Mentioned paths that suggest it.")
+    system_prompt: str = Field("", description="Appended to the shared agent prompt.")
+    allowed_commands: list[str] = Field(default_factory=list, description="Command prefixes allowed; empty = all.")
+    denied_commands: list[str] = Field(default_factory=list, description="Command prefixes always refused.")
+    soft_time_limit: int | None = Field(None, description="Seconds before the task is asked to stop.")
+    time_limit: int | None = Field(None, description="Seconds before the task's process is killed.")
+
+
+class Settings(BaseSettings):
+    """Every knob of forgecrew; environment variables override forgecrew.toml."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
+
+    database_url: str = Field("sqlite:///forgecrew.db", description="SQLAlchemy URL of the state database.")
+    broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker (Redis or RabbitMQ).")
+    webhook_secret: SecretStr | None = Field(None, description="GitHub webhook secret for HMAC-SHA256.")
+    api_token: SecretStr | None = Field(None, description="Bearer token for the REST API.")
+    repo_allowlist: CommaList = Field(default_factory=list, description="owner/name patterns, shell wildcards.")
+    trusted_associations: CommaList = Field(
+        default_factory=lambda: ["OWNER", "MEMBER", "COLLABORATOR"],
+        description="Author associations whose labelled new issues may start work.",
+    )
+    max_webhook_bytes: int = Field(25 * 1024 * 1024, gt=0, description="GitHub caps payloads at 25 MB.")
+
+    forge: Literal["github", "local"] = Field("github", description="Where branches and PRs go.")
+    local_forge_root: Path = Field(Path("forge"), description="Bare repos of the local forge.")
+    github_token: SecretStr | None = Field(None, description="Personal or installation token.")
+    github_app_id: int | None = Field(None, description="GitHub App id, instead of a token.")
+    github_app_private_key: SecretStr | None = Field(None, description="PEM text or a path to it.")
+    github_api_url: str = Field("https://api.github.com", description="REST API base URL.")
+    clone_url_template: str | None = Field(None, description="e.g. file:///srv/git/{full_name}.git")
+    bot_name: str = Field("forgecrew[bot]", description="Commit author name.")
+    bot_email: str = Field("forgecrew@users.noreply.github.com", description="Commit author email.")
+
+    anthropic_api_key: SecretStr | None = Field(None, description="Anthropic API key.")
+    anthropic_base_url: str | None = Field(None, description="Messages API base URL override.")
+    model: str = Field("claude-sonnet-4-5", description="Model name, free-form.")
+    fallback_models: CommaList = Field(default_factory=list, description="Tried in order on overload.")
+    max_turns: int = Field(60, gt=0, description="Model calls per run.")
+    max_output_tokens: int = Field(200_000, gt=0, description="Output tokens per run.")
+    max_wall_seconds: int = Field(1800, gt=0, description="Wall time of one agent run.")
+    max_cost_usd: float = Field(5.0, gt=0, description="Spend per run, for priced models.")
+    repair_rounds: int = Field(2, ge=0, description="Extra agent rounds after failing tests.")
+
+    workspace_root: Path = Field(Path("workspaces"), description="Mirrors and per-task checkouts.")
+    workspace_retention_days: float = Field(7.0, ge=0, description="Age before gc removes a task dir.")
+
+    lease_seconds: int = Field(120, ge=2, description="A running task's lease; heartbeats renew it.")
+    reaper_interval_seconds: float = Field(30.0, gt=0, description="How often stale leases are reaped.")
+    max_attempts: int = Field(3, ge=1, description="Runs of a task before a lost worker fails it.")
+    dispatch_timeout_seconds: float = Field(3.0, gt=0, description="Broker send timeout.")
+    queued_resend_seconds: float = Field(1800.0, gt=0, description="Resend a task queued this long.")
+    worker_concurrency: int = Field(2, ge=1, description="Agent tasks one worker process runs at once.")
+    default_soft_time_limit: int = Field(3600, gt=0, description="Seconds before a task is asked to stop.")
+    default_time_limit: int = Field(3900, gt=0, description="Seconds before a task is killed.")
+    specialties: list[SpecialtyConfig] = Field(default_factory=list, description="Extra specialties.")
+
+    @field_validator("repo_allowlist", "trusted_associations", "fallback_models", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @field_validator("trusted_associations")
+    @classmethod
+    def _upper(cls, value: list[str]) -> list[str]:
+        return [item.upper() for item in value]
+
+    @field_validator("webhook_secret", "api_token")
+    @classmethod
+    def _no_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
+            raise ValueError("is a placeholder; set a random secret (e.g. `openssl rand -hex 32`)")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = Path(os.environ.get(CONFIG_FILE_VARIABLE, "forgecrew.toml"))
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_path.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+    def require(self, *names: str, purpose: str) -> None:
+        """Fail early, naming each missing variable, before a process starts serving."""
+        missing = [name for name in names if getattr(self, name) in (None, "", [])]
+        if missing:
+            variables = ", ".join(ENV_PREFIX + name.upper() for name in missing)
+            raise SettingsError(f"{variables} must be set: {purpose}")
+
+    def secret(self, name: str) -> str:
+        """The plain value of a secret setting, for the one call that needs it."""
+        value = getattr(self, name)
+        return value.get_secret_value() if value is not None else ""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings now, turning validation errors into one message per variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"])
+            problems.append(f"{ENV_PREFIX}{field.upper()}: {error['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None

@@ -1,0 +1,120 @@
+"""Specialties are the Celery queue names; routes, CLI choices and deployments derive from here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from common.settings import Settings, SpecialtyConfig
+
+TRIGGER_LABEL = "forgecrew"
+ROUTE_LABEL_PREFIX = "forgecrew:"
+
+
+class Specialty(StrEnum):
+    """Built-in specialties; each is a queue consumed by `forgecrew worker --specialty <name>`."""
+
+    BACKEND = "backend"  # consumed by backend workers: APIs, services, data
+    FRONTEND = "frontend"  # consumed by frontend workers: UI, styles, browser code
+    TESTING = "testing"  # consumed by testing workers: tests, flakiness, coverage
+    DEVOPS = "devops"  # consumed by devops workers: CI, containers, deployment
+    GENERAL = "general"  # fallback queue when triage finds no better match
+
+
+class StatusLabel(StrEnum):
+    """Labels forgecrew puts on an issue to show where its task is."""
+
+    QUEUED = "forgecrew:queued"
+    WORKING = "forgecrew:working"
+    PR_OPEN = "forgecrew:pr-open"
+    FAILED = "forgecrew:failed"
+
+
+@dataclass(frozen=True)
+class SpecialtyProfile:
+    """What triage and the agent need to know about one specialty."""
+
+    name: str
+    keywords: tuple[str, ...] = ()
+    path_globs: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+    system_prompt: str = ""
+    allowed_commands: tuple[str, ...] = ()
+    denied_commands: tuple[str, ...] = ()
+    soft_time_limit: int | None = None
+    time_limit: int | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+BUILTIN_PROFILES: dict[str, SpecialtyProfile] = {
+    Specialty.BACKEND: SpecialtyProfile(
+        name="backend",
+        keywords=("api", "endpoint", "server", "database", "sql", "query", "migration", "backend",
+                  "service", "model", "cache", "performance", "exception", "traceback", "crash"),
+        path_globs=("*.py", "*.go", "*.rs", "*.java", "*.rb", "*.sql", "server/*", "api/*", "backend/*"),
+    ),
+    Specialty.FRONTEND: SpecialtyProfile(
+        name="frontend",
+        keywords=("ui", "frontend", "css", "style", "button", "page", "layout", "react", "vue",
+                  "component", "browser", "html", "dark mode", "responsive", "accessibility"),
+        path_globs=("*.tsx", "*.jsx", "*.vue", "*.svelte", "*.css", "*.scss", "*.html",
+                    "frontend/*", "web/*", "ui/*"),
+    ),
+    Specialty.TESTING: SpecialtyProfile(
+        name="testing",
+        keywords=("test", "tests", "flaky", "coverage", "pytest", "unit test", "regression test",
+                  "assertion", "fixture"),
+        path_globs=("tests/*", "test/*", "*_test.go", "test_*.py", "*_test.py", "*.spec.ts", "*.test.ts"),
+    ),
+    Specialty.DEVOPS: SpecialtyProfile(
+        name="devops",
+        keywords=("ci", "docker", "dockerfile", "deploy", "deployment", "kubernetes", "helm",
+                  "pipeline", "workflow", "ansible", "terraform", "github actions", "build"),
+        path_globs=(".github/workflows/*", "Dockerfile", "*.dockerfile", "docker-compose*.yml",
+                    "compose*.yml", "ansible/*", "*.tf", "Makefile"),
+    ),
+    Specialty.GENERAL: SpecialtyProfile(name="general"),
+}
+
+
+def _from_config(config: SpecialtyConfig, base: SpecialtyProfile | None) -> SpecialtyProfile:
+    base = base or SpecialtyProfile(name=config.name)
+    return SpecialtyProfile(
+        name=config.name,
+        keywords=tuple(config.keywords) or base.keywords,
+        path_globs=tuple(config.path_globs) or base.path_globs,
+        labels=tuple(config.labels) or base.labels,
+        system_prompt=config.system_prompt or base.system_prompt,
+        allowed_commands=tuple(config.allowed_commands) or base.allowed_commands,
+        denied_commands=tuple(config.denied_commands) or base.denied_commands,
+        soft_time_limit=config.soft_time_limit or base.soft_time_limit,
+        time_limit=config.time_limit or base.time_limit,
+    )
+
+
+def profiles(settings: Settings) -> dict[str, SpecialtyProfile]:
+    """Built-in profiles with configured overrides and additions, in routing order."""
+    result = {str(name): profile for name, profile in BUILTIN_PROFILES.items()}
+    for config in settings.specialties:
+        result[config.name] = _from_config(config, result.get(config.name))
+    general = result.pop(Specialty.GENERAL.value)
+    result[Specialty.GENERAL.value] = general  # the fallback stays last
+    return result
+
+
+def queue_names(settings: Settings) -> list[str]:
+    """Every queue a deployment must have a worker for."""
+    return list(profiles(settings))
+
+
+def time_limits(settings: Settings, specialty: str) -> tuple[int, int]:
+    """(soft, hard) seconds for one task on this specialty's queue."""
+    profile = profiles(settings).get(specialty)
+    soft = (profile.soft_time_limit if profile else None) or settings.default_soft_time_limit
+    hard = (profile.time_limit if profile else None) or settings.default_time_limit
+    return soft, max(hard, soft + 30)
+
+
+def max_time_limit(settings: Settings) -> int:
+    """The longest hard limit of any queue: the broker must not redeliver before it."""
+    return max(time_limits(settings, name)[1] for name in queue_names(settings))

@@ -1,0 +1,29 @@
+"""The one way a task changes state: checked against the state machine and logged as an event."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from common.errors import IllegalTransition
+from common.models import Task, TaskEvent, utcnow
+from common.states import TaskState, can_move
+
+
+def transition(session: Session, task: Task, to_state: TaskState, *, actor: str, detail: str = "") -> TaskEvent:
+    """Move `task` to `to_state` and append the audit event, or raise IllegalTransition."""
+    from_state = TaskState(task.state)
+    if not can_move(from_state, to_state):
+        raise IllegalTransition(task.id, from_state.value, to_state.value)
+    task.state = to_state.value
+    task.updated_at = utcnow()
+    event = TaskEvent(task=task, from_state=from_state.value, to_state=to_state.value, actor=actor, detail=detail)
+    session.add(event)
+    return event
+
+
+def record_creation(session: Session, task: Task, *, actor: str, detail: str = "") -> TaskEvent:
+    """The first event of a task: it came into being as `pending`."""
+    task.state = TaskState.PENDING.value
+    event = TaskEvent(task=task, from_state=None, to_state=TaskState.PENDING.value, actor=actor, detail=detail)
+    session.add_all([task, event])
+    return event

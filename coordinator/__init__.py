@@ -1,0 +1,1 @@
+"""Webhook intake, triage, dispatch, the REST API, the reconciler and the ops CLI."""

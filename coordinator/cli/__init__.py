@@ -1,0 +1,60 @@
+"""The `forgecrew` command: servers, ops and one-off runs."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+from sqlalchemy.exc import DBAPIError
+
+from common.errors import ForgecrewError
+from common.settings import Settings, load_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fails_cleanly(fn: F) -> F:
+    """Known errors become one line on stderr and a non-zero exit, not a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ForgecrewError as exc:
+            click.echo(f"forgecrew: {exc}", err=True)
+            sys.exit(2)
+        except DBAPIError as exc:
+            reason = str(exc.orig).splitlines()[0] if exc.orig else str(exc).splitlines()[0]
+            click.echo(f"forgecrew: database error: {reason} (check FORGECREW_DATABASE_URL and run "
+                       "`forgecrew db upgrade`)", err=True)
+            sys.exit(3)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def settings_from(ctx: click.Context) -> Settings:
+    """Settings are read when a command runs, never at import."""
+    if ctx.obj is None:
+        ctx.obj = load_settings()
+    return ctx.obj
+
+
+@click.group()
+@click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
+def cli(log_level: str) -> None:
+    """forgecrew: AI coding agents that turn GitHub issues into pull requests."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main() -> None:
+    from coordinator.cli import db, servers, tasks  # noqa: F401  (registers commands)
+
+    try:
+        cli(standalone_mode=True)
+    except ForgecrewError as exc:
+        click.echo(f"forgecrew: {exc}", err=True)
+        sys.exit(2)

@@ -1,0 +1,32 @@
+"""`forgecrew db upgrade|current`."""
+
+from __future__ import annotations
+
+import click
+
+from common import migrate
+from coordinator.cli import cli, fails_cleanly, settings_from
+
+
+@cli.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command()
+@click.argument("revision", default="head")
+@click.pass_context
+@fails_cleanly
+def upgrade(ctx: click.Context, revision: str) -> None:
+    """Apply migrations up to REVISION (default: head)."""
+    settings = settings_from(ctx)
+    migrate.upgrade(settings, revision)
+    click.echo(f"database at {migrate.current_revision(settings)}")
+
+
+@db.command()
+@click.pass_context
+@fails_cleanly
+def current(ctx: click.Context) -> None:
+    """Print the schema revision the database is at."""
+    click.echo(migrate.current_revision(settings_from(ctx)) or "empty (run `forgecrew db upgrade`)")

@@ -1,0 +1,144 @@
+"""Long-running commands; each stays in the foreground until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import click
+from sqlalchemy import text
+
+from common.celery_app import make_celery
+from common.db import Database
+from common.errors import SettingsError
+from common.settings import Settings
+from common.specialties import queue_names
+from coordinator.cli import cli, fails_cleanly, settings_from
+
+
+def check_database(settings: Settings) -> None:
+    """Fail at start, not at the first task, when the database is unreachable or unmigrated."""
+    db = Database(settings)
+    try:
+        with db.session() as session:
+            session.execute(text("SELECT 1 FROM tasks LIMIT 1"))
+    except Exception as exc:
+        reason = str(exc).splitlines()[0]
+        raise SettingsError(f"cannot use FORGECREW_DATABASE_URL ({reason}); is the database up and "
+                            "`forgecrew db upgrade` run?") from None
+    finally:
+        db.dispose()
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--no-reconciler", is_flag=True, help="Leave resends and reaping to another coordinator.")
+@click.pass_context
+@fails_cleanly
+def coordinator(ctx: click.Context, host: str, port: int, no_reconciler: bool) -> None:
+    """Serve webhooks, health checks and the reconciler."""
+    import uvicorn
+
+    from coordinator.app import create_app
+
+    settings = settings_from(ctx)
+    check_database(settings)
+    app = create_app(settings, run_reconciler=not no_reconciler)
+    uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=True)
+
+
+@cli.command()
+@click.option("--specialty", "-s", "specialties", multiple=True, required=True,
+              help="Queue(s) to consume; repeat or comma-separate.")
+@click.option("--concurrency", "-c", type=int, help="Agent tasks at once (default: settings).")
+@click.option("--hostname", "-n", help="Celery node name (default: <specialties>@<host>).")
+@click.option("--pool", default="prefork", show_default=True, type=click.Choice(["prefork", "threads", "solo"]))
+@click.pass_context
+@fails_cleanly
+def worker(ctx: click.Context, specialties: tuple[str, ...], concurrency: int | None, hostname: str | None,
+           pool: str) -> None:
+    """Run a Celery worker consuming the given specialty queues."""
+    from workers.runtime import WorkerRuntime
+    from workers.tasks import register_tasks
+
+    settings = settings_from(ctx)
+    queues = [name.strip() for item in specialties for name in item.split(",") if name.strip()]
+    known = queue_names(settings)
+    unknown = [name for name in queues if name not in known]
+    if unknown:
+        raise click.BadParameter(f"unknown specialty {', '.join(unknown)}; known: {', '.join(known)}",
+                                 param_hint="--specialty")
+    check_database(settings)
+    app = make_celery(settings)
+    register_tasks(app, WorkerRuntime(settings))
+    app.worker_main([
+        "worker", "--queues", ",".join(queues), "--pool", pool,
+        "--concurrency", str(concurrency or settings.worker_concurrency),
+        "--hostname", hostname or f"{'+'.join(queues)}@%h",
+        "--loglevel", "INFO", "--task-events",
+    ])
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="One round, print what it did, exit.")
+@click.pass_context
+@fails_cleanly
+def reconcile(ctx: click.Context, once: bool) -> None:
+    """Resend unsent tasks and requeue runs whose worker died (the coordinator also does this)."""
+    import threading
+
+    from coordinator.services import build_services
+
+    services = build_services(settings_from(ctx))
+    if once:
+        report = services.reconciler.run_once()
+        click.echo(f"resent {report.resent} requeued {report.requeued} failed {report.failed}")
+        return
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        services.reconciler.loop(stop)
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5555, show_default=True, type=int)
+@click.pass_context
+@fails_cleanly
+def flower(ctx: click.Context, host: str, port: int) -> None:
+    """Flower dashboard on the broker's events (the URL goes by environment, not argv)."""
+    settings = settings_from(ctx)
+    env = {**os.environ, "CELERY_BROKER_URL": settings.broker_url}
+    argv = [sys.executable, "-m", "celery", "flower", f"--address={host}", f"--port={port}"]
+    os.execvpe(argv[0], argv, env)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--concurrency", "-c", type=int, help="Agent tasks at once.")
+@click.pass_context
+@fails_cleanly
+def up(ctx: click.Context, host: str, port: int, concurrency: int | None) -> None:
+    """Everything on one host: migrate, one worker for every queue, and the coordinator."""
+    from common import migrate
+
+    settings = settings_from(ctx)
+    migrate.upgrade(settings)
+    argv = [sys.executable, "-m", "coordinator.cli", "worker", "--specialty", ",".join(queue_names(settings))]
+    if concurrency:
+        argv += ["--concurrency", str(concurrency)]
+    worker_process = subprocess.Popen(argv)
+    try:
+        ctx.invoke(coordinator, host=host, port=port, no_reconciler=False)
+    finally:
+        worker_process.send_signal(signal.SIGTERM)
+        try:
+            worker_process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker_process.kill()

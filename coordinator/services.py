@@ -1,0 +1,40 @@
+"""The coordinator's long-lived parts, built once from settings and handed to requests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from celery import Celery
+
+from common.celery_app import make_celery
+from common.db import Database
+from common.settings import Settings
+from coordinator.dispatch import Dispatcher
+from coordinator.reconciler import Reconciler
+from coordinator.webhooks import issues, ping
+from coordinator.webhooks.router import Router
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    celery: Celery
+    dispatcher: Dispatcher
+    reconciler: Reconciler
+    router: Router
+
+
+def webhook_router() -> Router:
+    """Every webhook concern, combined in one place."""
+    router = Router()
+    for module in (ping, issues):
+        router.include(module.router)
+    return router
+
+
+def build_services(settings: Settings) -> Services:
+    db = Database(settings)
+    celery = make_celery(settings)
+    dispatcher = Dispatcher(db, celery)
+    return Services(settings, db, celery, dispatcher, Reconciler(db, dispatcher), webhook_router())

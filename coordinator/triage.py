@@ -1,0 +1,90 @@
+"""Pick a specialty for an issue: a routing label wins, then keyword and path rules, then general."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+from common.specialties import ROUTE_LABEL_PREFIX, Specialty, SpecialtyProfile, StatusLabel
+
+PATH_TOKEN = re.compile(r"(?<![\w@])((?:[\w.-]+/)*[\w.-]*\.[A-Za-z0-9]{1,8}|(?:[\w.-]+/)+[\w.-]*)")
+STATUS_LABELS = {label.value for label in StatusLabel}
+
+
+@dataclass(frozen=True)
+class TriageDecision:
+    specialty: str
+    reason: str
+
+
+class Triage(Protocol):
+    """Anything that can choose a specialty (rules now, an LLM classifier later)."""
+
+    def __call__(self, *, title: str, body: str, labels: list[str]) -> TriageDecision: ...
+
+
+def route_label_specialty(label: str) -> str | None:
+    """`forgecrew:backend` -> `backend`; None for the trigger label and status labels."""
+    if not label.startswith(ROUTE_LABEL_PREFIX) or label in STATUS_LABELS:
+        return None
+    return label[len(ROUTE_LABEL_PREFIX):].strip().lower() or None
+
+
+URL = re.compile(r"\w+://\S+")
+
+
+def mentioned_paths(text: str) -> list[str]:
+    """Path-like tokens in free text, links left out."""
+    return [match.group(1) for match in PATH_TOKEN.finditer(URL.sub(" ", text))]
+
+
+class RuleTriage:
+    """Deterministic triage over configured profiles; explains every choice."""
+
+    def __init__(self, profiles: dict[str, SpecialtyProfile]) -> None:
+        self.profiles = profiles
+
+    def __call__(self, *, title: str, body: str, labels: list[str]) -> TriageDecision:
+        for label in labels:
+            specialty = self._label_route(label)
+            if specialty:
+                return TriageDecision(specialty, f"label {label!r}")
+        scores = {name: self._score(profile, title, body) for name, profile in self.profiles.items()
+                  if name != Specialty.GENERAL}
+        best = max(scores.items(), key=lambda item: item[1][0], default=None)
+        if best is None or best[1][0] == 0:
+            return TriageDecision(Specialty.GENERAL.value, "no label or rule matched; fallback")
+        name, (score, hits) = best
+        return TriageDecision(name, f"rules (score {score}): " + ", ".join(hits[:6]))
+
+    def _label_route(self, label: str) -> str | None:
+        specialty = route_label_specialty(label)
+        if specialty in self.profiles:
+            return specialty
+        for name, profile in self.profiles.items():
+            if label in profile.labels:
+                return name
+        return None
+
+    @staticmethod
+    def _score(profile: SpecialtyProfile, title: str, body: str) -> tuple[int, list[str]]:
+        score, hits = 0, []
+        lowered_title, lowered_body = title.lower(), body.lower()
+        for keyword in profile.keywords:
+            pattern = re.compile(rf"\b{re.escape(keyword.lower())}\b")
+            if pattern.search(lowered_title):
+                score, hits = score + 2, [*hits, f"keyword {keyword!r} in title"]
+            elif pattern.search(lowered_body):
+                score, hits = score + 1, [*hits, f"keyword {keyword!r}"]
+        for path in mentioned_paths(f"{title}\n{body}"):
+            glob = next((g for g in profile.path_globs if _path_matches(path, g)), None)
+            if glob:
+                score, hits = score + 3, [*hits, f"path {path} ~ {glob}"]
+        return score, hits
+
+
+def _path_matches(path: str, glob: str) -> bool:
+    name = path.rsplit("/", 1)[-1]
+    return fnmatch.fnmatch(path, glob) or fnmatch.fnmatch(name, glob) or path.startswith(glob.rstrip("*"))

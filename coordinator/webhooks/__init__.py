@@ -1,0 +1,1 @@
+"""GitHub webhook intake: verify, deduplicate, route per (event, action), record the outcome."""

@@ -1,0 +1,128 @@
+"""POST /webhooks/github: verify, parse, deduplicate, route, record, then dispatch."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, BackgroundTasks, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
+
+from common.models import WebhookDelivery
+from coordinator.services import Services
+from coordinator.webhooks.router import Delivery, Outcome
+from coordinator.webhooks.signature import verify
+
+log = logging.getLogger(__name__)
+api = APIRouter()
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+@dataclass
+class Answer:
+    status: int
+    body: dict[str, Any]
+    dispatch_task_id: int | None = None
+
+
+async def read_capped(request: Request, limit: int) -> bytes:
+    """The raw body, refusing to buffer more than `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@api.post("/webhooks/github", status_code=202)
+async def github_webhook(
+    request: Request, background: BackgroundTasks, services: Annotated[Services, Depends(get_services)]
+) -> JSONResponse:
+    settings = services.settings
+    try:
+        body = await read_capped(request, settings.max_webhook_bytes)
+    except BodyTooLarge:
+        return JSONResponse({"error": f"body larger than {settings.max_webhook_bytes} bytes"}, status_code=413)
+    if not verify(settings.secret("webhook_secret"), body, request.headers.get("x-hub-signature-256")):
+        log.warning("webhook with a missing or wrong signature from %s", request.client)
+        return JSONResponse({"error": "missing or invalid X-Hub-Signature-256"}, status_code=401)
+    answer = await run_in_threadpool(process_delivery, services, dict(request.headers), body)
+    if answer.dispatch_task_id is not None:
+        background.add_task(services.dispatcher.dispatch, answer.dispatch_task_id)
+    return JSONResponse(answer.body, status_code=answer.status)
+
+
+def process_delivery(services: Services, headers: dict[str, str], body: bytes) -> Answer:
+    """Everything after the signature check, in one transaction with the delivery row."""
+    event = headers.get("x-github-event", "").strip()
+    delivery_id = headers.get("x-github-delivery", "").strip()
+    if not event or not delivery_id:
+        return Answer(400, {"error": "X-GitHub-Event and X-GitHub-Delivery headers are required"})
+    try:
+        payload = json.loads(body)
+        if not isinstance(payload, dict):
+            raise ValueError("payload is not a JSON object")
+    except ValueError as exc:
+        outcome = Outcome(f"rejected: malformed JSON ({exc})")
+        _record_only(services, delivery_id, event, None, {}, outcome)
+        return Answer(400, {"error": f"malformed JSON payload: {exc}"})
+    action = payload.get("action") if isinstance(payload.get("action"), str) else None
+    try:
+        outcome = _handle(services, delivery_id, event, action, payload)
+    except IntegrityError:
+        return Answer(200, {"status": "duplicate", "delivery": delivery_id})
+    log.info("delivery %s %s.%s: %s", delivery_id, event, action, outcome.description)
+    return Answer(
+        202 if outcome.dispatch else 200,
+        {"status": outcome.description, "task_id": outcome.task_id, "delivery": delivery_id},
+        outcome.task_id if outcome.dispatch else None,
+    )
+
+
+def _handle(services: Services, delivery_id: str, event: str, action: str | None,
+            payload: dict[str, Any]) -> Outcome:
+    with services.db.session() as session:
+        row = _delivery_row(delivery_id, event, action, payload)
+        session.add(row)
+        session.flush()  # a redelivery fails here, on the unique delivery id
+        delivery = Delivery(services.settings, session, delivery_id, event, action, payload)
+        if (delivery.sender.get("type") == "Bot") or delivery.sender.get("login", "").endswith("[bot]"):
+            outcome = Outcome(f"ignored: sent by bot {delivery.sender.get('login')}")
+        else:
+            outcome = services.router.dispatch(delivery)
+        row.outcome, row.task_id = outcome.description, outcome.task_id
+        return outcome
+
+
+def _record_only(services: Services, delivery_id: str, event: str, action: str | None,
+                 payload: dict[str, Any], outcome: Outcome) -> None:
+    try:
+        with services.db.session() as session:
+            row = _delivery_row(delivery_id, event, action, payload)
+            row.outcome = outcome.description
+            session.add(row)
+    except IntegrityError:
+        pass
+
+
+def _delivery_row(delivery_id: str, event: str, action: str | None, payload: dict[str, Any]) -> WebhookDelivery:
+    repo = (payload.get("repository") or {}).get("full_name") if isinstance(payload.get("repository"), dict) else None
+    sender = (payload.get("sender") or {}).get("login") if isinstance(payload.get("sender"), dict) else None
+    return WebhookDelivery(delivery_id=delivery_id[:100], event=event[:100], action=action and action[:100],
+                           repo=repo, sender=sender)

@@ -1,0 +1,109 @@
+"""Real PostgreSQL and Redis for tests: a database and a Redis db number per test session."""
+
+from __future__ import annotations
+
+import os
+import random
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from sqlalchemy import text
+
+from common import migrate
+from common.db import Database
+from common.models import Base
+from common.settings import Settings
+from tests.support import SECRET
+
+PG_ADMIN = os.environ.get("FORGECREW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("FORGECREW_TEST_REDIS", "redis://127.0.0.1:6379")
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database, migrated, dropped at the end of the session."""
+    name = f"forgecrew_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    migrate.upgrade(Settings(database_url=url))
+    yield url
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_db() -> Iterator[int]:
+    """A Redis database number no one else in this session uses; flushed before and after."""
+    client = redis.Redis.from_url(REDIS_URL)
+    candidates = list(range(1, 16))
+    random.shuffle(candidates)
+    number = next((n for n in candidates if redis.Redis.from_url(f"{REDIS_URL}/{n}").dbsize() == 0), candidates[0])
+    db_client = redis.Redis.from_url(f"{REDIS_URL}/{number}")
+    db_client.flushdb()
+    yield number
+    db_client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def broker_url(redis_db: int) -> Iterator[str]:
+    url = f"{REDIS_URL}/{redis_db}"
+    redis.Redis.from_url(url).flushdb()
+    yield url
+    redis.Redis.from_url(url).flushdb()
+
+
+@pytest.fixture
+def make_settings(pg_url: str, broker_url: str, tmp_path: Path) -> Callable[..., Settings]:
+    """Settings for a test: real PostgreSQL and Redis, a test secret, an allowlist."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "database_url": pg_url,
+            "broker_url": broker_url,
+            "webhook_secret": SECRET,
+            "repo_allowlist": ["Codertocat/*", "acme/*"],
+            "workspace_root": tmp_path / "workspaces",
+            "local_forge_root": tmp_path / "forge",
+            "dispatch_timeout_seconds": 1.0,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+def db(settings: Settings) -> Iterator[Database]:
+    """The test database, emptied after each test."""
+    database = Database(settings)
+    yield database
+    with database.session() as session:
+        tables = ", ".join(table.name for table in reversed(Base.metadata.sorted_tables))
+        session.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    database.dispose()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment a forgecrew subprocess needs to see the same settings."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FORGECREW_")}
+    for name, value in settings.model_dump().items():
+        if value is None or name == "specialties":
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        if isinstance(value, list):
+            value = ",".join(value)
+        env[f"FORGECREW_{name.upper()}"] = str(value)
+    return env

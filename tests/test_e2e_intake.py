@@ -1,0 +1,130 @@
+"""End to end: a real coordinator process, real worker processes, PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from common.db import Database
+from common.models import Task, WebhookDelivery
+from common.settings import Settings
+from tests.conftest import settings_env
+from tests.support import Process, RedisServer, headers, labeled_issue, start_coordinator, start_worker, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def processes() -> Iterator[list[Process]]:
+    started: list[Process] = []
+    yield started
+    for proc in reversed(started):
+        proc.stop()
+
+
+def task_state(db: Database, task_id: int) -> str:
+    with db.session() as session:
+        return session.get(Task, task_id).state
+
+
+def post(url: str, event: str, data: dict, delivery: str | None = None) -> httpx.Response:
+    body = json.dumps(data).encode()
+    return httpx.post(f"{url}/webhooks/github", content=body, headers=headers(event, body, delivery=delivery),
+                      timeout=30)
+
+
+def test_labeled_issue_reaches_a_backend_worker(settings: Settings, db: Database, tmp_path: Path,
+                                                processes: list[Process]) -> None:
+    env = settings_env(settings)
+    coordinator, url = start_coordinator(env, tmp_path)
+    processes.append(coordinator)
+    processes.append(start_worker(env, tmp_path, "backend"))
+    response = post(url, "issues", labeled_issue("forgecrew:backend"))
+    assert response.status_code == 202, response.text
+    task_id = response.json()["task_id"]
+    wait_for(lambda: task_state(db, task_id) == "running", timeout=60, what="task running")
+    with db.session() as session:
+        task = session.get(Task, task_id)
+        trail = [(e.from_state, e.to_state) for e in task.events]
+        owner = task.lease_owner
+    assert trail == [(None, "pending"), ("pending", "triaged"), ("triaged", "queued"), ("queued", "running")]
+    assert owner.startswith("backend-")
+
+
+def test_concurrent_duplicate_deliveries_make_one_task(settings: Settings, db: Database, tmp_path: Path,
+                                                       processes: list[Process]) -> None:
+    coordinator, url = start_coordinator(settings_env(settings), tmp_path)
+    processes.append(coordinator)
+    data = labeled_issue("forgecrew:frontend", number=42)
+    statuses: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def send() -> None:
+        barrier.wait()
+        statuses.append(post(url, "issues", data, delivery="dup-delivery").status_code)
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(200 <= status < 300 for status in statuses), statuses
+    assert statuses.count(202) == 1
+    with db.session() as session:
+        assert session.scalar(select(func.count()).select_from(Task)) == 1
+        assert session.scalar(select(func.count()).select_from(WebhookDelivery)) == 1
+
+
+def test_distinct_deliveries_for_one_issue_make_one_active_task(settings: Settings, db: Database,
+                                                               tmp_path: Path, processes: list[Process]) -> None:
+    coordinator, url = start_coordinator(settings_env(settings), tmp_path)
+    processes.append(coordinator)
+    data = labeled_issue("forgecrew", number=43)
+    statuses: list[int] = []
+    barrier = threading.Barrier(6)
+
+    def send(i: int) -> None:
+        barrier.wait()
+        statuses.append(post(url, "issues", data, delivery=f"distinct-{i}").status_code)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses.count(202) == 1 and statuses.count(200) == 5, statuses
+    with db.session() as session:
+        assert session.scalar(select(func.count()).select_from(Task)) == 1
+        outcomes = session.scalars(select(WebhookDelivery.outcome)).all()
+    assert sum("already active" in outcome for outcome in outcomes) == 5
+
+
+def test_broker_down_then_up_loses_nothing(make_settings, db: Database, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                           processes: list[Process]) -> None:
+    broker = RedisServer(tmp_path)
+    settings = make_settings(broker_url=broker.url, reaper_interval_seconds=1)
+    env = settings_env(settings)
+    coordinator, url = start_coordinator(env, tmp_path)  # the broker is not running yet
+    processes.append(coordinator)
+    response = post(url, "issues", labeled_issue("forgecrew:backend", number=7))
+    assert response.status_code == 202, response.text
+    task_id = response.json()["task_id"]
+    wait_for(lambda: "broker unreachable" in coordinator.log(), timeout=30, what="failed send logged")
+    assert task_state(db, task_id) == "triaged"
+    broker.start()
+    try:
+        processes.append(start_worker(env, tmp_path, "backend"))
+        wait_for(lambda: task_state(db, task_id) == "running", timeout=60, what="task running after broker up")
+        with db.session() as session:
+            details = [(e.to_state, e.actor, e.detail) for e in session.get(Task, task_id).events]
+        assert ("queued", "reconciler", "sent to queue backend (resent after a failed send)") in details
+    finally:
+        for proc in processes:
+            proc.stop()
+        broker.stop()

@@ -1,0 +1,222 @@
+"""Webhook rules against real PostgreSQL and a real Redis broker (the app in-process)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from common.db import Database
+from common.models import Task, WebhookDelivery
+from common.settings import Settings
+from coordinator.app import create_app
+from tests.support import headers, labeled_issue, payload, raw_payload
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def client(settings: Settings, db: Database) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, run_reconciler=False)) as test_client:
+        yield test_client
+
+
+def post(client: TestClient, event: str, data: dict[str, Any] | bytes, **kwargs: Any):  # type: ignore[no-untyped-def]
+    body = data if isinstance(data, bytes) else json.dumps(data).encode()
+    return client.post("/webhooks/github", content=body, headers=headers(event, body, **kwargs))
+
+
+def queued_messages(settings: Settings, queue: str) -> list[dict[str, Any]]:
+    return [json.loads(raw) for raw in redis.Redis.from_url(settings.broker_url).lrange(queue, 0, -1)]
+
+
+def tasks(db: Database) -> list[Task]:
+    with db.session() as session:
+        return list(session.scalars(select(Task).order_by(Task.id)))
+
+
+def delivery(db: Database, delivery_id: str) -> WebhookDelivery:
+    with db.session() as session:
+        return session.scalars(select(WebhookDelivery).where(WebhookDelivery.delivery_id == delivery_id)).one()
+
+
+def test_ping_answers_and_is_recorded(client: TestClient, db: Database) -> None:
+    body = raw_payload("ping", "payload")
+    response = client.post("/webhooks/github", content=body, headers=headers("ping", body, delivery="ping-1"))
+    assert response.status_code == 200
+    assert delivery(db, "ping-1").outcome.startswith("pong")
+
+
+def test_missing_or_wrong_signature_is_401_and_records_nothing(client: TestClient, db: Database) -> None:
+    body = json.dumps(labeled_issue()).encode()
+    bad = headers("issues", body, secret="not-the-secret")
+    assert client.post("/webhooks/github", content=body, headers=bad).status_code == 401
+    missing = {k: v for k, v in headers("issues", body).items() if k != "X-Hub-Signature-256"}
+    assert client.post("/webhooks/github", content=body, headers=missing).status_code == 401
+    tampered = headers("issues", body)
+    assert client.post("/webhooks/github", content=body + b"\n", headers=tampered).status_code == 401
+    with db.session() as session:
+        assert session.scalars(select(WebhookDelivery)).all() == []
+    assert tasks(db) == []
+
+
+def test_labeled_issue_creates_triaged_task_and_enqueues_it(client: TestClient, db: Database,
+                                                             settings: Settings) -> None:
+    response = post(client, "issues", labeled_issue("forgecrew:backend"), delivery="d-1")
+    assert response.status_code == 202, response.text
+    [task] = tasks(db)
+    assert (task.repo, task.issue_number, task.specialty, task.state) == ("Codertocat/Hello-World", 1, "backend",
+                                                                            "queued")
+    assert task.requested_by == "Codertocat"
+    with db.session() as session:
+        events = [(e.from_state, e.to_state) for e in session.get(Task, task.id).events]
+    assert events == [(None, "pending"), ("pending", "triaged"), ("triaged", "queued")]
+    [message] = queued_messages(settings, "backend")
+    assert message["headers"]["task"] == "forgecrew.run_task"
+    assert message["headers"]["timelimit"] == [settings.default_time_limit, settings.default_soft_time_limit]
+    assert delivery(db, "d-1").task_id == task.id
+
+
+def test_trigger_label_uses_rules_to_route(client: TestClient, db: Database) -> None:
+    data = labeled_issue("forgecrew", title="Flaky test in tests/test_api.py", body="fails one run in ten")
+    assert post(client, "issues", data).status_code == 202
+    [task] = tasks(db)
+    assert task.specialty == "testing"
+    assert "tests/test_api.py" in task.triage_reason
+
+
+def test_redelivery_creates_nothing_new(client: TestClient, db: Database, settings: Settings) -> None:
+    data = labeled_issue()
+    first = post(client, "issues", data, delivery="same-id")
+    again = post(client, "issues", data, delivery="same-id")
+    assert first.status_code == 202
+    assert again.status_code == 200 and again.json()["status"] == "duplicate"
+    assert len(tasks(db)) == 1
+    assert len(queued_messages(settings, "general")) == 1
+
+
+def test_second_trigger_while_active_is_recorded_not_duplicated(client: TestClient, db: Database) -> None:
+    post(client, "issues", labeled_issue("forgecrew"), delivery="first")
+    response = post(client, "issues", labeled_issue("forgecrew:frontend"), delivery="second")
+    assert response.status_code == 200
+    assert len(tasks(db)) == 1
+    assert "already active" in delivery(db, "second").outcome
+
+
+@pytest.mark.parametrize("association,expected", [("OWNER", 1), ("MEMBER", 1), ("COLLABORATOR", 1),
+                                                  ("CONTRIBUTOR", 0), ("NONE", 0), ("FIRST_TIME_CONTRIBUTOR", 0)])
+def test_opened_with_label_needs_trusted_author(client: TestClient, db: Database, association: str,
+                                                expected: int) -> None:
+    data = payload("issues", "opened")
+    data["issue"]["labels"] = [{"name": "forgecrew", "id": 1, "color": "ffffff", "default": False}]
+    data["issue"]["author_association"] = association
+    response = post(client, "issues", data, delivery=f"open-{association}")
+    assert len(tasks(db)) == expected
+    assert response.status_code == (202 if expected else 200)
+    if not expected:
+        assert delivery(db, f"open-{association}").outcome.startswith("untrusted")
+
+
+def test_opened_without_label_is_ignored(client: TestClient, db: Database) -> None:
+    data = payload("issues", "opened")
+    assert post(client, "issues", data, delivery="nolabel").status_code == 200
+    assert tasks(db) == []
+    assert delivery(db, "nolabel").outcome == "ignored: issue has no forgecrew label"
+
+
+def test_reopened_with_label_triggers(client: TestClient, db: Database) -> None:
+    data = payload("issues", "opened")
+    data["action"] = "reopened"
+    data["issue"]["labels"] = [{"name": "forgecrew:devops"}]
+    assert post(client, "issues", data).status_code == 202
+    assert tasks(db)[0].specialty == "devops"
+
+
+@pytest.mark.parametrize("label", ["bug", "forgecrew:queued", "forgecrew:pr-open", "forgecrew:nosuch"])
+def test_non_trigger_labels_are_ignored(client: TestClient, db: Database, label: str) -> None:
+    response = post(client, "issues", labeled_issue(label), delivery=f"lbl-{label}")
+    assert response.status_code == 200
+    assert tasks(db) == []
+    outcome = delivery(db, f"lbl-{label}").outcome
+    assert outcome.startswith("ignored")
+    if label == "forgecrew:nosuch":
+        assert "unknown specialty 'nosuch'" in outcome
+
+
+def test_bot_senders_never_trigger_work(client: TestClient, db: Database) -> None:
+    data = labeled_issue()
+    data["sender"] = {**data["sender"], "login": "forgecrew[bot]", "type": "Bot"}
+    assert post(client, "issues", data, delivery="bot").status_code == 200
+    assert tasks(db) == []
+    assert delivery(db, "bot").outcome.startswith("ignored: sent by bot")
+
+
+def test_repo_outside_allowlist_is_ignored(client: TestClient, db: Database) -> None:
+    data = labeled_issue(repo="evil/repo")
+    assert post(client, "issues", data, delivery="evil").status_code == 200
+    assert tasks(db) == []
+    assert "not in FORGECREW_REPO_ALLOWLIST" in delivery(db, "evil").outcome
+
+
+def test_unknown_events_and_actions_are_recorded_and_ignored(client: TestClient, db: Database) -> None:
+    assert post(client, "pull_request", payload("pull_request", "opened"), delivery="pr").status_code == 200
+    assert post(client, "issues", payload("issues", "edited"), delivery="edit").status_code == 200
+    assert post(client, "installation", payload("installation", "created"), delivery="inst").status_code == 200
+    assert delivery(db, "pr").outcome == "ignored: pull_request.opened is not handled"
+    assert delivery(db, "edit").outcome == "ignored: issues.edited is not handled"
+    assert tasks(db) == []
+
+
+def test_malformed_json_is_400_and_recorded(client: TestClient, db: Database) -> None:
+    response = post(client, "issues", b'{"action": "labeled", ', delivery="broken")
+    assert response.status_code == 400
+    assert "malformed JSON" in response.json()["error"]
+    assert delivery(db, "broken").outcome.startswith("rejected: malformed JSON")
+    assert post(client, "issues", b"[1, 2]", delivery="array").status_code == 400
+
+
+def test_missing_delivery_header_is_400(client: TestClient) -> None:
+    body = json.dumps(labeled_issue()).encode()
+    sent = {k: v for k, v in headers("issues", body).items() if k != "X-GitHub-Delivery"}
+    assert client.post("/webhooks/github", content=body, headers=sent).status_code == 400
+
+
+def test_oversized_body_is_413(make_settings, db: Database) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(max_webhook_bytes=1000)
+    with TestClient(create_app(settings, run_reconciler=False)) as client:
+        body = raw_payload("issues", "labeled")
+        assert len(body) > 1000
+        response = client.post("/webhooks/github", content=body, headers=headers("issues", body))
+        assert response.status_code == 413
+    assert tasks(db) == []
+
+
+def test_pull_request_issue_events_are_ignored(client: TestClient, db: Database) -> None:
+    data = labeled_issue()
+    data["issue"]["pull_request"] = {"url": "https://api.github.com/repos/Codertocat/Hello-World/pulls/1"}
+    assert post(client, "issues", data).status_code == 200
+    assert tasks(db) == []
+
+
+def test_health_and_readiness(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}
+
+
+def test_readiness_fails_when_broker_unreachable(make_settings, db: Database) -> None:  # type: ignore[no-untyped-def]
+    from tests.support import free_port
+
+    settings = make_settings(broker_url=f"redis://127.0.0.1:{free_port()}/0")
+    with TestClient(create_app(settings, run_reconciler=False)) as client:
+        response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["database"] == "ok"
+    assert response.json()["checks"]["broker"].startswith("error")
+

@@ -1,0 +1,1 @@
+"""Worker agents: the Celery task entry, workspaces, the agent loop, tools and publishing."""

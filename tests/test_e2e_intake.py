@@ -128,3 +128,39 @@ def test_broker_down_then_up_loses_nothing(make_settings, db: Database, tmp_path
         for proc in processes:
             proc.stop()
         broker.stop()
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_up_runs_everything_and_stops_everything_it_started(make_settings, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                            redis_db: int) -> None:
+    from tests.support import free_port
+
+    settings = make_settings(database_url=f"sqlite:///{tmp_path / 'up.db'}")
+    port = free_port()
+    up = Process(["up", "--port", str(port), "--concurrency", "1"], settings_env(settings), tmp_path / "up.log")
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: httpx.get(f"{url}/readyz", timeout=1).status_code == 200, timeout=60, what="up ready")
+        wait_for(lambda: " ready." in up.log(), timeout=60, what="worker ready")
+        response = post(url, "issues", labeled_issue("forgecrew:devops", number=9))
+        assert response.status_code == 202
+        db = Database(settings)
+        wait_for(lambda: task_state(db, response.json()["task_id"]) == "running", timeout=60, what="running")
+        db.dispose()
+        children = children_of(up.popen.pid)
+        assert len(children) == 2
+    finally:
+        assert up.stop() == 0, up.log()
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()

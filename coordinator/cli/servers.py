@@ -125,20 +125,46 @@ def flower(ctx: click.Context, host: str, port: int) -> None:
 @click.pass_context
 @fails_cleanly
 def up(ctx: click.Context, host: str, port: int, concurrency: int | None) -> None:
-    """Everything on one host: migrate, one worker for every queue, and the coordinator."""
+    """Everything on one host: migrate, then a worker for every queue and the coordinator."""
     from common import migrate
 
     settings = settings_from(ctx)
+    settings.require("webhook_secret", purpose="the coordinator verifies every GitHub webhook with it")
     migrate.upgrade(settings)
-    argv = [sys.executable, "-m", "coordinator.cli", "worker", "--specialty", ",".join(queue_names(settings))]
+    worker_argv = ["worker", "--specialty", ",".join(queue_names(settings))]
     if concurrency:
-        argv += ["--concurrency", str(concurrency)]
-    worker_process = subprocess.Popen(argv)
-    try:
-        ctx.invoke(coordinator, host=host, port=port, no_reconciler=False)
-    finally:
-        worker_process.send_signal(signal.SIGTERM)
+        worker_argv += ["--concurrency", str(concurrency)]
+    children = [
+        subprocess.Popen([sys.executable, "-m", "coordinator.cli", *worker_argv]),
+        subprocess.Popen([sys.executable, "-m", "coordinator.cli", "coordinator", "--host", host,
+                          "--port", str(port)]),
+    ]
+    sys.exit(supervise(children))
+
+
+def supervise(children: list[subprocess.Popen[bytes]], grace: float = 30) -> int:
+    """Wait for SIGINT/SIGTERM or a child's exit, then stop every child; return an exit status."""
+    import threading
+    import time
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.is_set() and all(child.poll() is None for child in children):
+        stop.wait(0.5)
+    failed = [child for child in children if child.poll() not in (None, 0)]
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for child in children:
         try:
-            worker_process.wait(timeout=30)
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            worker_process.kill()
+            child.kill()
+            child.wait()
+    if failed:
+        click.echo(f"forgecrew: a child process exited with status {failed[0].returncode}; stopped the rest",
+                   err=True)
+        return 1
+    return 0

@@ -1,0 +1,397 @@
+"""GitHub adapter of the forge port, on PyGithub; credentials travel only in headers and env vars."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import jwt
+import requests
+from github import Auth, Github, GithubException, GithubIntegration, GithubRetry
+from github.GithubException import BadCredentialsException, RateLimitExceededException
+from github.PullRequest import PullRequest
+from github.Repository import Repository
+
+from common.errors import SettingsError
+from common.forge.base import ForgeError, IssueInfo, PullRequestInfo
+from common.settings import Settings
+from common.specialties import StatusLabel
+
+log = logging.getLogger(__name__)
+
+TOKEN_REFRESH_MARGIN = 600.0  # installation tokens live one hour; mint anew with ten minutes left
+WRITE_PERMISSIONS = frozenset({"admin", "maintain", "write"})
+RETRIED_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PATCH", "PUT", "DELETE"})
+
+
+class _RateLimitRetry(GithubRetry):
+    """GithubRetry that also waits out x-ratelimit-reset on 403/429 and lets tests inject the sleep."""
+
+    def __init__(self, *, sleeper: Callable[[float], None] = time.sleep, **kwargs: Any) -> None:
+        self.sleeper = sleeper
+        super().__init__(**kwargs)
+
+    def new(self, **kw: Any) -> _RateLimitRetry:
+        kw["sleeper"] = self.sleeper
+        return super().new(**kw)  # type: ignore[return-value]
+
+    def get_retry_after(self, response: Any) -> float | None:
+        hinted = super().get_retry_after(response)
+        headers = response.headers
+        if hinted is not None or headers.get("X-RateLimit-Remaining") != "0":
+            return hinted
+        reset = headers.get("X-RateLimit-Reset", "")
+        if not reset.isdigit():
+            return None
+        wait = max(int(reset) - time.time(), 0.0) + 1.0
+        cap = self.max_rate_limit_wait
+        return None if cap is not None and wait > cap else wait
+
+    def sleep_for_retry(self, response: Any) -> bool:
+        seconds = self.get_retry_after(response)
+        if seconds:
+            self.sleeper(seconds)
+            return True
+        return False
+
+    def _sleep_backoff(self) -> None:
+        backoff = self.get_backoff_time()
+        if backoff > 0:
+            self.sleeper(backoff)
+
+
+def _make_retry(secondary_rate_wait: float, max_rate_limit_wait: float,
+                sleep: Callable[[float], None]) -> _RateLimitRetry:
+    """Retries for 5xx, secondary limits (retry-after) and primary limits (x-ratelimit-reset)."""
+    return _RateLimitRetry(
+        sleeper=sleep,
+        total=5,
+        backoff_factor=1.0,
+        backoff_max=30.0,
+        status_forcelist=[429, *range(500, 600)],
+        allowed_methods=RETRIED_METHODS,
+        raise_on_status=False,  # the last answer reaches PyGithub, which raises a typed error
+        secondary_rate_wait=secondary_rate_wait,
+        max_rate_limit_wait=max_rate_limit_wait,
+        retry_after_max=int(max_rate_limit_wait),
+    )
+
+
+def load_private_key(value: str) -> str:
+    """The App key may be PEM text (env var, maybe with literal \\n) or a path to a PEM file."""
+    if "-----BEGIN" in value:
+        return value.replace("\\n", "\n")
+    path = Path(value.strip()).expanduser()
+    if value.strip() and path.is_file():
+        return path.read_text()
+    raise SettingsError("FORGECREW_GITHUB_APP_PRIVATE_KEY is neither PEM text nor the path of a readable file")
+
+
+class InstallationTokens:
+    """Installation tokens of one App installation, minted again when less than ten minutes remain."""
+
+    def __init__(self, integration: GithubIntegration, installation_id: int,
+                 *, margin: float = TOKEN_REFRESH_MARGIN) -> None:
+        self.installation_id = installation_id
+        self._integration = integration
+        self._margin = margin
+        self._lock = threading.Lock()
+        self._token = ""
+        self._expires_at = 0.0
+        self.seen: set[str] = set()  # every token handed out, so messages can be scrubbed of them
+
+    def current(self) -> str:
+        """A token valid for at least `margin` seconds (installation tokens expire after an hour)."""
+        with self._lock:
+            if not self._token or self._expires_at - time.time() < self._margin:
+                self._mint()
+            return self._token
+
+    def _mint(self) -> None:
+        try:
+            grant = self._integration.get_access_token(self.installation_id)
+        except GithubException as exc:
+            raise ForgeError(
+                f"could not mint a token for GitHub App installation {self.installation_id} "
+                f"({exc.status}: {_detail(exc.data)}): check FORGECREW_GITHUB_APP_ID, the private key, "
+                "and that the app is still installed"
+            ) from exc
+        except (ValueError, jwt.PyJWTError) as exc:  # the key could not sign a JWT
+            raise SettingsError("FORGECREW_GITHUB_APP_PRIVATE_KEY is not a usable RSA private key") from exc
+        expires = grant.expires_at
+        if expires.tzinfo is None:
+            expires = expires.replace(tzinfo=timezone.utc)
+        self._token, self._expires_at = grant.token, expires.timestamp()
+        self.seen.add(grant.token)
+        log.info("minted a token for installation %s, valid until %s", self.installation_id, expires.isoformat())
+
+
+class _TokenAuth(Auth.Auth):
+    """PyGithub auth that asks for the token on every request, so a long task never sends a stale one."""
+
+    def __init__(self, fetch: Callable[[], str]) -> None:
+        self._fetch = fetch
+
+    @property
+    def token_type(self) -> str:
+        return "token"
+
+    @property
+    def token(self) -> str:
+        return self._fetch()
+
+    @property
+    def _masked_token(self) -> str:
+        return "token (removed)"
+
+
+def _detail(data: Any) -> str:
+    """GitHub's error message plus the messages of its `errors` list, on one line."""
+    if not isinstance(data, dict):
+        return str(data or "no details")
+    parts = [str(data.get("message") or "no message")]
+    for error in data.get("errors") or []:
+        if isinstance(error, dict):
+            parts.append(str(error.get("message") or error.get("code") or error))
+        else:
+            parts.append(str(error))
+    return "; ".join(parts)
+
+
+def _describe(exc: GithubException, action: str, repo: str, not_found: str | None) -> str:
+    """An actionable sentence for a failed GitHub call."""
+    status, detail = exc.status, _detail(exc.data)
+    if isinstance(exc, RateLimitExceededException) or status == 429:
+        reset = (exc.headers or {}).get("x-ratelimit-reset") or (exc.headers or {}).get("X-RateLimit-Reset")
+        when = datetime.fromtimestamp(int(reset), timezone.utc).strftime("%H:%M:%S UTC") if reset else "soon"
+        return f"GitHub rate limit hit while {action} in {repo} ({detail}); it resets at {when}: retry later"
+    if isinstance(exc, BadCredentialsException) or status == 401:
+        return (f"GitHub rejected forgecrew's credentials while {action} in {repo} (401): check "
+                "FORGECREW_GITHUB_TOKEN, or FORGECREW_GITHUB_APP_ID and FORGECREW_GITHUB_APP_PRIVATE_KEY")
+    if status == 404:
+        return not_found or f"repository {repo} not found or the token cannot see it (while {action})"
+    if status == 403:
+        return f"GitHub refused {action} in {repo} (403: {detail}): give the token or app that permission"
+    if status == 422:
+        return f"GitHub rejected {action} in {repo} (422: {detail})"
+    return f"GitHub failed {action} in {repo} ({status}: {detail}); try again later"
+
+
+def web_base(api_url: str) -> str:
+    """https://api.github.com -> https://github.com; https://ghe.example/api/v3 -> https://ghe.example."""
+    parts = urlsplit(api_url.rstrip("/"))
+    host = parts.netloc[4:] if parts.netloc.startswith("api.") else parts.netloc
+    path = parts.path[: -len("/api/v3")] if parts.path.endswith("/api/v3") else parts.path
+    return f"{parts.scheme}://{host}{path}"
+
+
+def split_repo(repo: str) -> tuple[str, str]:
+    """owner/name -> (owner, name), refusing anything else before it reaches a URL."""
+    owner, _, name = repo.partition("/")
+    if not owner or not name or "/" in name:
+        raise ForgeError(f"repository must be written owner/name, got {repo!r}")
+    return owner, name
+
+
+class GitHubForge:
+    """The forge port on GitHub (or GHES) through PyGithub, with a token or as a GitHub App."""
+
+    name = "github"
+
+    def __init__(self, settings: Settings, installation_id: int | None = None, *,
+                 write_interval: float = 1.0, read_interval: float = 0.0,
+                 secondary_rate_wait: float = 60.0, max_rate_limit_wait: float = 900.0,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.settings = settings
+        self.api_url = settings.github_api_url.rstrip("/")
+        self._options: dict[str, Any] = dict(
+            write_interval=write_interval, read_interval=read_interval,
+            secondary_rate_wait=secondary_rate_wait, max_rate_limit_wait=max_rate_limit_wait, sleep=sleep)
+        self._static_token = settings.secret("github_token")
+        self._tokens = self._installation_tokens(installation_id)
+        if not self._static_token and not settings.github_app_id:
+            raise SettingsError("FORGECREW_GITHUB_TOKEN, or FORGECREW_GITHUB_APP_ID and "
+                                "FORGECREW_GITHUB_APP_PRIVATE_KEY, must be set to use the GitHub forge")
+        self._client_lock = threading.Lock()
+        self._client: Github | None = None
+
+    def for_installation(self, installation_id: int) -> GitHubForge:
+        """The same forge acting as the App installation a webhook came from."""
+        return GitHubForge(self.settings, installation_id, **self._options)
+
+    def _client_kwargs(self) -> dict[str, Any]:
+        options = self._options
+        return dict(
+            base_url=self.api_url,
+            retry=_make_retry(options["secondary_rate_wait"], options["max_rate_limit_wait"], options["sleep"]),
+            seconds_between_requests=options["read_interval"] or None,
+            seconds_between_writes=options["write_interval"] or None,
+        )
+
+    def _installation_tokens(self, installation_id: int | None) -> InstallationTokens | None:
+        settings = self.settings
+        if installation_id is None or not settings.github_app_id:
+            return None
+        if not settings.github_app_private_key:
+            raise SettingsError("FORGECREW_GITHUB_APP_PRIVATE_KEY must be set with FORGECREW_GITHUB_APP_ID")
+        key = load_private_key(settings.secret("github_app_private_key"))
+        integration = GithubIntegration(auth=Auth.AppAuth(settings.github_app_id, key), **self._client_kwargs())
+        return InstallationTokens(integration, installation_id)
+
+    def token(self) -> str:
+        """The credential for the next call or push: a fresh installation token, or the static token."""
+        if self._tokens is not None:
+            return self._tokens.current()
+        if self._static_token:
+            return self._static_token
+        raise ForgeError("GitHub App auth needs the installation id of the event (make_forge(settings, "
+                         "installation_id=...)), or set FORGECREW_GITHUB_TOKEN")
+
+    def _gh(self) -> Github:
+        with self._client_lock:
+            if self._client is None:
+                self._client = Github(auth=_TokenAuth(self.token), lazy=True, **self._client_kwargs())
+            return self._client
+
+    def _repo(self, repo: str) -> Repository:
+        split_repo(repo)
+        return self._gh().get_repo(repo)
+
+    def _scrub(self, text: str) -> str:
+        secrets = {self._static_token} | (self._tokens.seen if self._tokens else set())
+        for secret in filter(None, secrets):
+            text = text.replace(secret, "***")
+        return text
+
+    @contextmanager
+    def _errors(self, action: str, repo: str, *, not_found: str | None = None) -> Iterator[None]:
+        """Turn PyGithub and network failures into ForgeError sentences without credentials."""
+        try:
+            yield
+        except GithubException as exc:
+            raise ForgeError(self._scrub(_describe(exc, action, repo, not_found))) from exc
+        except requests.RequestException as exc:
+            message = f"cannot reach the GitHub API at {self.api_url} while {action} in {repo} ({type(exc).__name__})"
+            raise ForgeError(self._scrub(message)) from exc
+
+    def clone_url(self, repo: str) -> str:
+        """clone_url_template if set, else the web host that serves the API; never with a credential."""
+        owner, name = split_repo(repo)
+        template = self.settings.clone_url_template
+        if template:
+            url = template.format(full_name=repo, owner=owner, name=name)
+        else:
+            url = f"{web_base(self.api_url)}/{repo}.git"
+        parts = urlsplit(url)
+        if parts.scheme in ("http", "https") and parts.password is not None:
+            raise SettingsError("FORGECREW_CLONE_URL_TEMPLATE must not contain a credential; forgecrew adds one")
+        return url
+
+    def git_env(self, repo: str) -> dict[str, str]:
+        """An Authorization header for the clone host only, passed as env config (no file, no URL)."""
+        env = {"GIT_TERMINAL_PROMPT": "0"}
+        parts = urlsplit(self.clone_url(repo))
+        if parts.scheme not in ("http", "https"):
+            return env
+        basic = base64.b64encode(f"x-access-token:{self.token()}".encode()).decode()
+        env.update({
+            "GIT_CONFIG_COUNT": "2",
+            "GIT_CONFIG_KEY_0": f"http.{parts.scheme}://{parts.netloc}/.extraHeader",
+            "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}",
+            "GIT_CONFIG_KEY_1": "credential.helper",  # no helper may store or replace the header
+            "GIT_CONFIG_VALUE_1": "",
+        })
+        return env
+
+    def default_branch(self, repo: str) -> str:
+        with self._errors("reading the repository", repo,
+                          not_found=f"repository {repo} not found or the token cannot see it"):
+            return self._repo(repo).default_branch
+
+    def get_issue(self, repo: str, number: int) -> IssueInfo:
+        with self._errors(f"reading issue #{number}", repo, not_found=self._missing_issue(repo, number)):
+            issue = self._repo(repo).get_issue(number)
+            comments = tuple(f"{c.user.login}: {c.body or ''}" for c in issue.get_comments()
+                             if c.user is not None and not self._is_bot(c.user.login, c.user.type))
+            return IssueInfo(
+                repo=repo, number=number, title=issue.title, body=issue.body or "",
+                author=issue.user.login if issue.user else "",
+                labels=tuple(label.name for label in issue.labels), comments=comments, url=issue.html_url,
+            )
+
+    def _is_bot(self, login: str, kind: str | None) -> bool:
+        return kind == "Bot" or login.endswith("[bot]") or login == self.settings.bot_name
+
+    @staticmethod
+    def _missing_issue(repo: str, number: int) -> str:
+        return f"issue #{number} not found in {repo}, or repository {repo} not found or the token cannot see it"
+
+    def has_write_access(self, repo: str, username: str) -> bool:
+        """admin, maintain and write may command forgecrew; an unknown user may not."""
+        with self._errors(f"checking {username}'s permission", repo):
+            try:
+                permission = self._repo(repo).get_collaborator_permission(username)
+            except GithubException as exc:
+                if exc.status != 404:
+                    raise
+                log.warning("permission check of %s on %s answered 404; treating as no access", username, repo)
+                return False
+        return permission in WRITE_PERMISSIONS
+
+    def comment(self, repo: str, number: int, body: str) -> None:
+        with self._errors(f"commenting on #{number}", repo, not_found=self._missing_issue(repo, number)):
+            self._repo(repo).get_issue(number).create_comment(body)
+
+    def set_status_label(self, repo: str, number: int, label: StatusLabel) -> None:
+        """Add `label` first, then drop the other status labels the issue carries (404 = already gone)."""
+        with self._errors(f"labelling #{number}", repo, not_found=self._missing_issue(repo, number)):
+            issue = self._repo(repo).get_issue(number)
+            present = {item.name for item in issue.labels}
+            if label.value not in present:
+                issue.add_to_labels(label.value)
+            for other in StatusLabel:
+                if other is not label and other.value in present:
+                    try:
+                        issue.remove_from_labels(other.value)
+                    except GithubException as exc:  # "Label does not exist": someone removed it first
+                        if exc.status != 404:
+                            raise
+                        log.debug("label %s was already gone from %s#%s", other.value, repo, number)
+
+    def open_or_update_pr(self, repo: str, *, branch: str, base: str, title: str, body: str,
+                          draft: bool) -> PullRequestInfo:
+        """Update the open PR of `branch` if there is one (draft state then stays as it is), else open it."""
+        with self._errors(f"opening a pull request for {branch}", repo):
+            gh_repo = self._repo(repo)
+            existing = self._open_pr(gh_repo, repo, branch)
+            if existing is None:
+                try:
+                    pull = gh_repo.create_pull(base=base, head=branch, title=title, body=body, draft=draft)
+                    return self._pr_info(pull, branch, created=True)
+                except GithubException as exc:
+                    existing = self._open_pr(gh_repo, repo, branch) if exc.status == 422 else None
+                    if existing is None:
+                        raise
+            if existing.base.ref != base:
+                existing.edit(title=title, body=body, base=base)
+            else:
+                existing.edit(title=title, body=body)
+            return self._pr_info(existing, branch, created=False)
+
+    @staticmethod
+    def _open_pr(gh_repo: Repository, repo: str, branch: str) -> PullRequest | None:
+        owner, _ = split_repo(repo)
+        return next(iter(gh_repo.get_pulls(state="open", head=f"{owner}:{branch}")), None)
+
+    @staticmethod
+    def _pr_info(pull: PullRequest, branch: str, *, created: bool) -> PullRequestInfo:
+        return PullRequestInfo(number=pull.number, url=pull.html_url, branch=branch,
+                               draft=bool(pull.draft), created=created)

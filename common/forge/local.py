@@ -1,0 +1,222 @@
+"""Local forge: bare repositories on disk, with issues and pull requests kept as JSON beside them.
+
+Layout under settings.local_forge_root:
+    <owner>/<repo>.git                      the bare repository (clone and push here)
+    <owner>/<repo>.forgecrew/issues/<n>.json  {number, title, body, author, labels, comments, url}
+    <owner>/<repo>.forgecrew/pulls.json       [{number, branch, base, title, body, draft, state, url}]
+Writes take an fcntl lock on <repo>.forgecrew/.lock and replace files atomically.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from common.forge.base import ForgeError, IssueInfo, PullRequestInfo
+from common.settings import Settings
+from common.specialties import StatusLabel
+
+REPO_NAME = re.compile(r"^(?!\.)[A-Za-z0-9_.-]+/(?!\.)[A-Za-z0-9_.-]+$")
+ISSUE_FILE = re.compile(r"^(\d+)\.json$")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write through a temporary file and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(handle, "w") as out:
+        json.dump(data, out, indent=2)
+    os.replace(tmp, path)
+
+
+def _git(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run git, turning a failure into a ForgeError that carries git's own words."""
+    result = subprocess.run(["git", *args], capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise ForgeError(f"git {args[0]} failed: {result.stderr.strip() or result.stdout.strip()}")
+    return result
+
+
+class LocalForge:
+    """The forge port without a network: bare repos, issue and PR state as files."""
+
+    name = "local"
+
+    def __init__(self, settings: Settings) -> None:
+        self.root = Path(settings.local_forge_root)
+        self.bot_name = settings.bot_name
+        self.bot_email = settings.bot_email
+
+    # -- where things live ------------------------------------------------------------------
+    def bare_path(self, repo: str) -> Path:
+        if not REPO_NAME.match(repo):
+            raise ForgeError(f"repository must be written owner/name (letters, digits, . _ -), got {repo!r}")
+        return self.root / f"{repo}.git"
+
+    def state_dir(self, repo: str) -> Path:
+        return self.root / f"{repo}.forgecrew"
+
+    def _existing(self, repo: str) -> Path:
+        path = self.bare_path(repo)
+        if not (path / "HEAD").is_file():
+            raise ForgeError(f"repository {repo} not found at {path}: create it with LocalForge.create_repo "
+                             f"or `git init --bare {path}`")
+        return path
+
+    @contextmanager
+    def _locked(self, repo: str) -> Iterator[Path]:
+        """Hold the repo's state lock, so concurrent workers never lose each other's writes."""
+        self._existing(repo)
+        state = self.state_dir(repo)
+        state.mkdir(parents=True, exist_ok=True)
+        with open(state / ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield state
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # -- the Forge protocol -------------------------------------------------------------------
+    def clone_url(self, repo: str) -> str:
+        return str(self.bare_path(repo).resolve())
+
+    def git_env(self, repo: str) -> dict[str, str]:
+        return {"GIT_TERMINAL_PROMPT": "0"}
+
+    def default_branch(self, repo: str) -> str:
+        path = self._existing(repo)
+        return _git("--git-dir", str(path), "symbolic-ref", "--short", "HEAD").stdout.strip()
+
+    def get_issue(self, repo: str, number: int) -> IssueInfo:
+        record = self.issue_record(repo, number)
+        comments = tuple(f"{c['author']}: {c['body']}" for c in record["comments"]
+                         if c["author"] != self.bot_name and not c["author"].endswith("[bot]"))
+        return IssueInfo(repo=repo, number=number, title=record["title"], body=record["body"],
+                         author=record["author"], labels=tuple(record["labels"]), comments=comments,
+                         url=record["url"])
+
+    def has_write_access(self, repo: str, username: str) -> bool:
+        """Whoever can write to the directory is trusted; there are no accounts."""
+        return True
+
+    def comment(self, repo: str, number: int, body: str) -> None:
+        self.add_comment(repo, number, body, author=self.bot_name)
+
+    def set_status_label(self, repo: str, number: int, label: StatusLabel) -> None:
+        with self._locked(repo):
+            record = self.issue_record(repo, number)
+            others = {status.value for status in StatusLabel} - {label.value}
+            labels = [name for name in record["labels"] if name not in others]
+            record["labels"] = labels if label.value in labels else [*labels, label.value]
+            self._save_issue(repo, record)
+
+    def open_or_update_pr(self, repo: str, *, branch: str, base: str, title: str, body: str,
+                          draft: bool) -> PullRequestInfo:
+        """Record a PR for `branch`; a second call updates it (draft state stays, as on GitHub)."""
+        for ref in (branch, base):
+            if not self._has_branch(repo, ref):
+                raise ForgeError(f"branch {ref} is not in {repo}: push it before opening a pull request")
+        with self._locked(repo) as state:
+            pulls = self.pull_requests(repo)
+            existing = next((p for p in pulls if p["branch"] == branch and p["state"] == "open"), None)
+            if existing is not None:
+                existing.update(title=title, body=body, base=base, updated_at=_now())
+                pull, created = existing, False
+            else:
+                number = self._next_number(repo, pulls)
+                pull = {"number": number, "branch": branch, "base": base, "title": title, "body": body,
+                        "draft": draft, "state": "open", "url": f"local://{repo}/pull/{number}",
+                        "created_at": _now(), "updated_at": _now()}
+                pulls.append(pull)
+                created = True
+            _write_json(state / "pulls.json", pulls)
+        return PullRequestInfo(number=pull["number"], url=pull["url"], branch=branch, draft=pull["draft"],
+                               created=created)
+
+    # -- helpers for tests, `forgecrew run` and docs -----------------------------------------
+    def create_repo(self, repo: str, source_dir: str | Path | None = None, *,
+                    default_branch: str = "main") -> Path:
+        """Make the bare repo, optionally with one commit holding `source_dir`'s files."""
+        path = self.bare_path(repo)
+        if path.exists():
+            raise ForgeError(f"repository {repo} already exists at {path}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _git("init", "--quiet", "--bare", f"--initial-branch={default_branch}", str(path))
+        if source_dir is not None:
+            self._seed(path, Path(source_dir))
+        return path
+
+    def _seed(self, path: Path, source: Path) -> None:
+        if not source.is_dir():
+            raise ForgeError(f"cannot seed a repository from {source}: not a directory")
+        with tempfile.TemporaryDirectory() as tmp:
+            env = {**os.environ, "GIT_DIR": str(path), "GIT_WORK_TREE": str(source),
+                   "GIT_INDEX_FILE": str(Path(tmp) / "index"),
+                   "GIT_AUTHOR_NAME": self.bot_name, "GIT_AUTHOR_EMAIL": self.bot_email,
+                   "GIT_COMMITTER_NAME": self.bot_name, "GIT_COMMITTER_EMAIL": self.bot_email}
+            _git("add", "--all", ".", env=env)
+            _git("-c", "commit.gpgsign=false", "commit", "--quiet", "--allow-empty", "--no-verify",
+                 "-m", "Initial commit", env=env)
+
+    def create_issue(self, repo: str, number: int, title: str, body: str = "", *,
+                     author: str = "local", labels: tuple[str, ...] = ()) -> IssueInfo:
+        """Seed an issue (there is no tracker); an existing one keeps its comments."""
+        with self._locked(repo):
+            try:
+                record = self.issue_record(repo, number)
+            except ForgeError:
+                record = {"number": number, "comments": [], "created_at": _now()}
+            record.update(title=title, body=body, author=author, labels=list(labels),
+                          url=f"local://{repo}/issues/{number}")
+            self._save_issue(repo, record)
+        return self.get_issue(repo, number)
+
+    def add_comment(self, repo: str, number: int, body: str, *, author: str) -> None:
+        """Append a comment by `author` (people's commands in tests; forgecrew's own via comment())."""
+        with self._locked(repo):
+            record = self.issue_record(repo, number)
+            record["comments"].append({"author": author, "body": body, "at": _now()})
+            self._save_issue(repo, record)
+
+    def issue_record(self, repo: str, number: int) -> dict[str, Any]:
+        """The stored issue as a dict: title, body, author, labels, comments, url."""
+        path = self.state_dir(repo) / "issues" / f"{number}.json"
+        if not path.is_file():
+            self._existing(repo)
+            raise ForgeError(f"issue #{number} not found in {repo}: create it with LocalForge.create_issue "
+                             f"(it would live at {path})")
+        return json.loads(path.read_text())
+
+    def pull_requests(self, repo: str) -> list[dict[str, Any]]:
+        """Every recorded pull request of `repo`, oldest first."""
+        path = self.state_dir(repo) / "pulls.json"
+        return json.loads(path.read_text()) if path.is_file() else []
+
+    def _save_issue(self, repo: str, record: dict[str, Any]) -> None:
+        record["updated_at"] = _now()
+        _write_json(self.state_dir(repo) / "issues" / f"{record['number']}.json", record)
+
+    def _next_number(self, repo: str, pulls: list[dict[str, Any]]) -> int:
+        """Issues and PRs share one sequence, as on GitHub."""
+        issues_dir = self.state_dir(repo) / "issues"
+        issue_numbers = [int(m.group(1)) for p in issues_dir.glob("*.json") if (m := ISSUE_FILE.match(p.name))]
+        return max([0, *issue_numbers, *(p["number"] for p in pulls)]) + 1
+
+    def _has_branch(self, repo: str, branch: str) -> bool:
+        path = self._existing(repo)
+        result = subprocess.run(["git", "--git-dir", str(path), "rev-parse", "--verify", "--quiet",
+                                 f"refs/heads/{branch}"], capture_output=True, text=True)
+        return result.returncode == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from common.models import Task, TaskEvent
+from common.models import Task, TaskEvent, TaskRun
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -41,11 +41,23 @@ def event_dict(event: TaskEvent) -> dict[str, Any]:
     }
 
 
+def run_dict(run: TaskRun) -> dict[str, Any]:
+    return {
+        "attempt": run.attempt, "kind": run.kind, "worker": run.worker, "model": run.model,
+        "outcome": run.outcome, "detail": run.detail, "turns": run.turns, "tests_passed": run.tests_passed,
+        "input_tokens": run.input_tokens, "output_tokens": run.output_tokens,
+        "cache_read_tokens": run.cache_read_tokens, "cache_write_tokens": run.cache_write_tokens,
+        "cost_usd": run.cost_usd, "transcript": run.transcript_path,
+        "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),
+    }
+
+
 def task_detail(task: Task) -> dict[str, Any]:
     data = task_summary(task)
     data["body"] = task.body
     data["summary"] = task.summary
     data["events"] = [event_dict(event) for event in task.events]
+    data["runs"] = [run_dict(run) for run in task.runs]
     data["usage"] = {
         "input_tokens": task.input_tokens,
         "output_tokens": task.output_tokens,

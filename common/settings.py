@@ -42,6 +42,7 @@ class SpecialtyConfig(BaseSettings):
     system_prompt: str = Field("", description="Appended to the shared agent prompt.")
     allowed_commands: list[str] = Field(default_factory=list, description="Command prefixes allowed; empty = all.")
     denied_commands: list[str] = Field(default_factory=list, description="Command prefixes always refused.")
+    tools: list[str] = Field(default_factory=list, description="Tool names allowed; empty = all.")
     soft_time_limit: int | None = Field(None, description="Seconds before the task is asked to stop.")
     time_limit: int | None = Field(None, description="Seconds before the task's process is killed.")
 
@@ -69,12 +70,14 @@ class Settings(BaseSettings):
     github_app_private_key: SecretStr | None = Field(None, description="PEM text or a path to it.")
     github_api_url: str = Field("https://api.github.com", description="REST API base URL.")
     clone_url_template: str | None = Field(None, description="e.g. file:///srv/git/{full_name}.git")
+    github_write_interval_seconds: float = Field(1.0, ge=0, description="Spacing of GitHub writes "
+                                                 "(secondary rate limits).")
     bot_name: str = Field("forgecrew[bot]", description="Commit author name.")
     bot_email: str = Field("forgecrew@users.noreply.github.com", description="Commit author email.")
 
     anthropic_api_key: SecretStr | None = Field(None, description="Anthropic API key.")
     anthropic_base_url: str | None = Field(None, description="Messages API base URL override.")
-    model: str = Field("claude-sonnet-4-5", description="Model name, free-form.")
+    model: str = Field("claude-sonnet-4-6", description="Model name, free-form.")
     fallback_models: CommaList = Field(default_factory=list, description="Tried in order on overload.")
     max_turns: int = Field(60, gt=0, description="Model calls per run.")
     max_output_tokens: int = Field(200_000, gt=0, description="Output tokens per run.")

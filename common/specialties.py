@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 from common.settings import Settings, SpecialtyConfig
@@ -43,7 +43,7 @@ class SpecialtyProfile:
     denied_commands: tuple[str, ...] = ()
     soft_time_limit: int | None = None
     time_limit: int | None = None
-    extra: dict[str, str] = field(default_factory=dict)
+    tools: tuple[str, ...] = ()  # tool names this specialty may use; empty = all
 
 
 BUILTIN_PROFILES: dict[str, SpecialtyProfile] = {
@@ -52,6 +52,8 @@ BUILTIN_PROFILES: dict[str, SpecialtyProfile] = {
         keywords=("api", "endpoint", "server", "database", "sql", "query", "migration", "backend",
                   "service", "model", "cache", "performance", "exception", "traceback", "crash"),
         path_globs=("*.py", "*.go", "*.rs", "*.java", "*.rb", "*.sql", "server/*", "api/*", "backend/*"),
+        system_prompt="You are a backend engineer. Keep APIs backwards compatible unless the issue asks "
+                      "otherwise, handle errors explicitly, and add or update a test that covers the change.",
     ),
     Specialty.FRONTEND: SpecialtyProfile(
         name="frontend",
@@ -59,12 +61,16 @@ BUILTIN_PROFILES: dict[str, SpecialtyProfile] = {
                   "component", "browser", "html", "dark mode", "responsive", "accessibility"),
         path_globs=("*.tsx", "*.jsx", "*.vue", "*.svelte", "*.css", "*.scss", "*.html",
                     "frontend/*", "web/*", "ui/*"),
+        system_prompt="You are a frontend engineer. Follow the existing component and styling conventions, "
+                      "keep markup accessible (labels, roles, contrast), and update component tests.",
     ),
     Specialty.TESTING: SpecialtyProfile(
         name="testing",
         keywords=("test", "tests", "flaky", "coverage", "pytest", "unit test", "regression test",
                   "assertion", "fixture"),
         path_globs=("tests/*", "test/*", "*_test.go", "test_*.py", "*_test.py", "*.spec.ts", "*.test.ts"),
+        system_prompt="You are a test engineer. Make tests deterministic and meaningful: each asserts "
+                      "behaviour that could fail. Fix the cause of flakiness rather than adding retries or sleeps.",
     ),
     Specialty.DEVOPS: SpecialtyProfile(
         name="devops",
@@ -72,8 +78,15 @@ BUILTIN_PROFILES: dict[str, SpecialtyProfile] = {
                   "pipeline", "workflow", "ansible", "terraform", "github actions", "build"),
         path_globs=(".github/workflows/*", "Dockerfile", "*.dockerfile", "docker-compose*.yml",
                     "compose*.yml", "ansible/*", "*.tf", "Makefile"),
+        system_prompt="You are a devops engineer. Keep pipelines and deployment files reproducible: pin "
+                      "versions, never put secrets in files, and keep changes idempotent.",
+        soft_time_limit=2700,
+        time_limit=3000,
     ),
-    Specialty.GENERAL: SpecialtyProfile(name="general"),
+    Specialty.GENERAL: SpecialtyProfile(
+        name="general",
+        system_prompt="You are a careful generalist engineer. Make the smallest change that resolves the issue.",
+    ),
 }
 
 
@@ -89,6 +102,7 @@ def _from_config(config: SpecialtyConfig, base: SpecialtyProfile | None) -> Spec
         denied_commands=tuple(config.denied_commands) or base.denied_commands,
         soft_time_limit=config.soft_time_limit or base.soft_time_limit,
         time_limit=config.time_limit or base.time_limit,
+        tools=tuple(config.tools) or base.tools,
     )
 
 

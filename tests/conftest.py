@@ -18,7 +18,7 @@ from common import migrate
 from common.db import Database
 from common.models import Base
 from common.settings import Settings
-from tests.support import SECRET
+from tests.support import SECRET, Process
 
 PG_ADMIN = os.environ.get("FORGECREW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("FORGECREW_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -93,6 +93,15 @@ def db(settings: Settings) -> Iterator[Database]:
         tables = ", ".join(table.name for table in reversed(Base.metadata.sorted_tables))
         session.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     database.dispose()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[Process]]:
+    """Server processes a test started; each is stopped (SIGTERM, then SIGKILL) at the end."""
+    started: list[Process] = []
+    yield started
+    for proc in reversed(started):
+        proc.stop()
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

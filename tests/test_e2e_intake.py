@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,14 +17,6 @@ from tests.conftest import settings_env
 from tests.support import Process, RedisServer, headers, labeled_issue, start_coordinator, start_worker, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def processes() -> Iterator[list[Process]]:
-    started: list[Process] = []
-    yield started
-    for proc in reversed(started):
-        proc.stop()
 
 
 def task_state(db: Database, task_id: int) -> str:

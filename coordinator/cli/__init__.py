@@ -51,7 +51,7 @@ def cli(log_level: str) -> None:
 
 
 def main() -> None:
-    from coordinator.cli import db, servers, tasks  # noqa: F401  (registers commands)
+    from coordinator.cli import db, run, servers, tasks, workspaces  # noqa: F401  (registers commands)
 
     try:
         cli(standalone_mode=True)

@@ -59,7 +59,7 @@ def show_task(ctx: click.Context, task_id: int, as_json: bool) -> None:
     """One task with its events (the audit log) and token usage."""
     db = Database(settings_from(ctx))
     with db.session() as session:
-        task = session.get(Task, task_id, options=[selectinload(Task.events)])
+        task = session.get(Task, task_id, options=[selectinload(Task.events), selectinload(Task.runs)])
         if task is None:
             raise TaskNotFound(task_id)
         data = task_detail(task)

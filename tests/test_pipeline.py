@@ -1,0 +1,217 @@
+"""The worker pipeline in process: real PostgreSQL, real git, the local forge, a fake model server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from common.db import Database
+from common.forge.local import LocalForge
+from common.leases import claim
+from common.models import Task, TaskRun
+from common.settings import Settings
+from common.states import TaskState
+from common.transitions import transition
+from tests.factories import make_task
+from tests.fakes.anthropic_server import DEFAULT_KEY, FakeAnthropic, error, tool_use
+from tests.sample_repo import ISSUE_BODY, ISSUE_TITLE, fixing_script, last_tool_result, write_sample
+from workers.llm import LLMClient
+from workers.pipeline import Outcome, Pipeline
+
+pytestmark = pytest.mark.integration
+REPO = "acme/calc"
+GITHUB_TOKEN = "ghp_supersecrettokenvalue1234567890abcd"
+
+
+@pytest.fixture
+def model() -> Iterator[FakeAnthropic]:
+    with FakeAnthropic() as server:
+        yield server
+
+
+@pytest.fixture
+def forge_settings(make_settings: Callable[..., Settings], model: FakeAnthropic, tmp_path: Path) -> Settings:
+    return make_settings(forge="local", anthropic_api_key=DEFAULT_KEY, anthropic_base_url=model.base_url,
+                         github_token=GITHUB_TOKEN, model="claude-sonnet-4-6", repair_rounds=1, max_turns=12)
+
+
+@pytest.fixture
+def forge(forge_settings: Settings, tmp_path: Path) -> LocalForge:
+    local = LocalForge(forge_settings)
+    local.create_repo(REPO, write_sample(tmp_path / "sample"))
+    local.create_issue(REPO, 1, ISSUE_TITLE, ISSUE_BODY)
+    return local
+
+
+def run_task(settings: Settings, db: Database, forge: LocalForge, task_id: int) -> Outcome:
+    held = claim(db, task_id, "test-worker")
+    assert held is not None
+    llm = lambda: LLMClient.from_settings(settings, retry_base_delay=0.01, max_retries=1)  # noqa: E731
+    return Pipeline(settings, db, forge, llm_factory=llm).run(held)
+
+
+def load(db: Database, task_id: int) -> Task:
+    with db.session() as session:
+        task = session.get(Task, task_id)
+        task.events, task.runs  # noqa: B018  (load before the session closes)
+        return task
+
+
+def pushed_file(forge: LocalForge, branch: str, path: str) -> str:
+    return subprocess.run(["git", "--git-dir", str(forge.bare_path(REPO)), "show", f"{branch}:{path}"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_issue_becomes_a_pull_request_with_passing_tests(forge_settings: Settings, db: Database,
+                                                         forge: LocalForge, model: FakeAnthropic) -> None:
+    model.add(*fixing_script())
+    task_id = make_task(db, repo=REPO, issue_number=1, title=ISSUE_TITLE, body=ISSUE_BODY)
+    outcome = run_task(forge_settings, db, forge, task_id)
+    assert outcome.state == "pr_open", outcome.reason
+    task = load(db, task_id)
+    assert task.branch == "forgecrew/issue-1-add-subtracts-instead-of-adding"
+    assert "return a + b" in pushed_file(forge, task.branch, "calc.py")
+    [pr] = forge.pull_requests(REPO)
+    assert task.pr_url == pr["url"] == f"local://{REPO}/pull/{pr['number']}"
+    assert not pr["draft"] and "Fixes #1" in pr["body"] and "passed" in pr["body"] and "`calc.py`" in pr["body"]
+    issue = forge.issue_record(REPO, 1)
+    assert "forgecrew:pr-open" in issue["labels"] and "forgecrew:working" not in issue["labels"]
+    assert any(pr["url"] in comment["body"] for comment in issue["comments"])
+    states = [e.to_state for e in task.events]
+    assert states[-3:] == ["running", "testing", "pr_open"]
+    [run] = task.runs
+    assert run.outcome == "pr_open" and run.tests_passed and run.turns == 4
+    assert task.input_tokens > 0 and task.output_tokens > 0
+    assert task.cache_write_tokens > 0 and task.cache_read_tokens > 0  # system and tools re-read from the cache
+    assert task.cost_usd is not None and task.cost_usd > 0
+    first = model.message_requests[0].body
+    assert first["system"][-1]["cache_control"] == {"type": "ephemeral"}
+    assert first["tools"][-1]["cache_control"] == {"type": "ephemeral"}
+    prompt = first["messages"][0]["content"]
+    prompt = prompt if isinstance(prompt, str) else json.dumps(prompt)
+    assert ISSUE_TITLE in prompt and "Run the unit tests before finishing." in prompt  # AGENTS.md
+    assert "Keep the docstring." in prompt  # .forgecrew.yml instructions
+
+
+def test_failing_tests_go_back_to_the_agent_for_repair(forge_settings: Settings, db: Database,
+                                                        forge: LocalForge, model: FakeAnthropic) -> None:
+    def repair(request: Any) -> Any:
+        text = json.dumps(request["messages"][-1]["content"])
+        assert "tests failed" in text and "AssertionError" in text
+        return tool_use("edit_file", {"path": "calc.py", "old_text": "return a * b", "new_text": "return a + b"})
+
+    model.add(tool_use("edit_file", {"path": "calc.py", "old_text": "return a - b", "new_text": "return a * b"}),
+              tool_use("finish", {"summary": "multiplied"}), repair, tool_use("finish", {"summary": "Now adds."}))
+    task_id = make_task(db, repo=REPO, issue_number=1, title=ISSUE_TITLE)
+    outcome = run_task(forge_settings, db, forge, task_id)
+    assert outcome.state == "pr_open", outcome.reason
+    states = [e.to_state for e in load(db, task_id).events]
+    assert states[-5:] == ["running", "testing", "running", "testing", "pr_open"]
+    assert not forge.pull_requests(REPO)[0]["draft"]
+
+
+def test_tests_still_failing_opens_a_draft(forge_settings: Settings, db: Database, forge: LocalForge,
+                                           model: FakeAnthropic) -> None:
+    wrong = tool_use("edit_file", {"path": "calc.py", "old_text": "return a - b", "new_text": "return b - a"})
+    model.add(wrong, tool_use("finish", {"summary": "swapped"}), tool_use("finish", {"summary": "gave up"}))
+    task_id = make_task(db, repo=REPO, issue_number=1, title=ISSUE_TITLE)
+    outcome = run_task(forge_settings, db, forge, task_id)
+    assert outcome.state == "pr_open"
+    [pr] = forge.pull_requests(REPO)
+    assert pr["draft"] and "failed" in pr["body"]
+    assert "draft" in load(db, task_id).events[-1].detail.lower()
+
+
+def test_model_error_mid_run_fails_with_a_comment(forge_settings: Settings, db: Database, forge: LocalForge,
+                                                   model: FakeAnthropic) -> None:
+    model.add(tool_use("read_file", {"path": "calc.py"}),
+              error(400, "invalid_request_error", "prompt is too long: 210000 tokens > 200000 maximum"))
+    task_id = make_task(db, repo=REPO, issue_number=1, title=ISSUE_TITLE)
+    outcome = run_task(forge_settings, db, forge, task_id)
+    assert outcome.state == "failed"
+    task = load(db, task_id)
+    assert task.state == "failed" and "model error" in task.failure_reason and "prompt is too long" in task.failure_reason
+    issue = forge.issue_record(REPO, 1)
+    assert "forgecrew:failed" in issue["labels"]
+    assert "prompt is too long" in issue["comments"][-1]["body"]
+    assert task.runs[0].outcome == "failed" and task.runs[0].input_tokens > 0  # the turn before still counts
+    assert forge.pull_requests(REPO) == []
+
+
+def test_clone_failure_is_recorded(forge_settings: Settings, db: Database, forge: LocalForge) -> None:
+    task_id = make_task(db, repo="acme/missing", issue_number=3, title="x")
+    outcome = run_task(forge_settings, db, forge, task_id)
+    assert outcome.state == "failed" and outcome.reason.startswith("clone failed")
+    assert load(db, task_id).failure_reason.startswith("clone failed")
+
+
+def test_turn_budget_ends_the_run(make_settings: Callable[..., Settings], forge_settings: Settings,
+                                  db: Database, forge: LocalForge, model: FakeAnthropic) -> None:
+    settings = forge_settings.model_copy(update={"max_turns": 2})
+    model.add(*[tool_use("list_files", {"path": "."}) for _ in range(3)])
+    task_id = make_task(db, repo=REPO, issue_number=1, title=ISSUE_TITLE)
+    outcome = run_task(settings, db, forge, task_id)
+    assert outcome.state == "failed" and "turn budget exhausted" in outcome.reason
+    assert "FORGECREW_MAX_TURNS" in load(db, task_id).failure_reason
+    assert len(model.message_requests) == 2
+
+
+def test_path_escape_is_a_tool_error_not_a_crash(forge_settings: Settings, db: Database, forge: LocalForge,
+                                                 model: FakeAnthropic) -> None:
+    def after_escape(request: Any) -> Any:
+        result = request["messages"][-1]["content"][0]
+        assert result["is_error"] is True and "outside" in result["content"]
+        return fixing_script()[0]
+
+    model.add(tool_use("read_file", {"path": "../../../../etc/passwd"}), after_escape, *fixing_script()[1:])
+    task_id = make_task(db, repo=REPO, issue_number=1, title=ISSUE_TITLE)
+    assert run_task(forge_settings, db, forge, task_id).state == "pr_open"
+
+
+def test_secrets_stay_out_of_tools_workspace_transcript_and_pr(forge_settings: Settings, db: Database,
+                                                               forge: LocalForge, model: FakeAnthropic,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GITHUB_TOKEN", GITHUB_TOKEN)
+    monkeypatch.setenv("FORGECREW_ANTHROPIC_API_KEY", DEFAULT_KEY)
+
+    def after_env(request: Any) -> Any:
+        output = last_tool_result(request)
+        assert "HOME=" in output  # the command really ran
+        assert GITHUB_TOKEN not in output and DEFAULT_KEY not in output and "FORGECREW_" not in output
+        return fixing_script()[0]
+
+    model.add(tool_use("run_command", {"command": "env; git config --list"}), after_env, *fixing_script()[1:])
+    task_id = make_task(db, repo=REPO, issue_number=1, title=ISSUE_TITLE, body=f"token {GITHUB_TOKEN} leaked here")
+    assert run_task(forge_settings, db, forge, task_id).state == "pr_open"
+    workspace = forge_settings.workspace_root / "tasks" / str(task_id)
+    for path in workspace.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert GITHUB_TOKEN.encode() not in data and DEFAULT_KEY.encode() not in data, path
+    transcript = (workspace / "transcript.jsonl").read_text()
+    assert "read_file" in transcript and GITHUB_TOKEN not in transcript
+    pr = forge.pull_requests(REPO)[0]
+    assert GITHUB_TOKEN not in json.dumps(pr)
+
+
+def test_retried_task_updates_the_same_branch_and_pr(forge_settings: Settings, db: Database, forge: LocalForge,
+                                                     model: FakeAnthropic) -> None:
+    model.add(*fixing_script(), *fixing_script("return b + a"))
+    task_id = make_task(db, repo=REPO, issue_number=1, title=ISSUE_TITLE)
+    assert run_task(forge_settings, db, forge, task_id).state == "pr_open"
+    assert claim(db, task_id, "redelivered") is None  # a redelivered message finds nothing to run
+    with db.session() as session:
+        transition(session, session.get(Task, task_id), TaskState.QUEUED, actor="test", detail="retry")
+    second = run_task(forge_settings, db, forge, task_id)
+    assert second.state == "pr_open" and second.pr is not None and not second.pr.created
+    [pr] = forge.pull_requests(REPO)
+    task = load(db, task_id)
+    assert "return b + a" in pushed_file(forge, task.branch, "calc.py")
+    assert task.pr_number == pr["number"] and len(task.runs) == 2
+    with db.session() as session:
+        assert [r.attempt for r in session.query(TaskRun).filter_by(task_id=task_id)] == [1, 2]

@@ -1,0 +1,301 @@
+"""One run of a task: workspace → agent → tests (with repair rounds) → pull request."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from common.db import Database
+from common.errors import ForgecrewError, LeaseLost
+from common.forge.base import Forge, ForgeError, IssueInfo, PullRequestInfo
+from common.leases import Claim, load_fenced, release
+from common.models import Task, TaskRun, utcnow
+from common.redact import Redactor
+from common.settings import Settings
+from common.specialties import SpecialtyProfile, StatusLabel, profiles
+from common.states import TaskState
+from common.transitions import transition
+from workers.agent import Agent, AgentResult
+from workers.budget import Budget
+from workers.llm import LLMClient
+from workers.prompts import repair_message, system_prompt, task_message
+from workers.publish import NothingToPublish, PublishRequest, publish
+from workers.repo_config import RepoConfig, instruction_files, load_repo_config
+from workers.testrun import TestResult, detect_test_command, run_tests
+from workers.tools.shell import CommandPolicy
+from workers.tools.toolbox import Toolbox
+from workers.transcript import Transcript
+from workers.workspace import CloneFailed, Workspace, WorkspaceManager, branch_name
+
+log = logging.getLogger(__name__)
+
+
+class RunFailed(ForgecrewError):
+    """A known way for a run to fail; the message is what a person reads on the issue."""
+
+
+@dataclass(frozen=True)
+class TaskSnapshot:
+    id: int
+    repo: str
+    issue_number: int | None
+    title: str
+    body: str
+    specialty: str
+    branch: str | None
+    attempt: int
+
+
+@dataclass
+class Outcome:
+    state: str
+    reason: str = ""
+    pr: PullRequestInfo | None = None
+
+
+class Pipeline:
+    """Every step's writes are fenced by the claim: a worker that lost its lease writes nothing."""
+
+    def __init__(self, settings: Settings, db: Database, forge: Forge, *,
+                 llm_factory: Callable[[], LLMClient], progress: Callable[[str], None] = log.info) -> None:
+        self.settings = settings
+        self.db = db
+        self.forge = forge
+        self.llm_factory = llm_factory
+        self.progress = progress
+        self.workspaces = WorkspaceManager(settings.workspace_root)
+        self.redact = Redactor.from_settings(settings)
+        self.agent: Agent | None = None
+        self.last_result: AgentResult | None = None
+        self.tests: TestResult | None = None
+
+    def run(self, held: Claim, should_stop: Callable[[], str | None] = lambda: None) -> Outcome:
+        task = self._snapshot(held)
+        run_id = self._start_run(held)
+        outcome = Outcome(TaskState.FAILED.value)
+        try:
+            outcome = self._work(task, held, should_stop)
+        except LeaseLost as exc:
+            log.warning("task %s: %s; leaving it to the new holder", task.id, exc)
+            return Outcome("lease_lost", str(exc))
+        except (ForgecrewError, NothingToPublish) as exc:  # known failures, incl. settings and model
+            outcome = Outcome(TaskState.FAILED.value, str(exc))
+        except SoftTimeLimitExceeded:
+            outcome = Outcome(TaskState.FAILED.value, "the task hit its time limit for this specialty")
+        except Exception as exc:
+            outcome = Outcome(TaskState.FAILED.value, f"internal error: {type(exc).__name__}: {exc}")
+            raise
+        finally:
+            if outcome.state == TaskState.FAILED:
+                self._fail(task, held, outcome.reason)
+            self._finish_run(held, run_id, outcome)
+        return outcome
+
+    # -- the steps ---------------------------------------------------------------------------
+
+    def _work(self, task: TaskSnapshot, held: Claim, should_stop: Callable[[], str | None]) -> Outcome:
+        self._label(task, StatusLabel.WORKING)
+        issue = self._issue(task)
+        branch = task.branch or branch_name(task.issue_number, issue.title, task_id=task.id)
+        self._update(held, branch=branch)
+        workspace = self._workspace(task, branch)
+        config = self._repo_config(workspace)
+        test_command = config.test_command or detect_test_command(workspace.checkout)
+        if config.setup_command:
+            self._setup(config, workspace)
+        result = self._agent_run(task, issue, workspace, config, test_command, should_stop)
+        tests = self._test_and_repair(held, workspace, test_command, config, result, should_stop)
+        return self._publish(task, held, workspace, issue, tests)
+
+    def _issue(self, task: TaskSnapshot) -> IssueInfo:
+        """Fresh issue text and comments from the forge; the stored copy when it has none."""
+        if task.issue_number is not None:
+            try:
+                return self.forge.get_issue(task.repo, task.issue_number)
+            except ForgeError as exc:
+                log.info("task %s: issue not readable from the forge (%s); using the stored text", task.id, exc)
+        return IssueInfo(repo=task.repo, number=task.issue_number or 0, title=task.title, body=task.body)
+
+    def _workspace(self, task: TaskSnapshot, branch: str) -> Workspace:
+        self.progress(f"cloning {task.repo} into a workspace on {branch}")
+        try:
+            workspace = self.workspaces.prepare(task.id, task.repo, self.forge.clone_url(task.repo), branch,
+                                                git_env=self.forge.git_env(task.repo))
+        except CloneFailed as exc:
+            raise RunFailed(f"clone failed: {exc}") from None
+        workspace.update_metadata(state="running", attempt=task.attempt)
+        return workspace
+
+    def _repo_config(self, workspace: Workspace) -> RepoConfig:
+        try:
+            return load_repo_config(workspace.checkout)
+        except ForgecrewError as exc:
+            raise RunFailed(str(exc)) from None
+
+    def _setup(self, config: RepoConfig, workspace: Workspace) -> None:
+        self.progress(f"setup: {config.setup_command}")
+        result = run_tests(config.setup_command or "", workspace.checkout, workspace.path,
+                           timeout=config.test_timeout)
+        if not result.passed:
+            raise RunFailed(f"setup command failed: {result.headline()}\n\n{result.output[-2000:]}")
+
+    def _agent_run(self, task: TaskSnapshot, issue: IssueInfo, workspace: Workspace, config: RepoConfig,
+                   test_command: str | None, should_stop: Callable[[], str | None]) -> AgentResult:
+        profile = self._profile(task.specialty, config)
+        self.agent = Agent(
+            llm=self.llm_factory(),
+            toolbox=self._toolbox(workspace, profile),
+            budget=Budget(self.settings.max_turns, self.settings.max_output_tokens,
+                          self.settings.max_wall_seconds, self.settings.max_cost_usd),
+            transcript=Transcript(workspace.transcript_path, self.redact),
+            system=system_prompt(profile, repo=task.repo, branch=workspace.branch),
+            should_stop=should_stop,
+            on_event=self.progress,
+            allowed_tools=profile.tools,
+        )
+        self.progress(f"agent ({profile.name}, model {self.settings.model}) started")
+        message = task_message(issue, workspace.checkout, instructions=instruction_files(workspace.checkout),
+                               extra=config.instructions, test_command=test_command)
+        return self._checked(self.agent.run(message))
+
+    def _checked(self, result: AgentResult) -> AgentResult:
+        self.progress(f"agent ended: {result.outcome} after {result.turns} turns")
+        self.last_result = result
+        if result.outcome == "stopped":
+            raise LeaseLost(result.summary)
+        if result.outcome == "model_error":
+            raise RunFailed(f"model error: {result.summary}")
+        if result.outcome == "budget":
+            raise RunFailed(result.summary)
+        return result
+
+    def _test_and_repair(self, held: Claim, workspace: Workspace, test_command: str | None, config: RepoConfig,
+                         result: AgentResult, should_stop: Callable[[], str | None]) -> TestResult | None:
+        if not test_command:
+            self.progress("no test command found; skipping tests")
+            return None
+        for round_number in range(self.settings.repair_rounds + 1):
+            self._move(held, TaskState.TESTING, f"running `{test_command}`")
+            self.progress(f"tests: {test_command}")
+            self.tests = run_tests(test_command, workspace.checkout, workspace.path, timeout=config.test_timeout)
+            self.progress(f"tests: {self.tests.headline()}")
+            if self.tests.passed or round_number == self.settings.repair_rounds:
+                return self.tests
+            self._move(held, TaskState.RUNNING, f"repair round {round_number + 1}: {self.tests.headline()}")
+            assert self.agent is not None
+            self._checked(self.agent.run(repair_message(self.tests.headline(), self.tests.output,
+                                                        round_number + 1, self.settings.repair_rounds)))
+        return self.tests
+
+    def _publish(self, task: TaskSnapshot, held: Claim, workspace: Workspace, issue: IssueInfo,
+                 tests: TestResult | None) -> Outcome:
+        assert self.agent is not None
+        self.progress("publishing: commit, push, pull request")
+        request = PublishRequest(task.repo, task.issue_number, issue.title, self.last_result.summary if self.last_result else "", tests,
+                                 self.agent.usage, self.agent.cost, self.agent.model_used or self.settings.model)
+        pr = publish(self.forge, self.settings, workspace, request, self.redact)
+        workspace.mark_finished("pr_open")
+        with self.db.session() as session:
+            row = load_fenced(session, held)
+            row.pr_url, row.pr_number, row.summary = pr.url, pr.number, self.redact(request.summary)
+            verdict = "tests pass" if tests and tests.passed else ("tests FAIL (draft)" if tests else "no tests")
+            transition(session, row, TaskState.PR_OPEN, actor=held.owner,
+                       detail=f"{'opened' if pr.created else 'updated'} {pr.url} ({verdict})")
+            release(row)
+        self._label(task, StatusLabel.PR_OPEN)
+        if task.issue_number:
+            verb = "opened" if pr.created else "updated"
+            self._comment(task, f"forgecrew {verb} a pull request for this issue: {pr.url}"
+                                + ("" if not tests or tests.passed else "\n\nThe tests still fail, so it is a draft."))
+        self.progress(f"pull request: {pr.url}")
+        return Outcome(TaskState.PR_OPEN.value, pr=pr)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _profile(self, specialty: str, config: RepoConfig) -> SpecialtyProfile:
+        known = profiles(self.settings)
+        return known.get(config.specialty or "") or known.get(specialty) or known["general"]
+
+    def _toolbox(self, workspace: Workspace, profile: SpecialtyProfile) -> Toolbox:
+        policy = CommandPolicy(allowed=profile.allowed_commands,
+                               denied=CommandPolicy().denied + profile.denied_commands)
+        return Toolbox(workspace.checkout, policy=policy, home=workspace.home, tmp=workspace.tmp)
+
+    def _snapshot(self, held: Claim) -> TaskSnapshot:
+        with self.db.session() as session:
+            row = load_fenced(session, held)
+            return TaskSnapshot(row.id, row.repo, row.issue_number, row.title, row.body, row.specialty,
+                                row.branch, row.attempt)
+
+    def _update(self, held: Claim, **fields: object) -> None:
+        with self.db.session() as session:
+            row = load_fenced(session, held)
+            for key, value in fields.items():
+                setattr(row, key, value)
+
+    def _move(self, held: Claim, to_state: TaskState, detail: str) -> None:
+        with self.db.session() as session:
+            transition(session, load_fenced(session, held), to_state, actor=held.owner, detail=detail)
+
+    def _start_run(self, held: Claim) -> int:
+        with self.db.session() as session:
+            run = TaskRun(task_id=held.task_id, attempt=held.attempt, worker=held.owner)
+            session.add(run)
+            session.flush()
+            return run.id
+
+    def _finish_run(self, held: Claim, run_id: int, outcome: Outcome) -> None:
+        """Per-run facts, and the task's running totals, whatever the outcome."""
+        agent = self.agent
+        with self.db.session() as session:
+            run = session.get(TaskRun, run_id)
+            run.finished_at, run.outcome, run.detail = utcnow(), outcome.state, self.redact(outcome.reason)[:4000]
+            if self.tests:
+                run.test_command, run.tests_passed = self.tests.command, self.tests.passed
+            if agent is not None:
+                run.model, run.turns, run.cost_usd = agent.model_used or None, agent.budget.turns, agent.cost
+                run.transcript_path = str(agent.transcript.path)
+                for field in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
+                    setattr(run, field, getattr(agent.usage, field))
+                task = session.get(Task, held.task_id)
+                for field in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
+                    setattr(task, field, (getattr(task, field) or 0) + getattr(agent.usage, field))
+                if agent.cost is not None:
+                    task.cost_usd = (task.cost_usd or 0.0) + agent.cost
+
+    def _fail(self, task: TaskSnapshot, held: Claim, reason: str) -> None:
+        reason = self.redact(reason)
+        self.progress(f"failed: {reason}")
+        try:
+            with self.db.session() as session:
+                row = load_fenced(session, held)
+                row.failure_reason = reason[:4000]
+                transition(session, row, TaskState.FAILED, actor=held.owner, detail=reason[:1000])
+                release(row)
+        except LeaseLost:
+            return
+        workspace_dir = self.workspaces.task_dir(task.id)
+        if (workspace_dir / "metadata.json").exists():
+            self.workspaces.load(task.id).mark_finished("failed")
+        self._label(task, StatusLabel.FAILED)
+        if task.issue_number:
+            self._comment(task, f"forgecrew could not finish this issue.\n\n> {reason[:1500]}\n\n"
+                                "Fix the cause and add the `forgecrew` label again to retry.")
+
+    def _label(self, task: TaskSnapshot, label: StatusLabel) -> None:
+        if task.issue_number is None:
+            return
+        try:
+            self.forge.set_status_label(task.repo, task.issue_number, label)
+        except ForgeError as exc:  # a label is a courtesy; the run goes on without it
+            log.warning("task %s: could not set label %s: %s", task.id, label.value, exc)
+
+    def _comment(self, task: TaskSnapshot, body: str) -> None:
+        try:
+            self.forge.comment(task.repo, task.issue_number or 0, self.redact(body))
+        except ForgeError as exc:
+            log.warning("task %s: could not comment on the issue: %s", task.id, exc)
+

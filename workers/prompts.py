@@ -1,0 +1,81 @@
+"""What the model is told: the shared rules, the specialty's stance, and the task's context."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from common.forge.base import IssueInfo
+from common.specialties import SpecialtyProfile
+
+SYSTEM_TEMPLATE = """\
+You are forgecrew's {specialty} agent. You work alone in a checkout of the repository {repo} on \
+the branch {branch}, and your change becomes a pull request that a person will review.
+
+{stance}
+
+How to work:
+- Read before you write: find the relevant code with list_files, search and read_file.
+- Change files with edit_file (exact replacement) or write_file. Keep the change focused on the issue.
+- Run the tests and any quick checks with run_command; a failing command's output is information, not an error.
+- Do not commit, push or create branches: forgecrew commits your working tree and opens the pull request.
+- Every path is relative to the repository root; you cannot leave it, and the network may be unavailable.
+- When the change is complete, call finish with a short Markdown summary for the pull request: what changed, \
+why, and what a reviewer should check. If the issue cannot be resolved, call finish and explain why."""
+
+TREE_LIMIT = 300
+README_LIMIT = 6_000
+
+
+def system_prompt(profile: SpecialtyProfile, *, repo: str, branch: str) -> str:
+    return SYSTEM_TEMPLATE.format(specialty=profile.name, repo=repo, branch=branch,
+                                  stance=profile.system_prompt or "Make the smallest correct change.")
+
+
+def file_tree(checkout: Path, limit: int = TREE_LIMIT) -> str:
+    """Paths under the checkout (no .git, no dependency folders), trimmed to `limit` lines."""
+    skip = {".git", "node_modules", ".venv", "venv", "__pycache__", "dist", "build", "target", ".tox"}
+    paths: list[str] = []
+    for root, dirs, files in os.walk(checkout):
+        dirs[:] = sorted(d for d in dirs if d not in skip)
+        relative = Path(root).relative_to(checkout)
+        paths.extend(str(relative / name) if str(relative) != "." else name for name in sorted(files))
+        if len(paths) > limit:
+            break
+    shown = paths[:limit]
+    more = f"\n… and more files (tree trimmed at {limit})" if len(paths) > limit else ""
+    return "\n".join(shown) + more
+
+
+def readme(checkout: Path) -> str:
+    for name in ("README.md", "README.rst", "README.txt", "README"):
+        path = checkout / name
+        if path.is_file() and not path.is_symlink():
+            return path.read_text(encoding="utf-8", errors="replace")[:README_LIMIT]
+    return ""
+
+
+def task_message(issue: IssueInfo, checkout: Path, *, instructions: dict[str, str], extra: str,
+                 test_command: str | None) -> str:
+    """The first user message: the issue and what the agent should know about the repository."""
+    parts = [f"# Issue #{issue.number}: {issue.title}" if issue.number else f"# Task: {issue.title}",
+             issue.body.strip() or "(no description)"]
+    if issue.comments:
+        parts.append("## Comments on the issue\n" + "\n\n".join(issue.comments))
+    parts.append("## Repository files\n```\n" + file_tree(checkout) + "\n```")
+    text = readme(checkout)
+    if text:
+        parts.append("## README (start)\n" + text)
+    for name, content in instructions.items():
+        parts.append(f"## Instructions from {name}\n{content}")
+    if extra.strip():
+        parts.append("## Instructions from .forgecrew.yml\n" + extra.strip())
+    if test_command:
+        parts.append(f"## Tests\nforgecrew will run `{test_command}` after you finish; a failure comes back to you.")
+    parts.append("Resolve the issue, then call finish.")
+    return "\n\n".join(parts)
+
+
+def repair_message(headline: str, output: str, round_number: int, rounds: int) -> str:
+    return (f"The tests failed after your change (repair round {round_number} of {rounds}): {headline}\n\n"
+            f"```\n{output}\n```\n\nFix the cause, run the tests yourself, then call finish again.")

@@ -30,6 +30,10 @@ class StatusLabel(StrEnum):
     FAILED = "forgecrew:failed"
 
 
+# On a pull request whose tests still failed when it was opened (it is a draft too).
+TESTS_FAILING_LABEL = "forgecrew:tests-failing"
+
+
 @dataclass(frozen=True)
 class SpecialtyProfile:
     """What triage and the agent need to know about one specialty."""

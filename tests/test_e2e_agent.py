@@ -91,7 +91,7 @@ def test_labeled_issue_becomes_a_pr_on_github(make_settings, db: Database, model
         task = fix_through_cluster(settings, db, model, tmp_path, processes)
         [pr] = github.pulls(REPO)
         assert task.pr_number == pr.number and pr.head == task.branch
-        assert "Fixes #1" in pr.body and "passed" in pr.body
+        assert "Fixes #1" in pr.body and "passed" in pr.body and "forgecrew:tests-failing" not in pr.labels
         issue = github.issue(REPO, 1)
         assert "forgecrew:pr-open" in issue.labels and "forgecrew:working" not in issue.labels
         assert any(str(pr.number) in comment["body"] for comment in issue.comments)

@@ -115,6 +115,17 @@ def test_open_or_update_pr_twice_keeps_one_pr(fake: FakeGitHub, forge: GitHubFor
     assert second.url.endswith(f"/acme/widgets/pull/{first.number}")
 
 
+def test_pull_request_label_added_then_removed_without_repeat_writes(fake: FakeGitHub, forge: GitHubForge) -> None:
+    info = forge.open_or_update_pr(REPO, branch="forgecrew/9-x", base="main", title="t", body="b", draft=True)
+    forge.label_pull_request(REPO, info.number, "forgecrew:tests-failing", True)
+    forge.label_pull_request(REPO, info.number, "forgecrew:tests-failing", True)
+    assert fake.pulls(REPO)[0].labels == ["forgecrew:tests-failing"]
+    assert len(fake.calls("POST", rf"/issues/{info.number}/labels$")) == 1
+    forge.label_pull_request(REPO, info.number, "forgecrew:tests-failing", False)
+    assert fake.pulls(REPO)[0].labels == []
+    assert fake.violations == []
+
+
 def test_ready_pr_is_not_a_draft(fake: FakeGitHub, forge: GitHubForge) -> None:
     info = forge.open_or_update_pr(REPO, branch="forgecrew/ready", base="main", title="t", body="b", draft=False)
     assert info.draft is False and fake.pulls(REPO)[0].draft is False

@@ -79,6 +79,7 @@ def test_issue_becomes_a_pull_request_with_passing_tests(forge_settings: Setting
     [pr] = forge.pull_requests(REPO)
     assert task.pr_url == pr["url"] == f"local://{REPO}/pull/{pr['number']}"
     assert not pr["draft"] and "Fixes #1" in pr["body"] and "passed" in pr["body"] and "`calc.py`" in pr["body"]
+    assert pr.get("labels", []) == []
     issue = forge.issue_record(REPO, 1)
     assert "forgecrew:pr-open" in issue["labels"] and "forgecrew:working" not in issue["labels"]
     assert any(pr["url"] in comment["body"] for comment in issue["comments"])
@@ -123,7 +124,7 @@ def test_tests_still_failing_opens_a_draft(forge_settings: Settings, db: Databas
     outcome = run_task(forge_settings, db, forge, task_id)
     assert outcome.state == "pr_open"
     [pr] = forge.pull_requests(REPO)
-    assert pr["draft"] and "failed" in pr["body"]
+    assert pr["draft"] and "failed" in pr["body"] and pr["labels"] == ["forgecrew:tests-failing"]
     assert "draft" in load(db, task_id).events[-1].detail.lower()
 
 
@@ -215,3 +216,17 @@ def test_retried_task_updates_the_same_branch_and_pr(forge_settings: Settings, d
     assert task.pr_number == pr["number"] and len(task.runs) == 2
     with db.session() as session:
         assert [r.attempt for r in session.query(TaskRun).filter_by(task_id=task_id)] == [1, 2]
+
+
+def test_push_rejected_fails_with_the_forge_reason(forge_settings: Settings, db: Database, forge: LocalForge,
+                                                  model: FakeAnthropic) -> None:
+    hook = forge.bare_path(REPO) / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\necho 'branch protection: forgecrew/* is read-only' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    model.add(*fixing_script())
+    task_id = make_task(db, repo=REPO, issue_number=1, title=ISSUE_TITLE)
+    outcome = run_task(forge_settings, db, forge, task_id)
+    assert outcome.state == "failed"
+    assert "rejected" in outcome.reason and "branch protection" in outcome.reason
+    assert "branch protection" in forge.issue_record(REPO, 1)["comments"][-1]["body"]
+    assert forge.pull_requests(REPO) == []

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from common.forge.base import Forge, PullRequestInfo
 from common.redact import Redactor
 from common.settings import Settings
+from common.specialties import TESTS_FAILING_LABEL
 from workers.llm import Usage
 from workers.testrun import TestResult
 from workers.workspace import Workspace, changed_files, commit_all, push
@@ -64,8 +65,10 @@ def publish(forge: Forge, settings: Settings, workspace: Workspace, request: Pub
     if sha is None or not files:
         raise NothingToPublish("the agent made no changes to the repository")
     push(workspace, forge.git_env(request.repo))
-    draft = request.tests is not None and not request.tests.passed
-    return forge.open_or_update_pr(
+    failing = request.tests is not None and not request.tests.passed
+    pr = forge.open_or_update_pr(
         request.repo, branch=workspace.branch, base=workspace.base_branch, title=redact(pr_title(request)),
-        body=redact(pr_body(request, files)), draft=draft,
+        body=redact(pr_body(request, files)), draft=failing,
     )
+    forge.label_pull_request(request.repo, pr.number, TESTS_FAILING_LABEL, failing)
+    return pr

@@ -64,6 +64,10 @@ class Forge(Protocol):
         """Add `label` and remove forgecrew's other status labels."""
         ...
 
+    def label_pull_request(self, repo: str, number: int, label: str, present: bool) -> None:
+        """Add or remove one label on a pull request (e.g. forgecrew:tests-failing)."""
+        ...
+
     def open_or_update_pr(
         self, repo: str, *, branch: str, base: str, title: str, body: str, draft: bool
     ) -> PullRequestInfo:

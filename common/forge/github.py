@@ -366,6 +366,16 @@ class GitHubForge:
                             raise
                         log.debug("label %s was already gone from %s#%s", other.value, repo, number)
 
+    def label_pull_request(self, repo: str, number: int, label: str, present: bool) -> None:
+        """PRs are issues to the labels API; a label already in the wanted state costs no write."""
+        with self._errors(f"labelling pull request #{number}", repo):
+            issue = self._repo(repo).get_issue(number)
+            has = label in {item.name for item in issue.labels}
+            if present and not has:
+                issue.add_to_labels(label)
+            elif has and not present:
+                issue.remove_from_labels(label)
+
     def open_or_update_pr(self, repo: str, *, branch: str, base: str, title: str, body: str,
                           draft: bool) -> PullRequestInfo:
         """Update the open PR of `branch` if there is one (draft state then stays as it is), else open it."""

@@ -146,6 +146,16 @@ class LocalForge:
         return PullRequestInfo(number=pull["number"], url=pull["url"], branch=branch, draft=pull["draft"],
                                created=created)
 
+    def label_pull_request(self, repo: str, number: int, label: str, present: bool) -> None:
+        with self._locked(repo) as state:
+            pulls = self.pull_requests(repo)
+            pull = next((p for p in pulls if p["number"] == number), None)
+            if pull is None:
+                raise ForgeError(f"pull request #{number} not found in {repo}")
+            labels = [name for name in pull.get("labels", []) if name != label]
+            pull["labels"] = [*labels, label] if present else labels
+            _write_json(state / "pulls.json", pulls)
+
     # -- helpers for tests, `forgecrew run` and docs -----------------------------------------
     def create_repo(self, repo: str, source_dir: str | Path | None = None, *,
                     default_branch: str = "main") -> Path:

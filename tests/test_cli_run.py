@@ -40,6 +40,9 @@ def test_run_on_a_local_repository_opens_a_local_pr(project: Path, tmp_path: Pat
     assert done.returncode == 0, done.stdout + done.stderr
     assert "tests: `python3 -m unittest" in done.stdout and "passed" in done.stdout
     assert "pull request: local://local/calc/pull/1" in done.stdout
+    fetch = next(line for line in done.stdout.splitlines() if line.startswith("see the change: "))
+    diff = subprocess.run(fetch.removeprefix("see the change: "), shell=True, capture_output=True, text=True)
+    assert "+    return a + b" in diff.stdout, diff.stderr
     bare = tmp_path / "forge" / "local" / "calc.git"
     branches = git("--git-dir", str(bare), "branch", "--list", "forgecrew/*", cwd=tmp_path)
     assert "forgecrew/run-1-add-subtracts" in branches

@@ -64,7 +64,8 @@ def run(ctx: click.Context, repo: str, issue: int | None, title: str | None, bod
         raise click.UsageError("give --issue N, or --title (and optionally --body)")
     settings = settings_from(ctx)
     path = Path(repo).expanduser()
-    if path.is_dir():
+    local_source = path.resolve() if path.is_dir() else None
+    if local_source:
         settings = settings.model_copy(update={"forge": "local", "local_forge_root": settings.local_forge_root.absolute()})
         repo = import_local_repo(settings, path)
         click.echo(f"using {path} as {repo} on the local forge at {settings.local_forge_root}")
@@ -88,6 +89,10 @@ def run(ctx: click.Context, repo: str, issue: int | None, title: str | None, bod
         click.echo(f"forgecrew: task {task_id} {outcome.state}: {outcome.reason}", err=True)
         sys.exit(1)
     click.echo(f"task {task_id}: pull request {outcome.pr.url if outcome.pr else ''}")
+    if local_source and outcome.pr:
+        bare = make_forge(settings).clone_url(repo)
+        click.echo(f"see the change: git -C {local_source} fetch {bare} {outcome.pr.branch} && "
+                   f"git -C {local_source} diff HEAD FETCH_HEAD")
 
 
 def _create(db: Database, settings: Settings, repo: str, issue: int | None, title: str, body: str,

@@ -7,11 +7,12 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
 
 from common.db import Database
 from common.leases import release
-from common.models import Task, utcnow
+from common.models import Task, TaskRun, utcnow
 from common.states import LEASED_STATES, TaskState
 from common.transitions import transition
 from coordinator.dispatch import Dispatcher
@@ -55,6 +56,7 @@ class Reconciler:
             for task in stale:
                 owner, attempt = task.lease_owner, task.attempt
                 release(task)
+                self._close_lost_runs(session, task.id, owner, now)
                 if attempt >= self.settings.max_attempts:
                     task.failure_reason = f"worker lost on {attempt} attempts (last: {owner})"
                     transition(session, task, TaskState.FAILED, actor=ACTOR,
@@ -66,6 +68,15 @@ class Reconciler:
                                detail=f"lease of {owner} expired on attempt {attempt}; requeued")
                     task.dispatched_at = None
                     report.requeued.append(task.id)
+
+    @staticmethod
+    def _close_lost_runs(session: Session, task_id: int, owner: str | None, now: datetime) -> None:
+        """A run whose worker died never recorded its end; say what happened to it."""
+        session.execute(
+            update(TaskRun)
+            .where(TaskRun.task_id == task_id, TaskRun.finished_at.is_(None))
+            .values(finished_at=now, outcome="lost", detail=f"worker {owner} stopped renewing its lease")
+        )
 
     def _unsent(self, now: datetime) -> list[tuple[int, str]]:
         """Triaged tasks whose send failed, and queued ones whose message may have been lost."""

@@ -12,7 +12,6 @@ from common.db import Database
 from common.errors import ForgecrewError, LeaseLost
 from common.forge.base import Forge, ForgeError, IssueInfo, PullRequestInfo
 from common.leases import Claim, load_fenced, release
-from common.models import Task, TaskRun, utcnow
 from common.redact import Redactor
 from common.settings import Settings
 from common.specialties import SpecialtyProfile, StatusLabel, profiles
@@ -20,10 +19,12 @@ from common.states import TaskState
 from common.transitions import transition
 from workers.agent import Agent, AgentResult
 from workers.budget import Budget
+from workers.issue_notes import IssueNotes
 from workers.llm import LLMClient
 from workers.prompts import repair_message, system_prompt, task_message
 from workers.publish import NothingToPublish, PublishRequest, publish
 from workers.repo_config import RepoConfig, instruction_files, load_repo_config
+from workers.runs import finish_run, start_run
 from workers.testrun import TestResult, detect_test_command, run_tests
 from workers.tools.shell import CommandPolicy
 from workers.tools.toolbox import Toolbox
@@ -74,7 +75,8 @@ class Pipeline:
 
     def run(self, held: Claim, should_stop: Callable[[], str | None] = lambda: None) -> Outcome:
         task = self._snapshot(held)
-        run_id = self._start_run(held)
+        run_id = start_run(self.db, held)
+        self.notes = IssueNotes(self.forge, self.redact, task.repo, task.issue_number)
         outcome = Outcome(TaskState.FAILED.value)
         try:
             outcome = self._work(task, held, should_stop)
@@ -91,13 +93,14 @@ class Pipeline:
         finally:
             if outcome.state == TaskState.FAILED:
                 self._fail(task, held, outcome.reason)
-            self._finish_run(held, run_id, outcome)
+            finish_run(self.db, held, run_id, outcome=outcome.state, detail=self.redact(outcome.reason),
+                       agent=self.agent, tests=self.tests)
         return outcome
 
     # -- the steps ---------------------------------------------------------------------------
 
     def _work(self, task: TaskSnapshot, held: Claim, should_stop: Callable[[], str | None]) -> Outcome:
-        self._label(task, StatusLabel.WORKING)
+        self.notes.label(StatusLabel.WORKING)
         issue = self._issue(task)
         branch = task.branch or branch_name(task.issue_number, issue.title, task_id=task.id)
         self._update(held, branch=branch)
@@ -205,11 +208,10 @@ class Pipeline:
             transition(session, row, TaskState.PR_OPEN, actor=held.owner,
                        detail=f"{'opened' if pr.created else 'updated'} {pr.url} ({verdict})")
             release(row)
-        self._label(task, StatusLabel.PR_OPEN)
-        if task.issue_number:
-            verb = "opened" if pr.created else "updated"
-            self._comment(task, f"forgecrew {verb} a pull request for this issue: {pr.url}"
-                                + ("" if not tests or tests.passed else "\n\nThe tests still fail, so it is a draft."))
+        self.notes.label(StatusLabel.PR_OPEN)
+        verb = "opened" if pr.created else "updated"
+        self.notes.comment(f"forgecrew {verb} a pull request for this issue: {pr.url}"
+                           + ("" if not tests or tests.passed else "\n\nThe tests still fail, so it is a draft."))
         self.progress(f"pull request: {pr.url}")
         return Outcome(TaskState.PR_OPEN.value, pr=pr)
 
@@ -240,32 +242,6 @@ class Pipeline:
         with self.db.session() as session:
             transition(session, load_fenced(session, held), to_state, actor=held.owner, detail=detail)
 
-    def _start_run(self, held: Claim) -> int:
-        with self.db.session() as session:
-            run = TaskRun(task_id=held.task_id, attempt=held.attempt, worker=held.owner)
-            session.add(run)
-            session.flush()
-            return run.id
-
-    def _finish_run(self, held: Claim, run_id: int, outcome: Outcome) -> None:
-        """Per-run facts, and the task's running totals, whatever the outcome."""
-        agent = self.agent
-        with self.db.session() as session:
-            run = session.get(TaskRun, run_id)
-            run.finished_at, run.outcome, run.detail = utcnow(), outcome.state, self.redact(outcome.reason)[:4000]
-            if self.tests:
-                run.test_command, run.tests_passed = self.tests.command, self.tests.passed
-            if agent is not None:
-                run.model, run.turns, run.cost_usd = agent.model_used or None, agent.budget.turns, agent.cost
-                run.transcript_path = str(agent.transcript.path)
-                for field in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
-                    setattr(run, field, getattr(agent.usage, field))
-                task = session.get(Task, held.task_id)
-                for field in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
-                    setattr(task, field, (getattr(task, field) or 0) + getattr(agent.usage, field))
-                if agent.cost is not None:
-                    task.cost_usd = (task.cost_usd or 0.0) + agent.cost
-
     def _fail(self, task: TaskSnapshot, held: Claim, reason: str) -> None:
         reason = self.redact(reason)
         self.progress(f"failed: {reason}")
@@ -280,22 +256,6 @@ class Pipeline:
         workspace_dir = self.workspaces.task_dir(task.id)
         if (workspace_dir / "metadata.json").exists():
             self.workspaces.load(task.id).mark_finished("failed")
-        self._label(task, StatusLabel.FAILED)
-        if task.issue_number:
-            self._comment(task, f"forgecrew could not finish this issue.\n\n> {reason[:1500]}\n\n"
-                                "Fix the cause and add the `forgecrew` label again to retry.")
-
-    def _label(self, task: TaskSnapshot, label: StatusLabel) -> None:
-        if task.issue_number is None:
-            return
-        try:
-            self.forge.set_status_label(task.repo, task.issue_number, label)
-        except ForgeError as exc:  # a label is a courtesy; the run goes on without it
-            log.warning("task %s: could not set label %s: %s", task.id, label.value, exc)
-
-    def _comment(self, task: TaskSnapshot, body: str) -> None:
-        try:
-            self.forge.comment(task.repo, task.issue_number or 0, self.redact(body))
-        except ForgeError as exc:
-            log.warning("task %s: could not comment on the issue: %s", task.id, exc)
-
+        self.notes.label(StatusLabel.FAILED)
+        self.notes.comment(f"forgecrew could not finish this issue.\n\n> {reason[:1500]}\n\n"
+                           "Fix the cause and add the `forgecrew` label again to retry.")

@@ -1,0 +1,35 @@
+"""Labels and comments on the issue: courtesies to people that never stop a run."""
+
+from __future__ import annotations
+
+import logging
+
+from common.forge.base import Forge, ForgeError
+from common.redact import Redactor
+from common.specialties import StatusLabel
+
+log = logging.getLogger(__name__)
+
+
+class IssueNotes:
+    def __init__(self, forge: Forge, redact: Redactor, repo: str, issue_number: int | None) -> None:
+        self.forge = forge
+        self.redact = redact
+        self.repo = repo
+        self.number = issue_number
+
+    def label(self, label: StatusLabel) -> None:
+        if self.number is None:
+            return
+        try:
+            self.forge.set_status_label(self.repo, self.number, label)
+        except ForgeError as exc:
+            log.warning("%s#%s: could not set label %s: %s", self.repo, self.number, label.value, exc)
+
+    def comment(self, body: str) -> None:
+        if self.number is None:
+            return
+        try:
+            self.forge.comment(self.repo, self.number, self.redact(body))
+        except ForgeError as exc:
+            log.warning("%s#%s: could not comment: %s", self.repo, self.number, exc)

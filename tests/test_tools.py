@@ -201,3 +201,14 @@ def test_processes_ignoring_sigterm_are_killed(toolbox):
     content = error(toolbox.call("run_command", {"command": command, "timeout": 0.5}))
     assert "killed" in content
     assert _live_members(int(content.split("pg ")[1].split()[0])) == []
+
+
+def test_test_runner_kills_a_hanging_suite_and_reports_it(tmp_path: Path) -> None:
+    from workers.testrun import detect_test_command, run_tests
+
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "package.json").write_text('{"scripts": {"test": "node t.js"}}')
+    assert detect_test_command(tmp_path / "repo") == "npm test"
+    result = run_tests("echo starting; sleep 60 & sleep 60", tmp_path / "repo", tmp_path, timeout=1)
+    assert result.timed_out and not result.passed and "starting" in result.output
+    assert "timed out" in result.headline()

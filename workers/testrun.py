@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from workers.tools.shell import safe_env
+from workers.tools.shell import run_command, safe_env
 
 OUTPUT_LIMIT = 12_000
 
@@ -51,36 +47,8 @@ def detect_test_command(checkout: Path) -> str | None:
 
 
 def run_tests(command: str, checkout: Path, scratch: Path, *, timeout: float) -> TestResult:
-    """Run `command` in its own process group; the whole group dies at the time limit."""
-    home, tmp = scratch / "home", scratch / "tmp"
-    home.mkdir(parents=True, exist_ok=True)
-    tmp.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    process = subprocess.Popen(["bash", "-c", command], cwd=checkout, env=safe_env(home, tmp),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    timed_out = False
-    try:
-        out, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        _kill_group(process.pid)
-        out, _ = process.communicate()
-    output = _trim(out.decode("utf-8", errors="replace"))
-    code = process.returncode
-    return TestResult(command, code == 0 and not timed_out, code, output, time.monotonic() - started, timed_out)
-
-
-def _kill_group(pid: int) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return
-        time.sleep(0.5)
-
-
-def _trim(text: str) -> str:
-    if len(text) <= OUTPUT_LIMIT:
-        return text
-    head, tail = OUTPUT_LIMIT // 3, OUTPUT_LIMIT - OUTPUT_LIMIT // 3
-    return f"{text[:head]}\n… [{len(text) - OUTPUT_LIMIT} characters cut] …\n{text[-tail:]}"
+    """Run `command` as the agent's commands run: own process group, killed whole at the limit."""
+    result = run_command(command, cwd=checkout, env=safe_env(scratch / "home", scratch / "tmp"),
+                         timeout=timeout, output_limit=OUTPUT_LIMIT)
+    return TestResult(command, result.exit_code == 0 and not result.timed_out, result.exit_code, result.output,
+                      result.seconds, result.timed_out)

@@ -28,7 +28,7 @@ def _queue_extras(settings: Settings) -> dict[str, Any]:
         return {}
     # RabbitMQ closes a channel whose delivery stays unacked past consumer_timeout (30 min by
     # default). With acks_late an agent task is unacked for its whole run, so give each queue a
-    # per-queue timeout above the longest hard limit (RabbitMQ >= 3.12 honours x-consumer-timeout).
+    # per-queue timeout above the longest hard limit (RabbitMQ >= 3.11.15 honours x-consumer-timeout).
     timeout_ms = (max_time_limit(settings) + VISIBILITY_MARGIN_SECONDS) * 1000
     return {"queue_arguments": {"x-consumer-timeout": timeout_ms}}
 

@@ -52,7 +52,7 @@ def run_task(settings: Settings, db: Database, forge: LocalForge, task_id: int) 
     held = claim(db, task_id, "test-worker")
     assert held is not None
     llm = lambda: LLMClient.from_settings(settings, retry_base_delay=0.01, max_retries=1)  # noqa: E731
-    return Pipeline(settings, db, forge, llm_factory=llm).run(held)
+    return Pipeline(settings, db, lambda: forge, llm_factory=llm).run(held)
 
 
 def load(db: Database, task_id: int) -> Task:
@@ -230,3 +230,15 @@ def test_push_rejected_fails_with_the_forge_reason(forge_settings: Settings, db:
     assert "rejected" in outcome.reason and "branch protection" in outcome.reason
     assert "branch protection" in forge.issue_record(REPO, 1)["comments"][-1]["body"]
     assert forge.pull_requests(REPO) == []
+
+
+def test_missing_forge_setting_fails_the_task_cleanly(forge_settings: Settings, db: Database) -> None:
+    from common.forge.factory import make_forge
+
+    settings = forge_settings.model_copy(update={"forge": "github", "github_token": None})
+    task_id = make_task(db, repo=REPO, issue_number=1, title=ISSUE_TITLE)
+    held = claim(db, task_id, "test-worker")
+    outcome = Pipeline(settings, db, lambda: make_forge(settings), llm_factory=lambda: None).run(held)  # type: ignore[arg-type,return-value]
+    assert outcome.state == "failed" and "FORGECREW_GITHUB_TOKEN" in outcome.reason
+    task = load(db, task_id)
+    assert task.state == "failed" and task.lease_owner is None and task.runs[0].outcome == "failed"

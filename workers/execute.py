@@ -24,7 +24,7 @@ def execute(runtime: WorkerRuntime, task_id: int, *, worker: str) -> str:
     with db.session() as session:
         installation_id = session.get(Task, task_id).installation_id
     with Heartbeat(db, held) as beat:
-        pipeline = Pipeline(settings, db, make_forge(settings, installation_id),
+        pipeline = Pipeline(settings, db, lambda: make_forge(settings, installation_id),
                             llm_factory=lambda: LLMClient.from_settings(settings),
                             progress=lambda message: log.info("task %s: %s", task_id, message))
         outcome = pipeline.run(held, should_stop=lambda: "lost the task's lease" if beat.lost.is_set() else None)

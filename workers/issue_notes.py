@@ -12,14 +12,14 @@ log = logging.getLogger(__name__)
 
 
 class IssueNotes:
-    def __init__(self, forge: Forge, redact: Redactor, repo: str, issue_number: int | None) -> None:
+    def __init__(self, forge: Forge | None, redact: Redactor, repo: str, issue_number: int | None) -> None:
         self.forge = forge
         self.redact = redact
         self.repo = repo
         self.number = issue_number
 
     def label(self, label: StatusLabel) -> None:
-        if self.number is None:
+        if self.number is None or self.forge is None:
             return
         try:
             self.forge.set_status_label(self.repo, self.number, label)
@@ -27,7 +27,7 @@ class IssueNotes:
             log.warning("%s#%s: could not set label %s: %s", self.repo, self.number, label.value, exc)
 
     def comment(self, body: str) -> None:
-        if self.number is None:
+        if self.number is None or self.forge is None:
             return
         try:
             self.forge.comment(self.repo, self.number, self.redact(body))

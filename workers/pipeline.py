@@ -60,11 +60,11 @@ class Outcome:
 class Pipeline:
     """Every step's writes are fenced by the claim: a worker that lost its lease writes nothing."""
 
-    def __init__(self, settings: Settings, db: Database, forge: Forge, *,
+    def __init__(self, settings: Settings, db: Database, forge_factory: Callable[[], Forge], *,
                  llm_factory: Callable[[], LLMClient], progress: Callable[[str], None] = log.info) -> None:
         self.settings = settings
         self.db = db
-        self.forge = forge
+        self.forge_factory = forge_factory  # built inside the run, so a bad setting fails the task cleanly
         self.llm_factory = llm_factory
         self.progress = progress
         self.workspaces = WorkspaceManager(settings.workspace_root)
@@ -76,7 +76,7 @@ class Pipeline:
     def run(self, held: Claim, should_stop: Callable[[], str | None] = lambda: None) -> Outcome:
         task = self._snapshot(held)
         run_id = start_run(self.db, held)
-        self.notes = IssueNotes(self.forge, self.redact, task.repo, task.issue_number)
+        self.notes = IssueNotes(None, self.redact, task.repo, task.issue_number)
         outcome = Outcome(TaskState.FAILED.value)
         try:
             outcome = self._work(task, held, should_stop)
@@ -100,6 +100,8 @@ class Pipeline:
     # -- the steps ---------------------------------------------------------------------------
 
     def _work(self, task: TaskSnapshot, held: Claim, should_stop: Callable[[], str | None]) -> Outcome:
+        self.forge = self.forge_factory()
+        self.notes = IssueNotes(self.forge, self.redact, task.repo, task.issue_number)
         self.notes.label(StatusLabel.WORKING)
         issue = self._issue(task)
         branch = task.branch or branch_name(task.issue_number, issue.title, task_id=task.id)

@@ -81,7 +81,7 @@ def run(ctx: click.Context, repo: str, issue: int | None, title: str | None, bod
     if held is None:
         raise SettingsError(f"task {task_id} could not be claimed")
     with Heartbeat(db, held) as beat:
-        pipeline = Pipeline(settings, db, forge, llm_factory=lambda: LLMClient.from_settings(settings),
+        pipeline = Pipeline(settings, db, lambda: forge, llm_factory=lambda: LLMClient.from_settings(settings),
                             progress=lambda message: click.echo(f"[task {task_id}] {message}"))
         outcome = pipeline.run(held, should_stop=lambda: "lost the task's lease" if beat.lost.is_set() else None)
     db.dispose()

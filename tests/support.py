@@ -19,7 +19,9 @@ import httpx
 
 from coordinator.webhooks.signature import sign
 
-FIXTURES = Path(os.environ.get("FORGECREW_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
+# Copies of ../shared/fixtures (see each folder's README for source and licence), kept in the
+# repository so the tests run on any checkout; FORGECREW_FIXTURES points at another copy.
+FIXTURES = Path(os.environ.get("FORGECREW_FIXTURES", Path(__file__).resolve().parent / "fixtures"))
 WEBHOOKS = FIXTURES / "github-webhooks"
 SECRET = "test-webhook-secret-0123456789"
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,10 +27,10 @@ from tests.fakes.anthropic_server import (
     text,
     tool_use,
 )
+from tests.support import FIXTURES
 from workers.llm import LLMClient, ModelError, Usage
 from workers.pricing import cost_usd, price_for
 
-FIXTURES = Path(os.environ.get("FORGECREW_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
 ANTHROPIC = FIXTURES / "anthropic" / "extracted"
 
 SYSTEM = "You are a careful backend engineer."

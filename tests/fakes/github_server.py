@@ -21,14 +21,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 import jsonschema
 import jwt
 
-FIXTURE = Path(__file__).resolve().parents[3] / "shared/fixtures/github-rest/openapi-subset.json"
+from tests.support import FIXTURES
+
+FIXTURE = FIXTURES / "github-rest" / "openapi-subset.json"
 DOCS = "https://docs.github.com/rest"
 APP_TOKEN_OP = "apps/create-installation-access-token"
 APP_LOGIN = "forgecrew[bot]"  # who installation tokens act as

@@ -28,6 +28,10 @@ class Redactor:
         if secret and len(secret) >= 6 and secret not in self.secrets:
             self.secrets = sorted([*self.secrets, secret], key=len, reverse=True)
 
+    def contains(self, text: str) -> bool:
+        """Whether `text` holds one of our own secrets (not merely something shaped like a token)."""
+        return any(secret in text for secret in self.secrets)
+
     def __call__(self, text: str) -> str:
         for secret in self.secrets:
             text = text.replace(secret, REDACTED)

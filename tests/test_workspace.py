@@ -212,27 +212,32 @@ def _task_dir(manager: WorkspaceManager, task_id: int, *, state: str | None, fin
         meta = {"task_id": task_id, "state": state, "finished_at": finished.isoformat() if finished else None}
         (path / "metadata.json").write_text(json.dumps(meta))
     if mtime is not None:
-        os.utime(path, (mtime.timestamp(), mtime.timestamp()))
+        for entry in [*path.iterdir(), path]:
+            os.utime(entry, (mtime.timestamp(), mtime.timestamp()))
     return path
 
 
-def test_gc_removes_only_old_finished_task_dirs(manager):
+def test_gc_removes_idle_task_dirs_but_never_active_or_held_ones(manager):
     now = datetime(2030, 1, 10, tzinfo=timezone.utc)
     old, new = now - timedelta(days=8), now - timedelta(days=1)
     old_done = _task_dir(manager, 1, state="done", finished=old)
     old_active = _task_dir(manager, 2, state="failed", finished=old)
-    old_running = _task_dir(manager, 3, state="running", finished=None, mtime=old)
+    crashed = _task_dir(manager, 3, state="running", finished=None, mtime=old)  # worker died mid-run
     new_done = _task_dir(manager, 4, state="done", finished=new)
     old_no_metadata = _task_dir(manager, 5, state=None, finished=None, mtime=old)
+    held = _task_dir(manager, 6, state="running", finished=None, mtime=old)
+    recent_running = _task_dir(manager, 7, state="running", finished=None, mtime=new)
     (old_done / "repo").mkdir()
     (old_done / "repo" / "readonly").write_text("x")
     os.chmod(old_done / "repo", 0o500)
 
-    removed = manager.gc(timedelta(days=7), {2}, now=now)
+    with manager.hold(6):  # a run in progress on this host, whatever the database says
+        removed = manager.gc(timedelta(days=7), {2}, now=now)
 
-    assert sorted(removed) == [old_done, old_no_metadata]
-    assert not old_done.exists() and not old_no_metadata.exists()
-    assert old_active.exists() and old_running.exists() and new_done.exists()
+    assert sorted(removed) == [old_done, crashed, old_no_metadata]
+    assert not old_done.exists() and not crashed.exists() and not old_no_metadata.exists()
+    assert old_active.exists() and new_done.exists() and held.exists() and recent_running.exists()
+    assert manager.gc(timedelta(days=7), {2}, now=now) == [held]  # once released, it is just old
 
 
 def test_gc_without_tasks_dir_is_a_no_op(manager):

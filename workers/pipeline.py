@@ -79,7 +79,8 @@ class Pipeline:
         self.notes = IssueNotes(None, self.redact, task.repo, task.issue_number)
         outcome = Outcome(TaskState.FAILED.value)
         try:
-            outcome = self._work(task, held, should_stop)
+            with self.workspaces.hold(task.id):  # `workspaces gc` on this host leaves the directory alone
+                outcome = self._work(task, held, should_stop)
         except LeaseLost as exc:
             log.warning("task %s: %s; leaving it to the new holder", task.id, exc)
             return Outcome("lease_lost", str(exc))

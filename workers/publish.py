@@ -61,7 +61,7 @@ def publish(forge: Forge, settings: Settings, workspace: Workspace, request: Pub
     """Commit, push (credentials fresh from the forge) and open or update the PR for the branch."""
     files = changed_files(workspace)
     message = f"{pr_title(request)}\n\n" + (f"Fixes #{request.issue_number}\n" if request.issue_number else "")
-    sha = commit_all(workspace, message, settings.bot_name, settings.bot_email)
+    sha = commit_all(workspace, message, settings.bot_name, settings.bot_email, contains_secret=redact.contains)
     if sha is None or not files:
         raise NothingToPublish("the agent made no changes to the repository")
     push(workspace, forge.git_env(request.repo))

@@ -13,16 +13,20 @@ Why `git clone --shared` from the mirror and not `git worktree add`: bench/works
 0.75x the disk of a full clone, within 0.05x of each other in every run; with 1,500 commits
 (32 MB) both fell to about 0.55x the time and 0.35x the disk. Writing the checkout's files
 dominates both, so at equal cost isolation decides. A shared clone has its own config, refs,
-index, hooks and `origin`, so the agent's own git commands cannot touch the mirror or other
-tasks, and deleting its directory needs no `git worktree prune`. A worktree shares the mirror's
-config and refs: the mirror's pruning fetch would delete task branches, and `git push` in it
-would use the mirror's remote. The one coupling left, objects borrowed through
-objects/info/alternates, is made safe by never pruning the mirror (gc.auto=0,
-gc.pruneExpire=never).
+index, hooks and `origin`, so the agent's ordinary git commands stay in its checkout, and
+deleting its directory needs no `git worktree prune`. A worktree shares the mirror's config and
+refs: the mirror's pruning fetch would delete task branches, and `git push` in it would use the
+mirror's remote. The one coupling left, objects borrowed through objects/info/alternates, is
+made safe by never pruning the mirror (gc.auto=0, gc.pruneExpire=never).
 
 Credentials never touch the disk: URLs are stored without them and `git_env` (for example
 GIT_CONFIG_* carrying an http.extraHeader) is passed only to the git subprocesses that talk
 to the forge: the mirror's fetch and the push.
+
+The agent's commands run as the worker's user, so nothing on disk is trusted: every git command
+here goes through common.gitsafe (minimal environment, no hooks, no fsmonitor, no global
+config), and the mirror's and the checkout's config are written anew right before the worker's
+own git commands read them (`_update_mirror`, `secure_checkout`).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import shutil
 import stat
 import subprocess
 import unicodedata
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -46,6 +50,7 @@ from urllib.parse import urlsplit
 
 from common.errors import ForgecrewError
 from common.forge.base import PushRejected
+from common.gitsafe import checkout_config, git_dir, mirror_config, restore_alternates, run_git, write_config
 
 DENIED_COMMIT_PATTERNS = (".env", ".env.*", "*.pem", "*.key", "id_rsa*", "id_ed25519*", "id_ecdsa*",
                           ".netrc", ".git-credentials", ".pypirc")
@@ -62,6 +67,10 @@ class CloneFailed(ForgecrewError):
 
 class GitFailed(ForgecrewError):
     """A local git command in a workspace failed; the message carries git's error."""
+
+
+class SecretInChange(ForgecrewError):
+    """The agent's change contains a configured secret; nothing was committed or pushed."""
 
 
 def scrub(text: str, secrets: list[str] | tuple[str, ...] = ()) -> str:
@@ -83,9 +92,7 @@ def _secrets(git_env: Mapping[str, str]) -> list[str]:
 
 def _git(args: list[str], cwd: Path | None = None, git_env: Mapping[str, str] | None = None,
          extra_env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", **(git_env or {}), **(extra_env or {})}
-    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL)
+    return run_git(args, cwd, env={**(git_env or {}), **(extra_env or {})})
 
 
 def _git_ok(args: list[str], cwd: Path, **kwargs: Any) -> str:
@@ -97,13 +104,18 @@ def _git_ok(args: list[str], cwd: Path, **kwargs: Any) -> str:
 
 
 @contextmanager
-def _locked(lock_path: Path, *, exclusive: bool) -> Iterator[None]:
-    """Hold an flock beside the mirror so concurrent tasks on one host never race a fetch."""
+def _locked(lock_path: Path, *, exclusive: bool, blocking: bool = True) -> Iterator[bool]:
+    """Hold an flock (beside a mirror, or for a task's run); yields False if busy and not blocking."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if blocking else fcntl.LOCK_NB)
         try:
-            yield
+            fcntl.flock(handle, mode)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -165,6 +177,7 @@ class Workspace:
     clone_url: str = ""
     base_sha: str = ""
     remote_branch_sha: str | None = None
+    mirror: Path | None = None  # whose objects the checkout borrows
 
     @property
     def home(self) -> Path:
@@ -217,44 +230,61 @@ class WorkspaceManager:
         mirror = self.mirror_path(repo)
         self._update_mirror(mirror, clone_url, git_env)
         task_dir = self.task_dir(task_id)
-        _force_rmtree(task_dir)
+        for leftover in ("repo", "home", "tmp"):  # earlier runs' transcripts stay: one file, appended
+            _force_rmtree(task_dir / leftover)
         (task_dir / "home").mkdir(parents=True)
         (task_dir / "tmp").mkdir()
         checkout = task_dir / "repo"
         with _locked(_lock_path(mirror), exclusive=False):
             base = base or _git_ok(["symbolic-ref", "--short", "HEAD"], mirror).strip()
             _git_ok(["clone", "--quiet", "--shared", "--no-checkout", str(mirror), str(checkout)], task_dir)
-        _git_ok(["remote", "set-url", "origin", clone_url], checkout)
-        return self._start_branch(task_id, repo, clone_url, checkout, branch, base, start_from_branch)
+        write_config(checkout / ".git", checkout_config(clone_url))
+        workspace = self._start_branch(task_id, repo, clone_url, checkout, branch, base, start_from_branch)
+        workspace.mirror = mirror
+        return workspace
+
+    @contextmanager
+    def hold(self, task_id: int) -> Iterator[None]:
+        """Mark the task's directory as in use for as long as this process runs it; gc skips it."""
+        with _locked(self._hold_path(task_id), exclusive=True):
+            yield
+
+    def _hold_path(self, task_id: int) -> Path:
+        return self.tasks / f"{int(task_id)}.lock"
 
     def load(self, task_id: int) -> Workspace:
         """Reopen a prepared workspace from its metadata (e.g. in the publishing step)."""
         task_dir = self.task_dir(task_id)
         meta = json.loads((task_dir / "metadata.json").read_text())
-        return _workspace(task_dir, meta)
+        workspace = _workspace(task_dir, meta)
+        workspace.mirror = self.mirror_path(workspace.repo) if workspace.repo else None
+        return workspace
 
     def gc(self, retention: timedelta, active_task_ids: set[int], now: datetime | None = None) -> list[Path]:
-        """Remove finished task directories older than `retention`; never an active or running one."""
+        """Remove task directories idle past `retention`; never one active in the database or held.
+
+        The database and the run's lock decide, not metadata.json: a worker that died mid-run left
+        "running" there, and its directory must go once the task ended or moved elsewhere.
+        """
         now = now or _utcnow()
         removed = []
         for entry in sorted(self.tasks.iterdir()) if self.tasks.is_dir() else []:
             if not entry.is_dir() or not entry.name.isdigit() or int(entry.name) in active_task_ids:
                 continue
-            meta = _read_json(entry / "metadata.json")
-            if meta.get("state") == RUNNING:
-                continue
-            ended = _parse_time(meta.get("finished_at"))
-            ended = ended or datetime.fromtimestamp(entry.stat().st_mtime, timezone.utc)
-            if now - ended >= retention:
-                _force_rmtree(entry)
-                removed.append(entry)
+            with _locked(self._hold_path(int(entry.name)), exclusive=True, blocking=False) as free:
+                if not free:
+                    continue
+                if now - _last_activity(entry) >= retention:
+                    _force_rmtree(entry)
+                    self._hold_path(int(entry.name)).unlink(missing_ok=True)
+                    removed.append(entry)
         return removed
 
     def _update_mirror(self, mirror: Path, clone_url: str, git_env: Mapping[str, str]) -> None:
         """Create the mirror on first use, else fetch it; both under the exclusive lock."""
         with _locked(_lock_path(mirror), exclusive=True):
             if (mirror / "HEAD").is_file():
-                _git_ok(["remote", "set-url", "origin", clone_url], mirror)
+                write_config(mirror, mirror_config(clone_url, MIRROR_CONFIG))  # whatever a task wrote there
                 _remote(["fetch", "--quiet", "--prune", "--prune-tags", "origin"], mirror, clone_url, git_env)
                 return
             partial = mirror.with_name(mirror.name + ".partial")
@@ -262,10 +292,7 @@ class WorkspaceManager:
             _force_rmtree(mirror)
             partial.parent.mkdir(parents=True, exist_ok=True)
             _remote(["clone", "--quiet", "--bare", clone_url, str(partial)], partial.parent, clone_url, git_env)
-            _git_ok(["config", "remote.origin.fetch", "+refs/heads/*:refs/heads/*"], partial)
-            _git_ok(["config", "--add", "remote.origin.fetch", "+refs/tags/*:refs/tags/*"], partial)
-            for key, value in MIRROR_CONFIG:
-                _git_ok(["config", key, value], partial)
+            write_config(partial, mirror_config(clone_url, MIRROR_CONFIG))
             partial.rename(mirror)
 
     def _start_branch(self, task_id: int, repo: str, clone_url: str, checkout: Path, branch: str,
@@ -304,6 +331,15 @@ def _rev(checkout: Path, ref: str) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
+def _last_activity(task_dir: Path) -> datetime:
+    """When the directory was last used: the recorded end of its run, else its newest mtime."""
+    ended = _parse_time(_read_json(task_dir / "metadata.json").get("finished_at"))
+    if ended is not None:
+        return ended
+    times = [task_dir.stat().st_mtime] + [p.stat().st_mtime for p in task_dir.iterdir() if not p.is_symlink()]
+    return datetime.fromtimestamp(max(times), timezone.utc)
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
@@ -335,28 +371,52 @@ def _commit_refused(checkout: Path, path: str) -> bool:
     return False
 
 
-def commit_all(workspace: Workspace, message: str, author_name: str, author_email: str) -> str | None:
-    """Commit everything the agent changed except refused files; None when nothing changed."""
+def secure_checkout(workspace: Workspace) -> None:
+    """Undo what the agent may have done to .git before the worker's own git reads it.
+
+    The config is written anew (no planted filter, proxy, alias or pager) and the borrowed
+    objects point at the mirror again; a .git replaced by a link or file is refused.
+    """
+    dot_git = git_dir(workspace.checkout)
+    write_config(dot_git, checkout_config(workspace.clone_url))
+    if workspace.mirror is not None:
+        restore_alternates(dot_git, workspace.mirror / "objects")
+
+
+def commit_all(workspace: Workspace, message: str, author_name: str, author_email: str, *,
+               contains_secret: Callable[[str], bool] = lambda text: False) -> str | None:
+    """Commit everything the agent changed except refused files; None when nothing changed.
+
+    Raises SecretInChange, leaving nothing staged, when the change holds a configured secret.
+    """
     checkout = workspace.checkout
+    secure_checkout(workspace)
     _git_ok(["add", "--all"], checkout)
     staged = _git_ok(["diff", "--cached", "--name-only", "--no-renames", "-z"], checkout).split("\0")
     refused = [path for path in staged if path and _commit_refused(checkout, path)]
     if refused:
         _git_ok(["reset", "--quiet", "--", *refused], checkout, extra_env={"GIT_LITERAL_PATHSPECS": "1"})
+    leaking = [path for path in staged if path and path not in refused
+               and contains_secret(_git_ok(["diff", "--cached", "--text", "--", path], checkout,
+                                           extra_env={"GIT_LITERAL_PATHSPECS": "1"}))]
+    if leaking:
+        _git_ok(["reset", "--quiet"], checkout)
+        raise SecretInChange(f"the change would publish a configured secret (in {', '.join(leaking[:5])}); "
+                             "nothing was committed or pushed")
     if _git(["diff", "--cached", "--quiet"], checkout).returncode == 0:
         head = _rev(checkout, "HEAD")
         return head if head != workspace.head_sha else None
     identity = {"GIT_AUTHOR_NAME": author_name, "GIT_AUTHOR_EMAIL": author_email,
                 "GIT_COMMITTER_NAME": author_name, "GIT_COMMITTER_EMAIL": author_email}
-    _git_ok(["-c", "core.hooksPath=/dev/null", "-c", "commit.gpgSign=false", "commit", "--quiet",
-             "--no-verify", "-m", message], checkout, extra_env=identity)
+    _git_ok(["commit", "--quiet", "--no-verify", "-m", message], checkout, extra_env=identity)
     return _rev(checkout, "HEAD")
 
 
 def push(workspace: Workspace, git_env: Mapping[str, str], force: bool = True) -> None:
     """Push HEAD to the task branch at the recorded clone URL; a refusal raises PushRejected."""
+    secure_checkout(workspace)
     ref = f"refs/heads/{workspace.branch}"
-    args = ["-c", "core.hooksPath=/dev/null", "push", "--quiet", "--no-verify"]
+    args = ["push", "--quiet", "--no-verify"]
     if force:
         args.append(f"--force-with-lease={ref}:{workspace.remote_branch_sha or ''}")
     result = _git([*args, workspace.clone_url, f"HEAD:{ref}"], workspace.checkout, git_env=git_env)
@@ -370,6 +430,7 @@ def push(workspace: Workspace, git_env: Mapping[str, str], force: bool = True) -
 def changed_files(workspace: Workspace) -> list[str]:
     """Paths that differ from the base branch (committed, uncommitted, untracked), as commit_all would publish."""
     checkout = workspace.checkout
+    secure_checkout(workspace)
     merge_base = _git(["merge-base", "HEAD", f"refs/remotes/origin/{workspace.base_branch}"], checkout)
     base = merge_base.stdout.strip() if merge_base.returncode == 0 else workspace.base_sha
     tracked = _git_ok(["diff", "--name-only", "--no-renames", "-z", base], checkout).split("\0")

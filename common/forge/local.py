@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from common.forge.base import ForgeError, IssueInfo, PullRequestInfo
+from common.gitsafe import run_git
 from common.settings import Settings
 from common.specialties import StatusLabel
 
@@ -43,8 +44,8 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _git(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run git, turning a failure into a ForgeError that carries git's own words."""
-    result = subprocess.run(["git", *args], capture_output=True, text=True, env=env)
+    """Run git hardened (no hooks, no secrets), turning a failure into a ForgeError with git's words."""
+    result = run_git(args, env=env)
     if result.returncode != 0:
         raise ForgeError(f"git {args[0]} failed: {result.stderr.strip() or result.stdout.strip()}")
     return result
@@ -173,12 +174,12 @@ class LocalForge:
         if not source.is_dir():
             raise ForgeError(f"cannot seed a repository from {source}: not a directory")
         with tempfile.TemporaryDirectory() as tmp:
-            env = {**os.environ, "GIT_DIR": str(path), "GIT_WORK_TREE": str(source),
+            env = {"GIT_DIR": str(path), "GIT_WORK_TREE": str(source),
                    "GIT_INDEX_FILE": str(Path(tmp) / "index"),
                    "GIT_AUTHOR_NAME": self.bot_name, "GIT_AUTHOR_EMAIL": self.bot_email,
                    "GIT_COMMITTER_NAME": self.bot_name, "GIT_COMMITTER_EMAIL": self.bot_email}
             _git("add", "--all", ".", env=env)
-            _git("-c", "commit.gpgsign=false", "commit", "--quiet", "--allow-empty", "--no-verify",
+            _git("commit", "--quiet", "--allow-empty", "--no-verify",
                  "-m", "Initial commit", env=env)
 
     def create_issue(self, repo: str, number: int, title: str, body: str = "", *,
@@ -227,6 +228,5 @@ class LocalForge:
 
     def _has_branch(self, repo: str, branch: str) -> bool:
         path = self._existing(repo)
-        result = subprocess.run(["git", "--git-dir", str(path), "rev-parse", "--verify", "--quiet",
-                                 f"refs/heads/{branch}"], capture_output=True, text=True)
-        return result.returncode == 0
+        found = run_git(["--git-dir", str(path), "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"])
+        return found.returncode == 0

@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     max_wall_seconds: int = Field(1800, gt=0, description="Wall time of one agent run.")
     max_cost_usd: float = Field(5.0, gt=0, description="Spend per run, for priced models.")
     repair_rounds: int = Field(2, ge=0, description="Extra agent rounds after failing tests.")
+    command_sandbox: Literal["auto", "namespaces", "none"] = Field(
+        "auto", description="Agent and test commands in their own PID namespace (unshare): auto = when the "
+                            "host allows it, namespaces = required, none = off.")
 
     workspace_root: Path = Field(Path("workspaces"), description="Mirrors and per-task checkouts.")
     workspace_retention_days: float = Field(7.0, ge=0, description="Age before gc removes a task dir.")

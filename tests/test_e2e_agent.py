@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -14,12 +15,14 @@ from common.forge.local import LocalForge
 from common.models import Task
 from common.settings import Settings
 from tests.conftest import settings_env
-from tests.fakes.anthropic_server import DEFAULT_KEY, FakeAnthropic
-from tests.sample_repo import ISSUE_BODY, ISSUE_TITLE, fixing_script, write_sample
+from tests.fakes.anthropic_server import DEFAULT_KEY, FakeAnthropic, tool_use
+from tests.sample_repo import ISSUE_BODY, ISSUE_TITLE, fixing_script, last_tool_result, write_sample
 from tests.support import Process, headers, labeled_issue, start_coordinator, start_worker, wait_for
 
 pytestmark = pytest.mark.integration
 REPO = "Codertocat/Hello-World"  # the repository of GitHub's example payloads
+# every environment the agent's command can reach, its parent's (the worker's) included
+PROBE_SECRETS = "env; cat /proc/$PPID/environ /proc/*/environ 2>/dev/null | tr '\\0' '\\n'; git config --list; true"
 
 
 @pytest.fixture
@@ -43,9 +46,9 @@ def final_task(db: Database, task_id: int, timeout: float = 120) -> Task:
 
 
 def fix_through_cluster(settings: Settings, db: Database, model: FakeAnthropic, tmp_path: Path,
-                        processes: list[Process]) -> Task:
+                        processes: list[Process], *, script: list | None = None) -> Task:
     """Start a coordinator and a backend worker, deliver the labelled issue, wait for the PR."""
-    model.add(*fixing_script())
+    model.add(*(script or fixing_script()))
     env = settings_env(settings)
     coordinator, url = start_coordinator(env, tmp_path)
     processes.append(coordinator)
@@ -88,7 +91,18 @@ def test_labeled_issue_becomes_a_pr_on_github(make_settings, db: Database, model
             forge="github", github_token=token, github_api_url=github.api_url,
             clone_url_template=f"file://{git_root}/{{full_name}}.git", github_write_interval_seconds=0,
             anthropic_api_key=DEFAULT_KEY, anthropic_base_url=model.base_url)
-        task = fix_through_cluster(settings, db, model, tmp_path, processes)
+        probed: list[str] = []
+
+        def after_probe(request: Any) -> Any:
+            probed.append(last_tool_result(request))
+            return fixing_script()[0]
+
+        # the agent goes looking for the worker's secrets before doing its work
+        probe = tool_use("run_command", {"command": PROBE_SECRETS})
+        task = fix_through_cluster(settings, db, model, tmp_path, processes,
+                                   script=[probe, after_probe, *fixing_script()[1:]])
+        assert probed and "HOME=" in probed[0]  # the probe ran and read environments
+        assert token not in probed[0] and DEFAULT_KEY not in probed[0] and "FORGECREW_" not in probed[0]
         [pr] = github.pulls(REPO)
         assert task.pr_number == pr.number and pr.head == task.branch
         assert "Fixes #1" in pr.body and "passed" in pr.body and "forgecrew:tests-failing" not in pr.labels

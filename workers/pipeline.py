@@ -26,6 +26,7 @@ from workers.publish import NothingToPublish, PublishRequest, publish
 from workers.repo_config import RepoConfig, instruction_files, load_repo_config
 from workers.runs import finish_run, start_run
 from workers.testrun import TestResult, detect_test_command, run_tests
+from workers.tools.sandbox import command_prefix
 from workers.tools.shell import CommandPolicy
 from workers.tools.toolbox import Toolbox
 from workers.transcript import Transcript
@@ -101,6 +102,7 @@ class Pipeline:
     # -- the steps ---------------------------------------------------------------------------
 
     def _work(self, task: TaskSnapshot, held: Claim, should_stop: Callable[[], str | None]) -> Outcome:
+        self.sandbox = command_prefix(self.settings.command_sandbox)
         self.forge = self.forge_factory()
         self.notes = IssueNotes(self.forge, self.redact, task.repo, task.issue_number)
         self.notes.label(StatusLabel.WORKING)
@@ -144,7 +146,7 @@ class Pipeline:
     def _setup(self, config: RepoConfig, workspace: Workspace) -> None:
         self.progress(f"setup: {config.setup_command}")
         result = run_tests(config.setup_command or "", workspace.checkout, workspace.path,
-                           timeout=config.test_timeout)
+                           timeout=config.test_timeout, sandbox=self.sandbox)
         if not result.passed:
             raise RunFailed(f"setup command failed: {result.headline()}\n\n{result.output[-2000:]}")
 
@@ -186,7 +188,8 @@ class Pipeline:
         for round_number in range(self.settings.repair_rounds + 1):
             self._move(held, TaskState.TESTING, f"running `{test_command}`")
             self.progress(f"tests: {test_command}")
-            self.tests = run_tests(test_command, workspace.checkout, workspace.path, timeout=config.test_timeout)
+            self.tests = run_tests(test_command, workspace.checkout, workspace.path, timeout=config.test_timeout,
+                                   sandbox=self.sandbox)
             self.progress(f"tests: {self.tests.headline()}")
             if self.tests.passed or round_number == self.settings.repair_rounds:
                 return self.tests
@@ -227,7 +230,8 @@ class Pipeline:
     def _toolbox(self, workspace: Workspace, profile: SpecialtyProfile) -> Toolbox:
         policy = CommandPolicy(allowed=profile.allowed_commands,
                                denied=CommandPolicy().denied + profile.denied_commands)
-        return Toolbox(workspace.checkout, policy=policy, home=workspace.home, tmp=workspace.tmp)
+        return Toolbox(workspace.checkout, policy=policy, home=workspace.home, tmp=workspace.tmp,
+                       sandbox=self.sandbox)
 
     def _snapshot(self, held: Claim) -> TaskSnapshot:
         with self.db.session() as session:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,9 +47,10 @@ def detect_test_command(checkout: Path) -> str | None:
     return None
 
 
-def run_tests(command: str, checkout: Path, scratch: Path, *, timeout: float) -> TestResult:
-    """Run `command` as the agent's commands run: own process group, killed whole at the limit."""
+def run_tests(command: str, checkout: Path, scratch: Path, *, timeout: float,
+              sandbox: Sequence[str] = ()) -> TestResult:
+    """Run `command` as the agent's commands run: same sandbox, own process group, killed whole at the limit."""
     result = run_command(command, cwd=checkout, env=safe_env(scratch / "home", scratch / "tmp"),
-                         timeout=timeout, output_limit=OUTPUT_LIMIT)
+                         timeout=timeout, output_limit=OUTPUT_LIMIT, sandbox=sandbox)
     return TestResult(command, result.exit_code == 0 and not result.timed_out, result.exit_code, result.output,
                       result.seconds, result.timed_out)

@@ -59,6 +59,9 @@ def run(ctx: click.Context, repo: str, issue: int | None, title: str | None, bod
     """Run one issue (or a --title/--body request) through clone, agent, tests and PR, printing progress."""
     from workers.llm import LLMClient
     from workers.pipeline import Pipeline
+    from workers.tools.sandbox import make_undumpable
+
+    make_undumpable()  # the agent's commands run as this user: keep them out of our /proc files
 
     if issue is None and not title:
         raise click.UsageError("give --issue N, or --title (and optionally --body)")

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,20 +164,32 @@ def truncate_middle(text: str, limit: int) -> str:
 
 
 def run_command(command: str, *, cwd: Path, env: Mapping[str, str], timeout: float,
-                output_limit: int = 20_000) -> CommandResult:
-    """Run `command` with bash in its own process group; at the time limit kill the whole group."""
+                output_limit: int = 20_000, sandbox: Sequence[str] = ()) -> CommandResult:
+    """Run `command` with bash in its own process group; at the time limit kill the whole group.
+
+    `sandbox` is a prefix such as tools/sandbox.command_prefix gives (its own PID namespace).
+    Whatever interrupts the wait (a Celery soft time limit, a signal) still stops the group.
+    """
     started = time.monotonic()
-    process = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen([*sandbox, "bash", "-c", command], cwd=cwd, env=dict(env),
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               start_new_session=True)
     output = CappedOutput(output_limit)
     assert process.stdout is not None
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        timed_out = not _pump_until_exit(process, selector, output, started + timeout)
-        leftovers = _stop_group(process.pid)
-        process.wait()
-        _drain(selector, output, time.monotonic() + 1.0)
-    process.stdout.close()
+    stopped = False
+    try:
+        with selectors.DefaultSelector() as selector:
+            selector.register(process.stdout, selectors.EVENT_READ)
+            timed_out = not _pump_until_exit(process, selector, output, started + timeout)
+            leftovers = _stop_group(process.pid)
+            stopped = True
+            process.wait()
+            _drain(selector, output, time.monotonic() + 1.0)
+    finally:
+        if not stopped:
+            _stop_group(process.pid)
+            process.wait()
+        process.stdout.close()
     return CommandResult(None if timed_out else process.returncode, output.text(), timed_out,
                          leftovers and not timed_out, time.monotonic() - started)
 

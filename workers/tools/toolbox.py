@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,8 +68,9 @@ class Toolbox:
 
     def __init__(self, root: Path, *, policy: CommandPolicy | None = None, command_timeout: float = 120,
                  output_limit: int = 20_000, env: Mapping[str, str] | None = None,
-                 home: Path | None = None, tmp: Path | None = None) -> None:
+                 home: Path | None = None, tmp: Path | None = None, sandbox: Sequence[str] = ()) -> None:
         self.root = Path(root).resolve()
+        self.sandbox = tuple(sandbox)
         self.policy = policy or CommandPolicy()
         self.command_timeout = command_timeout
         self.output_limit = output_limit
@@ -107,7 +108,8 @@ class Toolbox:
             raise ToolError("timeout must be a positive number of seconds")
         limit = min(timeout or self.command_timeout, self.command_timeout)
         room = max(self.output_limit - 300, 200)  # leaves space for the status lines around the output
-        result = run_command(command, cwd=self.root, env=self.env, timeout=limit, output_limit=room)
+        result = run_command(command, cwd=self.root, env=self.env, timeout=limit, output_limit=room,
+                             sandbox=self.sandbox)
         output = result.output or "(no output)"
         if result.timed_out:
             return ToolResult(f"command killed after the {limit:g}s time limit (its whole process group was "

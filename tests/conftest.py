@@ -18,7 +18,9 @@ from common import migrate
 from common.db import Database
 from common.models import Base
 from common.settings import Settings
+from tests.git_source import Source
 from tests.support import SECRET, Process
+from workers.workspace import Workspace, WorkspaceManager
 
 PG_ADMIN = os.environ.get("FORGECREW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("FORGECREW_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -116,3 +118,23 @@ def settings_env(settings: Settings) -> dict[str, str]:
             value = ",".join(value)
         env[f"FORGECREW_{name.upper()}"] = str(value)
     return env
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Source:
+    """A bare repository playing the forge, with one commit on main."""
+    return Source(tmp_path)
+
+
+@pytest.fixture
+def manager(tmp_path: Path) -> WorkspaceManager:
+    return WorkspaceManager(tmp_path / "workspaces")
+
+
+@pytest.fixture
+def prepare(manager: WorkspaceManager, source: Source) -> Callable[..., Workspace]:
+    """Prepare task `task_id`'s workspace of `source` as acme/app (no credentials)."""
+    def make(task_id: int, branch: str | None = None, **kwargs: Any) -> Workspace:
+        kwargs.setdefault("git_env", {})
+        return manager.prepare(task_id, "acme/app", source.url, branch or f"forgecrew/run-{task_id}", **kwargs)
+    return make

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from common.gitsafe import UnsafeRepository, base_env
-from tests.test_workspace import Source, git, manager, prepare, source  # noqa: F401  (fixtures)
+from tests.git_source import git
 from workers.workspace import SecretInChange, commit_all, push
 
 WORKER_SECRET = "sk-ant-worker-secret-0123456789"

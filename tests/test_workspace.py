@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from common.forge.base import PushRejected
+from tests.git_source import CREDENTIAL_ENV, FAKE_TOKEN, git
 from workers.workspace import (
     CloneFailed,
     WorkspaceManager,
@@ -21,61 +21,6 @@ from workers.workspace import (
     commit_all,
     push,
 )
-
-IDENTITY = {"GIT_AUTHOR_NAME": "Dev", "GIT_AUTHOR_EMAIL": "dev@example.com",
-            "GIT_COMMITTER_NAME": "Dev", "GIT_COMMITTER_EMAIL": "dev@example.com"}
-FAKE_TOKEN = "ghs_FAKEtoken0123456789abcdef"
-CREDENTIAL_ENV = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader",
-                  "GIT_CONFIG_VALUE_0": f"Authorization: Bearer {FAKE_TOKEN}"}
-
-
-def git(*args: str, cwd: Path) -> str:
-    result = subprocess.run(["git", *args], cwd=cwd, env={**os.environ, **IDENTITY},
-                            capture_output=True, text=True, check=True)
-    return result.stdout.strip()
-
-
-class Source:
-    """A bare repository playing the forge, plus a clone to add commits to it."""
-
-    def __init__(self, base: Path) -> None:
-        self.bare = base / "forge" / "acme" / "app.git"
-        self.work = base / "source-work"
-        self.url = self.bare.as_uri()
-        self.bare.parent.mkdir(parents=True)
-        git("init", "--quiet", "--bare", "--initial-branch=main", str(self.bare), cwd=base)
-        git("clone", "--quiet", str(self.bare), str(self.work), cwd=base)
-        self.commit("README.md", "hello\n")
-
-    def commit(self, name: str, text: str, branch: str = "main") -> str:
-        git("checkout", "--quiet", "-B", branch, cwd=self.work)
-        (self.work / name).write_text(text)
-        git("add", name, cwd=self.work)
-        git("commit", "--quiet", "-m", f"add {name}", cwd=self.work)
-        git("push", "--quiet", "--force", "origin", f"HEAD:refs/heads/{branch}", cwd=self.work)
-        return git("rev-parse", "HEAD", cwd=self.work)
-
-    def rev(self, ref: str) -> str:
-        return git("rev-parse", ref, cwd=self.bare)
-
-
-@pytest.fixture
-def source(tmp_path: Path) -> Source:
-    return Source(tmp_path)
-
-
-@pytest.fixture
-def manager(tmp_path: Path) -> WorkspaceManager:
-    return WorkspaceManager(tmp_path / "workspaces")
-
-
-@pytest.fixture
-def prepare(manager: WorkspaceManager, source: Source) -> Callable[..., object]:
-    def make(task_id: int, branch: str | None = None, **kwargs: object):  # type: ignore[no-untyped-def]
-        kwargs.setdefault("git_env", {})
-        return manager.prepare(task_id, "acme/app", source.url, branch or f"forgecrew/run-{task_id}", **kwargs)
-    return make
-
 
 def test_mirror_is_created_once_then_fetched(manager, source, prepare):
     first = prepare(1)

@@ -173,6 +173,8 @@ class Pipeline:
             raise LeaseLost(result.summary)
         if result.outcome == "model_error":
             raise RunFailed(f"model error: {result.summary}")
+        if result.outcome == "refused":
+            raise RunFailed(f"model refused: {result.summary}; the issue may need rewording or a person")
         if result.outcome == "budget":
             raise RunFailed(result.summary)
         return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -75,4 +76,26 @@ def test_refusal_fails_the_run_and_says_so(forge_settings: Settings, db: Databas
     task = load(db, task_id)
     assert task.state == "failed" and "refusal" in task.failure_reason
     assert "model refused" in forge.issue_record(REPO, 1)["comments"][-1]["body"]
+    assert forge.pull_requests(REPO) == []
+
+
+@pytest.mark.parametrize(("update", "first_reply_delay", "reason", "variable"), [
+    ({"max_cost_usd": 1e-9}, 0.0, "cost budget exhausted", "FORGECREW_MAX_COST_USD"),
+    ({"max_wall_seconds": 1}, 1.2, "time budget exhausted", "FORGECREW_MAX_WALL_SECONDS=1"),
+    ({"max_output_tokens": 10}, 0.0, "output token budget exhausted", "FORGECREW_MAX_OUTPUT_TOKENS=10"),
+])
+def test_each_budget_ends_the_run_with_its_reason(forge_settings: Settings, db: Database, forge: LocalForge,
+                                                  model: FakeAnthropic, update: dict[str, Any],
+                                                  first_reply_delay: float, reason: str, variable: str) -> None:
+    settings = forge_settings.model_copy(update=update)
+    model.add(dataclasses.replace(tool_use("list_files", {"path": "."}), delay=first_reply_delay),
+              tool_use("list_files", {"path": "."}))
+    task_id = make_task(db, repo=REPO, issue_number=1, title=ISSUE_TITLE)
+    outcome = run_task(settings, db, forge, task_id)
+    assert outcome.state == "failed" and reason in outcome.reason
+    task = load(db, task_id)
+    assert task.state == "failed" and reason in task.failure_reason and variable in task.failure_reason
+    assert task.events[-1].to_state == "failed" and reason in task.events[-1].detail
+    assert task.runs[0].outcome == "failed" and task.runs[0].turns == 1
+    assert len(model.message_requests) == 1
     assert forge.pull_requests(REPO) == []

@@ -65,6 +65,7 @@ class Agent:
     allowed_tools: tuple[str, ...] = ()  # the specialty's allowance; empty = every tool
     should_stop: Callable[[], str | None] = lambda: None
     on_event: Callable[[str], None] = lambda message: None
+    redact: Callable[[str], str] = lambda text: text  # before trimming, so no part of a secret shows
     messages: list[dict[str, Any]] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     cost: float | None = None
@@ -144,7 +145,7 @@ class Agent:
                 summary = str((call.get("input") or {}).get("summary") or "").strip() or "Finished."
                 results.append({"type": "tool_result", "tool_use_id": call["id"], "content": "Recorded."})
                 continue
-            self.on_event(f"tool {call['name']} {_short(call.get('input'))}")
+            self.on_event(f"tool {call['name']} {_short(self.redact(str(call.get('input'))))}")
             result = (self.toolbox.call(call["name"], call.get("input") or {}) if self._allowed(call["name"])
                       else ToolResult(f"tool {call['name']!r} is not available to this specialty", True))
             results.append({"type": "tool_result", "tool_use_id": call["id"], "content": result.content or "(no output)",

@@ -66,9 +66,10 @@ class Pipeline:
         self.db = db
         self.forge_factory = forge_factory  # built inside the run, so a bad setting fails the task cleanly
         self.llm_factory = llm_factory
-        self.progress = progress
         self.workspaces = WorkspaceManager(settings.workspace_root)
         self.redact = Redactor.from_settings(settings)
+        # progress reaches logs and `forgecrew run` stdout, and carries tool inputs the model wrote
+        self.progress: Callable[[str], None] = lambda message: progress(self.redact(message))
         self.agent: Agent | None = None
         self.last_result: AgentResult | None = None
         self.tests: TestResult | None = None
@@ -159,6 +160,7 @@ class Pipeline:
             system=system_prompt(profile, repo=task.repo, branch=workspace.branch),
             should_stop=should_stop,
             on_event=self.progress,
+            redact=self.redact,
             allowed_tools=profile.tools,
         )
         self.progress(f"agent ({profile.name}, model {self.settings.model}) started")

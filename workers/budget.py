@@ -45,6 +45,10 @@ class Budget:
             raise BudgetExhausted(f"output token budget exhausted: {self.output_tokens} tokens "
                                   f"(FORGECREW_MAX_OUTPUT_TOKENS={self.max_output_tokens})")
 
+    def time_left(self) -> float:
+        """Seconds of wall time the run has left, so one tool call cannot outlast the run's budget."""
+        return max(0.0, self.max_wall_seconds - self.elapsed())
+
     def spend(self, *, output_tokens: int, cost_usd: float | None) -> None:
         self.turns += 1
         self.output_tokens += output_tokens

@@ -151,11 +151,12 @@ class Pipeline:
     def _agent_run(self, task: TaskSnapshot, issue: IssueInfo, workspace: Workspace, config: RepoConfig,
                    test_command: str | None, should_stop: Callable[[], str | None]) -> AgentResult:
         profile = self._profile(task.specialty, config)
+        budget = Budget(self.settings.max_turns, self.settings.max_output_tokens,
+                        self.settings.max_wall_seconds, self.settings.max_cost_usd)
         self.agent = Agent(
             llm=self.llm_factory(),
-            toolbox=self._toolbox(workspace, profile),
-            budget=Budget(self.settings.max_turns, self.settings.max_output_tokens,
-                          self.settings.max_wall_seconds, self.settings.max_cost_usd),
+            toolbox=self._toolbox(workspace, profile, budget),
+            budget=budget,
             transcript=Transcript(workspace.transcript_path, self.redact),
             system=system_prompt(profile, repo=task.repo, branch=workspace.branch),
             should_stop=should_stop,
@@ -227,10 +228,12 @@ class Pipeline:
         known = profiles(self.settings)
         return known.get(config.specialty or "") or known.get(specialty) or known["general"]
 
-    def _toolbox(self, workspace: Workspace, profile: SpecialtyProfile) -> Toolbox:
+    def _toolbox(self, workspace: Workspace, profile: SpecialtyProfile, budget: Budget) -> Toolbox:
+        """Tools under the specialty's command policy and time limit, never outlasting the run's budget."""
         policy = CommandPolicy(allowed=profile.allowed_commands,
                                denied=CommandPolicy().denied + profile.denied_commands)
-        return Toolbox(workspace.checkout, policy=policy, home=workspace.home, tmp=workspace.tmp)
+        return Toolbox(workspace.checkout, policy=policy, home=workspace.home, tmp=workspace.tmp,
+                       command_timeout=profile.command_timeout_seconds, time_left=budget.time_left)
 
     def _snapshot(self, held: Claim) -> TaskSnapshot:
         with self.db.session() as session:

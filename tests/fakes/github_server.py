@@ -196,7 +196,7 @@ class FakeGitHub:
         self.installations: set[int] = set()
         self._tokens: dict[str, tuple[float, str, str]] = {}  # token -> (expiry, login, user type)
         self._caller = ("", "User")
-        self._faults: list[tuple[str, re.Pattern[str], Reply]] = []
+        self._faults: list[tuple[str, re.Pattern[str], Reply, bool]] = []  # (..., after serving)
         self._lock = threading.RLock()
         self._comment_ids = 0
         self._remaining = 5000
@@ -253,12 +253,17 @@ class FakeGitHub:
         self.repos[full_name].roles[username] = role
 
     def fail_next(self, method: str, path_regex: str, status: int, headers: dict[str, str] | None = None,
-                  body: Any = None, *, times: int = 1) -> None:
-        """Answer the next `times` matching requests with this status instead of serving them."""
+                  body: Any = None, *, times: int = 1, after_serving: bool = False) -> None:
+        """Answer the next `times` matching requests with this status instead of serving them.
+
+        after_serving: serve the request first and then answer with the error, as a proxy does when
+        GitHub acted on a request but the answer was lost (the ambiguous 502).
+        """
         body = body if body is not None else error_body(status, HTTPStatus(status).phrase)
         with self._lock:
             for _ in range(times):
-                self._faults.append((method.upper(), re.compile(path_regex), Reply(status, body, headers)))
+                self._faults.append((method.upper(), re.compile(path_regex), Reply(status, body, headers),
+                                     after_serving))
 
     # -- inspection ------------------------------------------------------------------------
     def issue(self, full_name: str, number: int) -> FakeIssue:
@@ -285,11 +290,12 @@ class FakeGitHub:
             op, params = self._route(method, parts.path)
             record.body = self._check_body(op, raw, method, parts.path)
             self._check_query(op, query, method, parts.path)
-            self._fault(method, parts.path)
+            self._fault(method, parts.path, after_serving=False)
             caller = self._authorize(op, headers.get("Authorization") or "")
             with self._lock:
                 self._caller = caller
                 status, payload, extra = self._handlers()[op.operation_id](params, query, record.body)
+            self._fault(method, parts.path, after_serving=True)
         except Reply as reply:
             status, payload, extra = reply.status, reply.body, reply.headers
         record.status = status
@@ -339,10 +345,10 @@ class FakeGitHub:
                 self._violation(f"{method} {path}: query {name}: " + "; ".join(problems))
                 raise Reply(422, error_body(422, f"Invalid value for query parameter {name}"))
 
-    def _fault(self, method: str, path: str) -> None:
+    def _fault(self, method: str, path: str, *, after_serving: bool) -> None:
         with self._lock:
-            for index, (fault_method, pattern, reply) in enumerate(self._faults):
-                if fault_method == method and pattern.search(path):
+            for index, (fault_method, pattern, reply, after) in enumerate(self._faults):
+                if fault_method == method and pattern.search(path) and after == after_serving:
                     del self._faults[index]
                     raise reply
 

@@ -402,3 +402,20 @@ def test_make_forge_picks_the_adapter(fake: FakeGitHub, tmp_path: Path) -> None:
     assert isinstance(make_forge(_settings(fake.api_url), write_interval=0), GitHubForge)
     local = Settings(forge="local", local_forge_root=tmp_path)
     assert isinstance(make_forge(local, installation_id=3), LocalForge)
+
+
+def test_draft_is_marked_ready_for_review_through_graphql(fake: FakeGitHub, forge: GitHubForge) -> None:
+    info = forge.open_or_update_pr(REPO, branch="forgecrew/ready-later", base="main", title="t", body="b",
+                                   draft=True)
+    forge.mark_ready_for_review(REPO, info.number)
+    assert fake.pulls(REPO)[0].draft is False
+    [mutation] = fake.calls("POST", r"^/graphql$")
+    assert "markPullRequestReadyForReview" in mutation.body["query"]
+    assert mutation.headers["authorization"] == f"token {TOKEN}"
+    forge.mark_ready_for_review(REPO, info.number)  # already ready: no second mutation
+    assert len(fake.calls("POST", r"^/graphql$")) == 1 and fake.violations == []
+
+
+def test_marking_a_missing_pull_request_ready_is_a_forge_error(forge: GitHubForge) -> None:
+    with pytest.raises(ForgeError, match="ready for review"):
+        forge.mark_ready_for_review(REPO, 404)

@@ -417,6 +417,13 @@ class GitHubForge:
                 existing.edit(title=title, body=body)
             return self._pr_info(existing, branch, created=False)
 
+    def mark_ready_for_review(self, repo: str, number: int) -> None:
+        """REST cannot un-draft a PR; PyGithub sends GraphQL's markPullRequestReadyForReview."""
+        with self._errors(f"marking pull request #{number} ready for review", repo):
+            pull = self._repo(repo).get_pull(number)
+            if pull.draft:
+                pull.mark_ready_for_review()
+
     @staticmethod
     def _open_pr(gh_repo: Repository, repo: str, branch: str) -> PullRequest | None:
         owner, _ = split_repo(repo)

@@ -39,6 +39,12 @@ EXTRA_OPERATIONS = [
     ("get", "/repos/{owner}/{repo}/issues/{issue_number}/comments", "issues/list-comments", PAGING),
     ("get", "/repos/{owner}/{repo}/pulls/{pull_number}", "pulls/get", {}),
 ]
+# GitHub's REST API cannot take a pull request out of draft; PyGithub's PullRequest.mark_ready_for_review
+# sends this GraphQL mutation to /graphql, the one GraphQL operation the fake serves.
+GRAPHQL_OP = "graphql"
+READY_MUTATION = "markPullRequestReadyForReview"
+GRAPHQL_BODY = {"type": "object", "required": ["query"],
+                "properties": {"query": {"type": "string"}, "variables": {"type": "object"}}}
 ROLE_TO_PERMISSION = {"admin": "admin", "maintain": "write", "write": "write", "triage": "read",
                       "read": "read", "none": "none"}
 
@@ -86,7 +92,7 @@ def _pattern(template: str, path_types: dict[str, str]) -> re.Pattern[str]:
 
 @functools.cache
 def operations() -> tuple[Operation, ...]:
-    """Every operation the fake serves: the subset's twelve plus EXTRA_OPERATIONS."""
+    """Every operation the fake serves: the subset's twelve, EXTRA_OPERATIONS and POST /graphql."""
     spec, found = load_spec(), []
     for template, item in spec["paths"].items():
         for method, op in item.items():
@@ -101,6 +107,7 @@ def operations() -> tuple[Operation, ...]:
     for method, template, op_id, query in EXTRA_OPERATIONS:
         found.append(Operation(method.upper(), template, op_id,
                                _pattern(template, {"issue_number": "integer", "pull_number": "integer"}), query=query))
+    found.append(Operation("POST", "/graphql", GRAPHQL_OP, re.compile("^/graphql$"), GRAPHQL_BODY, True))
     return tuple(found)
 
 
@@ -396,7 +403,7 @@ class FakeGitHub:
             "issues/list-comments": self._list_comments, "issues/create-comment": self._create_comment,
             "issues/add-labels": self._add_labels, "issues/remove-label": self._remove_label,
             "pulls/list": self._list_pulls, "pulls/create": self._create_pull, "pulls/update": self._update_pull,
-            "pulls/get": self._get_pull,
+            "pulls/get": self._get_pull, GRAPHQL_OP: self._graphql,
         }
 
     def _repo(self, params: dict[str, str]) -> FakeRepo:
@@ -512,6 +519,27 @@ class FakeGitHub:
         repo, issue = self._issue(params, "pull_number")
         return 200, self._pull_json(repo, issue), {}
 
+    def _graphql(self, params: dict[str, str], query: dict[str, str], body: Any) -> tuple[int, Any, dict]:
+        """markPullRequestReadyForReview only; GraphQL reports errors with status 200, as GitHub does."""
+        if f"{READY_MUTATION}(input: $input)" not in body["query"]:
+            self._violation(f"POST /graphql: only {READY_MUTATION} is served, got {body['query'][:200]!r}")
+            return 200, {"errors": [{"message": "the fake serves only markPullRequestReadyForReview"}]}, {}
+        mutation_input = (body.get("variables") or {}).get("input") or {}
+        node_id = mutation_input.get("pullRequestId")
+        found = [issue for repo in self.repos.values() for issue in repo.issues.values()
+                 if issue.head is not None and self._node_id(repo, issue) == node_id]
+        if not found:
+            return 200, {"data": {READY_MUTATION: None}, "errors": [
+                {"type": "NOT_FOUND", "path": [READY_MUTATION],
+                 "message": f"Could not resolve to a node with the global id of '{node_id}'"}]}, {}
+        found[0].draft = False
+        return 200, {"data": {READY_MUTATION: {"clientMutationId": mutation_input.get("clientMutationId"),
+                                               "pullRequest": {"isDraft": False}}}}, {}
+
+    @staticmethod
+    def _node_id(repo: FakeRepo, issue: FakeIssue) -> str:
+        return "PR_kw" + hashlib.sha1(f"{repo.full_name}#{issue.number}".encode()).hexdigest()[:16]
+
     # -- response bodies from GitHub's examples ----------------------------------------------
     def _page(self, items: list[Any], query: dict[str, str], path: str) -> tuple[int, Any, dict[str, str]]:
         per_page, page = min(int(query.get("per_page", 30)), 100), int(query.get("page", 1))
@@ -575,7 +603,7 @@ class FakeGitHub:
             data.update(merged=False, mergeable=True, mergeable_state="clean", merged_by=None,
                         comments=len(issue.comments))
         data.update(id=issue.number, number=issue.number, state=issue.state, title=issue.title, body=issue.body,
-                    draft=issue.draft, user=self._user(issue.author),
+                    draft=issue.draft, user=self._user(issue.author), node_id=self._node_id(repo, issue),
                     labels=[self._label(repo, n) for n in issue.labels],
                     milestone=None, assignee=None, assignees=[], requested_reviewers=[], requested_teams=[],
                     locked=False, merged_at=None, auto_merge=None)

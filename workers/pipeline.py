@@ -11,7 +11,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from common.db import Database
 from common.errors import ForgecrewError, LeaseLost
 from common.forge.base import Forge, ForgeError, IssueInfo, PullRequestInfo
-from common.leases import Claim, load_fenced, release
+from common.leases import Claim, load_fenced, release, renew
 from common.redact import Redactor
 from common.settings import Settings
 from common.specialties import SpecialtyProfile, StatusLabel, profiles
@@ -111,6 +111,7 @@ class Pipeline:
         config = self._repo_config(workspace)
         test_command = config.test_command or detect_test_command(workspace.checkout)
         if config.setup_command:
+            self._fence(held)
             self._setup(config, workspace)
         result = self._agent_run(task, issue, workspace, config, test_command, should_stop)
         tests = self._test_and_repair(held, workspace, test_command, config, result, should_stop)
@@ -189,6 +190,7 @@ class Pipeline:
             return None
         for round_number in range(self.settings.repair_rounds + 1):
             self._move(held, TaskState.TESTING, f"running `{test_command}`")
+            self._fence(held)
             self.progress(f"tests: {test_command}")
             self.tests = run_tests(test_command, workspace.checkout, workspace.path, timeout=config.test_timeout)
             self.progress(f"tests: {self.tests.headline()}")
@@ -206,7 +208,7 @@ class Pipeline:
         self.progress("publishing: commit, push, pull request")
         request = PublishRequest(task.repo, task.issue_number, issue.title, self.last_result.summary if self.last_result else "", tests,
                                  self.agent.usage, self.agent.cost, self.agent.model_used or self.settings.model)
-        pr = publish(self.forge, self.settings, workspace, request, self.redact)
+        pr = publish(self.forge, self.settings, workspace, request, self.redact, fence=lambda: self._fence(held))
         workspace.mark_finished("pr_open")
         with self.db.session() as session:
             row = load_fenced(session, held)
@@ -240,6 +242,10 @@ class Pipeline:
             row = load_fenced(session, held)
             return TaskSnapshot(row.id, row.repo, row.issue_number, row.title, row.body, row.specialty,
                                 row.branch, row.attempt)
+
+    def _fence(self, held: Claim) -> None:
+        """Raise LeaseLost unless this worker still holds the task (and push its lease forward)."""
+        renew(self.db, held)
 
     def _update(self, held: Claim, **fields: object) -> None:
         with self.db.session() as session:

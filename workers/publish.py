@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from common.forge.base import Forge, PullRequestInfo
@@ -57,14 +58,20 @@ def pr_body(request: PublishRequest, files: list[str]) -> str:
 
 
 def publish(forge: Forge, settings: Settings, workspace: Workspace, request: PublishRequest,
-            redact: Redactor) -> PullRequestInfo:
-    """Commit, push (credentials fresh from the forge) and open or update the PR for the branch."""
+            redact: Redactor, *, fence: Callable[[], None]) -> PullRequestInfo:
+    """Commit, push (credentials fresh from the forge) and open or update the PR for the branch.
+
+    `fence` raises LeaseLost when this worker no longer holds the task, so a fenced-out worker
+    neither pushes nor touches the pull request.
+    """
     files = changed_files(workspace)
     message = f"{pr_title(request)}\n\n" + (f"Fixes #{request.issue_number}\n" if request.issue_number else "")
     sha = commit_all(workspace, message, settings.bot_name, settings.bot_email)
     if sha is None or not files:
         raise NothingToPublish("the agent made no changes to the repository")
+    fence()
     push(workspace, forge.git_env(request.repo))
+    fence()
     failing = request.tests is not None and not request.tests.passed
     pr = forge.open_or_update_pr(
         request.repo, branch=workspace.branch, base=workspace.base_branch, title=redact(pr_title(request)),

@@ -22,7 +22,7 @@ from workers.budget import Budget
 from workers.issue_notes import IssueNotes
 from workers.llm import LLMClient
 from workers.prompts import repair_message, system_prompt, task_message
-from workers.publish import NothingToPublish, PublishRequest, publish
+from workers.publish import NothingToPublish, Published, PublishRequest, publish
 from workers.repo_config import RepoConfig, instruction_files, load_repo_config
 from workers.runs import finish_run, start_run
 from workers.testrun import TestResult, detect_test_command, run_tests
@@ -208,21 +208,27 @@ class Pipeline:
         self.progress("publishing: commit, push, pull request")
         request = PublishRequest(task.repo, task.issue_number, issue.title, self.last_result.summary if self.last_result else "", tests,
                                  self.agent.usage, self.agent.cost, self.agent.model_used or self.settings.model)
-        pr = publish(self.forge, self.settings, workspace, request, self.redact, fence=lambda: self._fence(held))
+        published = publish(self.forge, self.settings, workspace, request, self.redact,
+                            fence=lambda: self._fence(held))
         workspace.mark_finished("pr_open")
+        self._fence(held)
+        problems = [*published.problems, *self._announce(published, request, workspace.branch)]
+        detail = self.redact(_pr_detail(published, request, workspace.branch, problems))
         with self.db.session() as session:
             row = load_fenced(session, held)
-            row.pr_url, row.pr_number, row.summary = pr.url, pr.number, self.redact(request.summary)
-            verdict = "tests pass" if tests and tests.passed else ("tests FAIL (draft)" if tests else "no tests")
-            transition(session, row, TaskState.PR_OPEN, actor=held.owner,
-                       detail=f"{'opened' if pr.created else 'updated'} {pr.url} ({verdict})")
+            row.pr_url, row.pr_number, row.summary = published.pr.url, published.pr.number, self.redact(request.summary)
+            transition(session, row, TaskState.PR_OPEN, actor=held.owner, detail=detail[:1000])
             release(row)
-        self.notes.label(StatusLabel.PR_OPEN)
-        verb = "opened" if pr.created else "updated"
-        self.notes.comment(f"forgecrew {verb} a pull request for this issue: {pr.url}"
-                           + ("" if not tests or tests.passed else "\n\nThe tests still fail, so it is a draft."))
-        self.progress(f"pull request: {pr.url}")
-        return Outcome(TaskState.PR_OPEN.value, pr=pr)
+        self.progress(f"pull request: {published.pr.url}")
+        return Outcome(TaskState.PR_OPEN.value, detail, pr=published.pr)
+
+    def _announce(self, published: Published, request: PublishRequest, branch: str) -> list[str]:
+        """Label and comment on the issue; what failed comes back to go into the recorded detail."""
+        pr = published.pr
+        text = f"forgecrew {'opened' if pr.created else 'updated'} a pull request for this issue: {pr.url}"
+        if request.tests_fail:
+            text += "\n\nThe tests still fail, so it is a draft."
+        return [problem for problem in (self.notes.label(StatusLabel.PR_OPEN), self.notes.comment(text)) if problem]
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -274,3 +280,16 @@ class Pipeline:
         self.notes.label(StatusLabel.FAILED)
         self.notes.comment(f"forgecrew could not finish this issue.\n\n> {reason[:1500]}\n\n"
                            "Fix the cause and add the `forgecrew` label again to retry.")
+
+
+def _pr_detail(published: Published, request: PublishRequest, branch: str, problems: list[str]) -> str:
+    """The pr_open event's detail: the PR, the test verdict and what to do, and any step that failed."""
+    pr = published.pr
+    if request.tests is None:
+        verdict = "no tests"
+    elif request.tests.passed:
+        verdict = "tests pass"
+    else:
+        verdict = "tests FAIL (draft)"
+    text = f"{'opened' if pr.created else 'updated'} {pr.url} ({verdict})"
+    return text + "".join(f"; {problem}" for problem in problems)

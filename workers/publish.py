@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from common.forge.base import Forge, PullRequestInfo
+from common.forge.base import Forge, ForgeError, PullRequestInfo
 from common.redact import Redactor
 from common.settings import Settings
 from common.specialties import TESTS_FAILING_LABEL
 from workers.llm import Usage
 from workers.testrun import TestResult
 from workers.workspace import Workspace, changed_files, commit_all, push
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,18 @@ class PublishRequest:
     usage: Usage
     cost_usd: float | None
     model: str
+
+    @property
+    def tests_fail(self) -> bool:
+        return self.tests is not None and not self.tests.passed
+
+
+@dataclass(frozen=True)
+class Published:
+    """The pull request, and the steps after it that failed: recorded, never a failed task."""
+
+    pr: PullRequestInfo
+    problems: tuple[str, ...] = ()
 
 
 class NothingToPublish(Exception):
@@ -58,7 +73,7 @@ def pr_body(request: PublishRequest, files: list[str]) -> str:
 
 
 def publish(forge: Forge, settings: Settings, workspace: Workspace, request: PublishRequest,
-            redact: Redactor, *, fence: Callable[[], None]) -> PullRequestInfo:
+            redact: Redactor, *, fence: Callable[[], None]) -> Published:
     """Commit, push (credentials fresh from the forge) and open or update the PR for the branch.
 
     `fence` raises LeaseLost when this worker no longer holds the task, so a fenced-out worker
@@ -72,10 +87,31 @@ def publish(forge: Forge, settings: Settings, workspace: Workspace, request: Pub
     fence()
     push(workspace, forge.git_env(request.repo))
     fence()
-    failing = request.tests is not None and not request.tests.passed
     pr = forge.open_or_update_pr(
         request.repo, branch=workspace.branch, base=workspace.base_branch, title=redact(pr_title(request)),
-        body=redact(pr_body(request, files)), draft=failing,
+        body=redact(pr_body(request, files)), draft=request.tests_fail,
     )
-    forge.label_pull_request(request.repo, pr.number, TESTS_FAILING_LABEL, failing)
-    return pr
+    return _after_opening(forge, request, pr)
+
+
+def _after_opening(forge: Forge, request: PublishRequest, pr: PullRequestInfo) -> Published:
+    """Label the PR and take it out of draft when its tests pass; the PR exists, so failures only note."""
+    problems: list[str] = []
+    verb = "add" if request.tests_fail else "remove"
+    _best_effort(problems, f"could not {verb} the {TESTS_FAILING_LABEL} label on the pull request",
+                 lambda: forge.label_pull_request(request.repo, pr.number, TESTS_FAILING_LABEL, request.tests_fail))
+    if pr.draft and not request.tests_fail and _best_effort(
+            problems, "could not mark the draft pull request ready for review",
+            lambda: forge.mark_ready_for_review(request.repo, pr.number)):
+        pr = replace(pr, draft=False)
+    return Published(pr, tuple(problems))
+
+
+def _best_effort(problems: list[str], what: str, call: Callable[[], None]) -> bool:
+    try:
+        call()
+    except ForgeError as exc:
+        log.warning("%s: %s", what, exc)
+        problems.append(f"{what}: {exc}")
+        return False
+    return True

@@ -83,6 +83,21 @@ def test_lease_taken_over_before_the_tests_runs_no_tests(forge_settings: Setting
     assert _branches(bare) == ""
 
 
+def test_draft_with_failing_tests_says_what_to_do(forge_settings: Settings, db: Database, forge: LocalForge,
+                                                  model: FakeAnthropic) -> None:
+    settings = forge_settings.model_copy(update={"repair_rounds": 0})
+    model.add(WRONG_FIX, tool_use("finish", {"summary": "swapped"}))
+    task_id = make_task(db, repo=REPO, issue_number=1, title=ISSUE_TITLE)
+    lines: list[str] = []
+    outcome = run_task(settings, db, forge, task_id, progress=lines.append)
+    assert outcome.state == "pr_open"
+    task = load(db, task_id)
+    comment = forge.issue_record(REPO, 1)["comments"][-1]["body"]
+    for text in (comment, task.events[-1].detail, task.runs[0].detail, "\n".join(lines)):
+        assert "tests" in text and "fail" in text and "/forgecrew retry" in text and "push a fix" in text, text
+    assert task.branch in comment and "forgecrew:tests-failing" in comment
+
+
 def test_retry_whose_tests_pass_makes_the_draft_ready_on_the_local_forge(
         forge_settings: Settings, db: Database, forge: LocalForge, model: FakeAnthropic) -> None:
     settings = forge_settings.model_copy(update={"repair_rounds": 0})

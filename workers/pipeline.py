@@ -22,7 +22,7 @@ from workers.budget import Budget
 from workers.issue_notes import IssueNotes
 from workers.llm import LLMClient
 from workers.prompts import repair_message, system_prompt, task_message
-from workers.publish import NothingToPublish, Published, PublishRequest, publish
+from workers.publish import NothingToPublish, Published, PublishRequest, publish, tests_failing_advice
 from workers.repo_config import RepoConfig, instruction_files, load_repo_config
 from workers.runs import finish_run, start_run
 from workers.testrun import TestResult, detect_test_command, run_tests
@@ -220,14 +220,16 @@ class Pipeline:
             transition(session, row, TaskState.PR_OPEN, actor=held.owner, detail=detail[:1000])
             release(row)
         self.progress(f"pull request: {published.pr.url}")
+        if request.tests_fail and tests:
+            self.progress(tests_failing_advice(tests, workspace.branch))
         return Outcome(TaskState.PR_OPEN.value, detail, pr=published.pr)
 
     def _announce(self, published: Published, request: PublishRequest, branch: str) -> list[str]:
         """Label and comment on the issue; what failed comes back to go into the recorded detail."""
         pr = published.pr
         text = f"forgecrew {'opened' if pr.created else 'updated'} a pull request for this issue: {pr.url}"
-        if request.tests_fail:
-            text += "\n\nThe tests still fail, so it is a draft."
+        if request.tests_fail and request.tests:
+            text += "\n\n" + tests_failing_advice(request.tests, branch)
         return [problem for problem in (self.notes.label(StatusLabel.PR_OPEN), self.notes.comment(text)) if problem]
 
     # -- helpers -----------------------------------------------------------------------------
@@ -290,6 +292,7 @@ def _pr_detail(published: Published, request: PublishRequest, branch: str, probl
     elif request.tests.passed:
         verdict = "tests pass"
     else:
-        verdict = "tests FAIL (draft)"
+        verdict = (f"draft, tests fail: {request.tests.headline()}; comment `/forgecrew retry` "
+                   f"or push a fix to {branch}")
     text = f"{'opened' if pr.created else 'updated'} {pr.url} ({verdict})"
     return text + "".join(f"; {problem}" for problem in problems)

@@ -72,6 +72,13 @@ def pr_body(request: PublishRequest, files: list[str]) -> str:
     return "\n".join(lines)
 
 
+def tests_failing_advice(tests: TestResult, branch: str) -> str:
+    """What a person can do about a draft whose tests fail: the task stays pr_open, not failed."""
+    return (f"The tests still fail ({tests.headline()}), so the pull request is a draft labelled "
+            f"`{TESTS_FAILING_LABEL}`. To finish it, push a fix to `{branch}`, or comment `/forgecrew retry` "
+            "to let forgecrew try again.")
+
+
 def publish(forge: Forge, settings: Settings, workspace: Workspace, request: PublishRequest,
             redact: Redactor, *, fence: Callable[[], None]) -> Published:
     """Commit, push (credentials fresh from the forge) and open or update the PR for the branch.

@@ -43,6 +43,8 @@ class SpecialtyConfig(BaseSettings):
     allowed_commands: list[str] = Field(default_factory=list, description="Command prefixes allowed; empty = all.")
     denied_commands: list[str] = Field(default_factory=list, description="Command prefixes always refused.")
     tools: list[str] = Field(default_factory=list, description="Tool names allowed; empty = all.")
+    command_timeout_seconds: float | None = Field(None, gt=0, description="Seconds before one agent command "
+                                                  "(run_command, search) is killed; default 120.")
     soft_time_limit: int | None = Field(None, description="Seconds before the task is asked to stop.")
     time_limit: int | None = Field(None, description="Seconds before the task's process is killed.")
 

@@ -30,6 +30,9 @@ class StatusLabel(StrEnum):
     FAILED = "forgecrew:failed"
 
 
+# Seconds one agent command may run unless the specialty sets command_timeout_seconds.
+DEFAULT_COMMAND_TIMEOUT = 120.0
+
 # On a pull request whose tests still failed when it was opened (it is a draft too).
 TESTS_FAILING_LABEL = "forgecrew:tests-failing"
 
@@ -48,6 +51,7 @@ class SpecialtyProfile:
     soft_time_limit: int | None = None
     time_limit: int | None = None
     tools: tuple[str, ...] = ()  # tool names this specialty may use; empty = all
+    command_timeout_seconds: float = DEFAULT_COMMAND_TIMEOUT  # one agent command, killed at this limit
 
 
 BUILTIN_PROFILES: dict[str, SpecialtyProfile] = {
@@ -107,6 +111,7 @@ def _from_config(config: SpecialtyConfig, base: SpecialtyProfile | None) -> Spec
         soft_time_limit=config.soft_time_limit or base.soft_time_limit,
         time_limit=config.time_limit or base.time_limit,
         tools=tuple(config.tools) or base.tools,
+        command_timeout_seconds=config.command_timeout_seconds or base.command_timeout_seconds,
     )
 
 

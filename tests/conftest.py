@@ -22,6 +22,8 @@ from tests.git_source import Source
 from tests.support import SECRET, Process
 from workers.workspace import Workspace, WorkspaceManager
 
+pytest_plugins = ["tests.pipeline_support"]  # model, forge_settings and forge for pipeline tests
+
 PG_ADMIN = os.environ.get("FORGECREW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("FORGECREW_TEST_REDIS", "redis://127.0.0.1:6379")
 

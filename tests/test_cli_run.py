@@ -26,8 +26,12 @@ def project(tmp_path: Path) -> Path:
     return repo
 
 
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
 def forgecrew(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    base = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(cwd)}
+    # PYTHONPATH: run this checkout's code even where another copy is the installed one
+    base = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(cwd), "PYTHONPATH": str(CHECKOUT)}
     return subprocess.run([sys.executable, "-m", "coordinator.cli", *args], cwd=cwd, env={**base, **env},
                           capture_output=True, text=True, timeout=180)
 
@@ -82,3 +86,24 @@ def test_model_error_exits_nonzero_with_reason(project: Path, tmp_path: Path) ->
                          FORGECREW_ANTHROPIC_API_KEY=DEFAULT_KEY, FORGECREW_ANTHROPIC_BASE_URL=model.base_url)
     assert done.returncode == 1
     assert "failed: model error" in done.stderr and DEFAULT_KEY not in done.stderr + done.stdout
+
+
+def test_help_names_the_limits_of_a_run(tmp_path: Path) -> None:
+    done = forgecrew(["run", "--help"], cwd=tmp_path)
+    assert done.returncode == 0
+    assert "FORGECREW_MAX_WALL_SECONDS" in done.stdout and "command_timeout_seconds" in done.stdout
+
+
+def test_wall_time_budget_ends_a_run_even_inside_a_long_command(project: Path, tmp_path: Path) -> None:
+    import time
+
+    from tests.fakes.anthropic_server import tool_use
+
+    started = time.monotonic()
+    with FakeAnthropic([tool_use("run_command", {"command": "sleep 90"})]) as model:
+        done = forgecrew(["run", "--repo", str(project), "--title", "fix add"], cwd=tmp_path,
+                         FORGECREW_ANTHROPIC_API_KEY=DEFAULT_KEY, FORGECREW_ANTHROPIC_BASE_URL=model.base_url,
+                         FORGECREW_MAX_WALL_SECONDS="3")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "time budget exhausted" in done.stderr and "FORGECREW_MAX_WALL_SECONDS=3" in done.stderr
+    assert time.monotonic() - started < 45  # the command was stopped at the budget, not after 90 s

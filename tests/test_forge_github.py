@@ -180,6 +180,32 @@ def test_server_errors_are_retried(fake: FakeGitHub, forge: GitHubForge, sleeps:
     assert [r.status for r in fake.calls("GET", r"/issues/7$")] == [502, 502, 200]
 
 
+@pytest.mark.parametrize("status", [500, 502, 504])
+def test_ambiguous_server_error_on_a_comment_is_not_repeated(fake: FakeGitHub, forge: GitHubForge,
+                                                             sleeps: list[float], status: int) -> None:
+    fake.fail_next("POST", r"/issues/7/comments$", status, after_serving=True)  # posted, answer lost
+    with pytest.raises(ForgeError, match=str(status)):
+        forge.comment(REPO, 7, "exactly once")
+    assert [c["body"] for c in fake.issue(REPO, 7).comments].count("exactly once") == 1
+    assert len(fake.calls("POST", r"/issues/7/comments$")) == 1 and sleeps == []
+
+
+def test_comment_refused_with_503_and_retry_after_is_repeated(fake: FakeGitHub, forge: GitHubForge,
+                                                              sleeps: list[float]) -> None:
+    fake.fail_next("POST", r"/issues/7/comments$", 503, {"Retry-After": "2"})
+    forge.comment(REPO, 7, "after the outage")
+    assert [r.status for r in fake.calls("POST", r"/issues/7/comments$")] == [503, 201]
+    assert sleeps == [2] and [c["body"] for c in fake.issue(REPO, 7).comments].count("after the outage") == 1
+
+
+def test_pull_request_created_but_answered_502_is_found_not_duplicated(fake: FakeGitHub,
+                                                                       forge: GitHubForge) -> None:
+    fake.fail_next("POST", r"/pulls$", 502, after_serving=True)
+    info = forge.open_or_update_pr(REPO, branch="forgecrew/lost", base="main", title="t", body="b", draft=False)
+    assert info.created is True and [p.number for p in fake.pulls(REPO)] == [info.number]
+    assert len(fake.calls("POST", r"/pulls$")) == 1
+
+
 def test_rate_limit_that_does_not_end_becomes_forge_error(fake: FakeGitHub, sleeps: list[float]) -> None:
     forge = GitHubForge(_settings(fake.api_url), write_interval=0, max_rate_limit_wait=60, sleep=sleeps.append)
     reset = int(time.time()) + 3000
@@ -312,6 +338,17 @@ def test_app_auth_mints_an_installation_token_and_caches_it(app_key: tuple[str, 
         assert fake.violations == []
 
 
+def test_token_mint_is_repeated_after_a_server_error(app_key: tuple[str, str]) -> None:
+    private, public = app_key
+    with FakeGitHub(app_id=4242, app_public_key=public) as fake:
+        fake.add_installation(99)
+        fake.add_repo(REPO)
+        fake.fail_next("POST", r"/access_tokens$", 502)
+        forge = GitHubForge(_app_settings(fake.api_url, private), 99, write_interval=0, sleep=lambda s: None)
+        assert forge.default_branch(REPO) == "main"
+        assert [r.status for r in fake.calls("POST", r"/access_tokens$")] == [502, 201]
+
+
 def test_app_token_is_reminted_near_expiry(app_key: tuple[str, str], tmp_path: Path) -> None:
     private, public = app_key
     key_file = tmp_path / "app.pem"
@@ -365,3 +402,20 @@ def test_make_forge_picks_the_adapter(fake: FakeGitHub, tmp_path: Path) -> None:
     assert isinstance(make_forge(_settings(fake.api_url), write_interval=0), GitHubForge)
     local = Settings(forge="local", local_forge_root=tmp_path)
     assert isinstance(make_forge(local, installation_id=3), LocalForge)
+
+
+def test_draft_is_marked_ready_for_review_through_graphql(fake: FakeGitHub, forge: GitHubForge) -> None:
+    info = forge.open_or_update_pr(REPO, branch="forgecrew/ready-later", base="main", title="t", body="b",
+                                   draft=True)
+    forge.mark_ready_for_review(REPO, info.number)
+    assert fake.pulls(REPO)[0].draft is False
+    [mutation] = fake.calls("POST", r"^/graphql$")
+    assert "markPullRequestReadyForReview" in mutation.body["query"]
+    assert mutation.headers["authorization"] == f"token {TOKEN}"
+    forge.mark_ready_for_review(REPO, info.number)  # already ready: no second mutation
+    assert len(fake.calls("POST", r"^/graphql$")) == 1 and fake.violations == []
+
+
+def test_marking_a_missing_pull_request_ready_is_a_forge_error(forge: GitHubForge) -> None:
+    with pytest.raises(ForgeError, match="ready for review"):
+        forge.mark_ready_for_review(REPO, 404)

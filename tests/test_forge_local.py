@@ -126,3 +126,12 @@ def test_empty_repo_and_other_default_branch(forge: LocalForge) -> None:
     path = forge.create_repo("acme/empty", default_branch="trunk")
     assert path.is_dir() and forge.default_branch("acme/empty") == "trunk"
     assert forge.clone_url("acme/empty") == str(path.resolve())
+
+
+def test_draft_is_marked_ready_for_review(seeded: LocalForge, tmp_path: Path) -> None:
+    push_branch(seeded, tmp_path, "forgecrew/1-answer")
+    info = seeded.open_or_update_pr(REPO, branch="forgecrew/1-answer", base="main", title="t", body="b", draft=True)
+    seeded.mark_ready_for_review(REPO, info.number)
+    assert seeded.pull_requests(REPO)[0]["draft"] is False
+    with pytest.raises(ForgeError, match="#99 not found"):
+        seeded.mark_ready_for_review(REPO, 99)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import subprocess
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,52 +17,11 @@ from common.states import TaskState
 from common.transitions import transition
 from tests.factories import make_task
 from tests.fakes.anthropic_server import DEFAULT_KEY, FakeAnthropic, error, tool_use
-from tests.sample_repo import ISSUE_BODY, ISSUE_TITLE, fixing_script, last_tool_result, write_sample
-from workers.llm import LLMClient
-from workers.pipeline import Outcome, Pipeline
+from tests.pipeline_support import GITHUB_TOKEN, REPO, load, pushed_file, run_task
+from tests.sample_repo import ISSUE_BODY, ISSUE_TITLE, fixing_script, last_tool_result
+from workers.pipeline import Pipeline
 
 pytestmark = pytest.mark.integration
-REPO = "acme/calc"
-GITHUB_TOKEN = "ghp_supersecrettokenvalue1234567890abcd"
-
-
-@pytest.fixture
-def model() -> Iterator[FakeAnthropic]:
-    with FakeAnthropic() as server:
-        yield server
-
-
-@pytest.fixture
-def forge_settings(make_settings: Callable[..., Settings], model: FakeAnthropic, tmp_path: Path) -> Settings:
-    return make_settings(forge="local", anthropic_api_key=DEFAULT_KEY, anthropic_base_url=model.base_url,
-                         github_token=GITHUB_TOKEN, model="claude-sonnet-4-6", repair_rounds=1, max_turns=12)
-
-
-@pytest.fixture
-def forge(forge_settings: Settings, tmp_path: Path) -> LocalForge:
-    local = LocalForge(forge_settings)
-    local.create_repo(REPO, write_sample(tmp_path / "sample"))
-    local.create_issue(REPO, 1, ISSUE_TITLE, ISSUE_BODY)
-    return local
-
-
-def run_task(settings: Settings, db: Database, forge: LocalForge, task_id: int) -> Outcome:
-    held = claim(db, task_id, "test-worker")
-    assert held is not None
-    llm = lambda: LLMClient.from_settings(settings, retry_base_delay=0.01, max_retries=1)  # noqa: E731
-    return Pipeline(settings, db, lambda: forge, llm_factory=llm).run(held)
-
-
-def load(db: Database, task_id: int) -> Task:
-    with db.session() as session:
-        task = session.get(Task, task_id)
-        task.events, task.runs  # noqa: B018  (load before the session closes)
-        return task
-
-
-def pushed_file(forge: LocalForge, branch: str, path: str) -> str:
-    return subprocess.run(["git", "--git-dir", str(forge.bare_path(REPO)), "show", f"{branch}:{path}"],
-                          capture_output=True, text=True, check=True).stdout
 
 
 def test_issue_becomes_a_pull_request_with_passing_tests(forge_settings: Settings, db: Database,

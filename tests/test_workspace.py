@@ -22,6 +22,7 @@ from workers.workspace import (
     push,
 )
 
+
 def test_mirror_is_created_once_then_fetched(manager, source, prepare):
     first = prepare(1)
     mirror = manager.mirror_path("acme/app")

@@ -11,7 +11,7 @@ from common.errors import ForgecrewError
 from workers.budget import Budget, BudgetExhausted
 from workers.llm import LLMClient, ModelError, Usage
 from workers.pricing import cost_usd
-from workers.tools.toolbox import ToolResult, Toolbox
+from workers.tools.toolbox import Toolbox, ToolResult
 from workers.transcript import Transcript
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,17 @@ class Stopped(ForgecrewError):
     """Someone else ended the run (lease lost, task cancelled)."""
 
 
+class Refused(ForgecrewError):
+    """The model declined the request (stop_reason "refusal"); retrying the same prompt will not help."""
+
+
+CUT_OFF_NOTE = ("Your last reply was cut off at the max_tokens limit, so nothing in it was run or recorded. "
+                "Continue from where you stopped: make the next step smaller (one tool call, a shorter summary).")
+
+
 @dataclass
 class AgentResult:
-    outcome: str  # submitted | budget | model_error | stopped
+    outcome: str  # submitted | budget | model_error | refused | stopped
     summary: str
     usage: Usage
     cost_usd: float | None
@@ -57,6 +65,7 @@ class Agent:
     allowed_tools: tuple[str, ...] = ()  # the specialty's allowance; empty = every tool
     should_stop: Callable[[], str | None] = lambda: None
     on_event: Callable[[str], None] = lambda message: None
+    redact: Callable[[str], str] = lambda text: text  # before trimming, so no part of a secret shows
     messages: list[dict[str, Any]] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     cost: float | None = None
@@ -75,6 +84,8 @@ class Agent:
             return self._result("budget", str(exc))
         except ModelError as exc:
             return self._result("model_error", str(exc))
+        except Refused as exc:
+            return self._result("refused", str(exc))
         except Stopped as exc:
             return self._result("stopped", str(exc))
         finally:
@@ -101,13 +112,31 @@ class Agent:
                                 max_tokens=self.budget.tokens_left(self.max_tokens_per_call))
         self._account(reply.model, reply.usage)
         content = [_block_dict(block) for block in reply.message.content]
-        self.messages.append({"role": "assistant", "content": content})
+        stop_reason = reply.message.stop_reason
+        if content:  # the API refuses an empty assistant turn in the history
+            self.messages.append({"role": "assistant", "content": content})
         self.transcript.record("assistant", model=reply.model, content=content,
-                               stop_reason=reply.message.stop_reason, usage=vars(reply.usage))
+                               stop_reason=stop_reason, usage=vars(reply.usage))
         calls = [block for block in content if block["type"] == "tool_use"]
-        if not calls:
+        if stop_reason == "refusal":
+            raise Refused("the model refused to continue (stop_reason refusal)"
+                          + (f": {_text_of(content)}" if _text_of(content) else ""))
+        if stop_reason == "max_tokens":
+            self._cut_off(calls)
+        elif not calls:
             raise Submitted(_text_of(content) or "The model ended its turn without a summary.")
-        self._run_tools(calls)
+        else:
+            self._run_tools(calls)
+
+    def _cut_off(self, calls: list[dict[str, Any]]) -> None:
+        """A truncated reply is neither a finish nor safe to run: end on the budget or ask to go on."""
+        self.budget.check_output()
+        results = [{"type": "tool_result", "tool_use_id": call["id"], "is_error": True,
+                    "content": "not run: the reply was cut off, so this call may be incomplete"} for call in calls]
+        if results:
+            self.messages.append({"role": "user", "content": results})
+        self._add_user_text(CUT_OFF_NOTE)
+        self.transcript.record("cut_off", content=[*results, {"type": "text", "text": CUT_OFF_NOTE}])
 
     def _run_tools(self, calls: list[dict[str, Any]]) -> None:
         results, summary = [], None
@@ -116,7 +145,7 @@ class Agent:
                 summary = str((call.get("input") or {}).get("summary") or "").strip() or "Finished."
                 results.append({"type": "tool_result", "tool_use_id": call["id"], "content": "Recorded."})
                 continue
-            self.on_event(f"tool {call['name']} {_short(call.get('input'))}")
+            self.on_event(f"tool {call['name']} {_short(self.redact(str(call.get('input'))))}")
             result = (self.toolbox.call(call["name"], call.get("input") or {}) if self._allowed(call["name"])
                       else ToolResult(f"tool {call['name']!r} is not available to this specialty", True))
             results.append({"type": "tool_result", "tool_use_id": call["id"], "content": result.content or "(no output)",

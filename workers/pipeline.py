@@ -11,7 +11,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from common.db import Database
 from common.errors import ForgecrewError, LeaseLost
 from common.forge.base import Forge, ForgeError, IssueInfo, PullRequestInfo
-from common.leases import Claim, load_fenced, release
+from common.leases import Claim, load_fenced, release, renew
 from common.redact import Redactor
 from common.settings import Settings
 from common.specialties import SpecialtyProfile, StatusLabel, profiles
@@ -22,7 +22,7 @@ from workers.budget import Budget
 from workers.issue_notes import IssueNotes
 from workers.llm import LLMClient
 from workers.prompts import repair_message, system_prompt, task_message
-from workers.publish import NothingToPublish, PublishRequest, publish
+from workers.publish import NothingToPublish, Published, PublishRequest, publish, tests_failing_advice
 from workers.repo_config import RepoConfig, instruction_files, load_repo_config
 from workers.runs import finish_run, start_run
 from workers.testrun import TestResult, detect_test_command, run_tests
@@ -67,9 +67,10 @@ class Pipeline:
         self.db = db
         self.forge_factory = forge_factory  # built inside the run, so a bad setting fails the task cleanly
         self.llm_factory = llm_factory
-        self.progress = progress
         self.workspaces = WorkspaceManager(settings.workspace_root)
         self.redact = Redactor.from_settings(settings)
+        # progress reaches logs and `forgecrew run` stdout, and carries tool inputs the model wrote
+        self.progress: Callable[[str], None] = lambda message: progress(self.redact(message))
         self.agent: Agent | None = None
         self.last_result: AgentResult | None = None
         self.tests: TestResult | None = None
@@ -113,6 +114,7 @@ class Pipeline:
         config = self._repo_config(workspace)
         test_command = config.test_command or detect_test_command(workspace.checkout)
         if config.setup_command:
+            self._fence(held)
             self._setup(config, workspace)
         result = self._agent_run(task, issue, workspace, config, test_command, should_stop)
         tests = self._test_and_repair(held, workspace, test_command, config, result, should_stop)
@@ -153,15 +155,17 @@ class Pipeline:
     def _agent_run(self, task: TaskSnapshot, issue: IssueInfo, workspace: Workspace, config: RepoConfig,
                    test_command: str | None, should_stop: Callable[[], str | None]) -> AgentResult:
         profile = self._profile(task.specialty, config)
+        budget = Budget(self.settings.max_turns, self.settings.max_output_tokens,
+                        self.settings.max_wall_seconds, self.settings.max_cost_usd)
         self.agent = Agent(
             llm=self.llm_factory(),
-            toolbox=self._toolbox(workspace, profile),
-            budget=Budget(self.settings.max_turns, self.settings.max_output_tokens,
-                          self.settings.max_wall_seconds, self.settings.max_cost_usd),
+            toolbox=self._toolbox(workspace, profile, budget),
+            budget=budget,
             transcript=Transcript(workspace.transcript_path, self.redact),
             system=system_prompt(profile, repo=task.repo, branch=workspace.branch),
             should_stop=should_stop,
             on_event=self.progress,
+            redact=self.redact,
             allowed_tools=profile.tools,
         )
         self.progress(f"agent ({profile.name}, model {self.settings.model}) started")
@@ -176,6 +180,8 @@ class Pipeline:
             raise LeaseLost(result.summary)
         if result.outcome == "model_error":
             raise RunFailed(f"model error: {result.summary}")
+        if result.outcome == "refused":
+            raise RunFailed(f"model refused: {result.summary}; the issue may need rewording or a person")
         if result.outcome == "budget":
             raise RunFailed(result.summary)
         return result
@@ -187,6 +193,7 @@ class Pipeline:
             return None
         for round_number in range(self.settings.repair_rounds + 1):
             self._move(held, TaskState.TESTING, f"running `{test_command}`")
+            self._fence(held)
             self.progress(f"tests: {test_command}")
             self.tests = run_tests(test_command, workspace.checkout, workspace.path, timeout=config.test_timeout,
                                    sandbox=self.sandbox)
@@ -205,21 +212,29 @@ class Pipeline:
         self.progress("publishing: commit, push, pull request")
         request = PublishRequest(task.repo, task.issue_number, issue.title, self.last_result.summary if self.last_result else "", tests,
                                  self.agent.usage, self.agent.cost, self.agent.model_used or self.settings.model)
-        pr = publish(self.forge, self.settings, workspace, request, self.redact)
+        published = publish(self.forge, self.settings, workspace, request, self.redact,
+                            fence=lambda: self._fence(held))
         workspace.mark_finished("pr_open")
+        self._fence(held)
+        problems = [*published.problems, *self._announce(published, request, workspace.branch)]
+        detail = self.redact(_pr_detail(published, request, workspace.branch, problems))
         with self.db.session() as session:
             row = load_fenced(session, held)
-            row.pr_url, row.pr_number, row.summary = pr.url, pr.number, self.redact(request.summary)
-            verdict = "tests pass" if tests and tests.passed else ("tests FAIL (draft)" if tests else "no tests")
-            transition(session, row, TaskState.PR_OPEN, actor=held.owner,
-                       detail=f"{'opened' if pr.created else 'updated'} {pr.url} ({verdict})")
+            row.pr_url, row.pr_number, row.summary = published.pr.url, published.pr.number, self.redact(request.summary)
+            transition(session, row, TaskState.PR_OPEN, actor=held.owner, detail=detail[:1000])
             release(row)
-        self.notes.label(StatusLabel.PR_OPEN)
-        verb = "opened" if pr.created else "updated"
-        self.notes.comment(f"forgecrew {verb} a pull request for this issue: {pr.url}"
-                           + ("" if not tests or tests.passed else "\n\nThe tests still fail, so it is a draft."))
-        self.progress(f"pull request: {pr.url}")
-        return Outcome(TaskState.PR_OPEN.value, pr=pr)
+        self.progress(f"pull request: {published.pr.url}")
+        if request.tests_fail and tests:
+            self.progress(tests_failing_advice(tests, workspace.branch))
+        return Outcome(TaskState.PR_OPEN.value, detail, pr=published.pr)
+
+    def _announce(self, published: Published, request: PublishRequest, branch: str) -> list[str]:
+        """Label and comment on the issue; what failed comes back to go into the recorded detail."""
+        pr = published.pr
+        text = f"forgecrew {'opened' if pr.created else 'updated'} a pull request for this issue: {pr.url}"
+        if request.tests_fail and request.tests:
+            text += "\n\n" + tests_failing_advice(request.tests, branch)
+        return [problem for problem in (self.notes.label(StatusLabel.PR_OPEN), self.notes.comment(text)) if problem]
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -227,10 +242,12 @@ class Pipeline:
         known = profiles(self.settings)
         return known.get(config.specialty or "") or known.get(specialty) or known["general"]
 
-    def _toolbox(self, workspace: Workspace, profile: SpecialtyProfile) -> Toolbox:
+    def _toolbox(self, workspace: Workspace, profile: SpecialtyProfile, budget: Budget) -> Toolbox:
+        """Tools under the specialty's command policy and time limit, never outlasting the run's budget."""
         policy = CommandPolicy(allowed=profile.allowed_commands,
                                denied=CommandPolicy().denied + profile.denied_commands)
         return Toolbox(workspace.checkout, policy=policy, home=workspace.home, tmp=workspace.tmp,
+                       command_timeout=profile.command_timeout_seconds, time_left=budget.time_left,
                        sandbox=self.sandbox)
 
     def _snapshot(self, held: Claim) -> TaskSnapshot:
@@ -238,6 +255,10 @@ class Pipeline:
             row = load_fenced(session, held)
             return TaskSnapshot(row.id, row.repo, row.issue_number, row.title, row.body, row.specialty,
                                 row.branch, row.attempt)
+
+    def _fence(self, held: Claim) -> None:
+        """Raise LeaseLost unless this worker still holds the task (and push its lease forward)."""
+        renew(self.db, held)
 
     def _update(self, held: Claim, **fields: object) -> None:
         with self.db.session() as session:
@@ -266,3 +287,17 @@ class Pipeline:
         self.notes.label(StatusLabel.FAILED)
         self.notes.comment(f"forgecrew could not finish this issue.\n\n> {reason[:1500]}\n\n"
                            "Fix the cause and add the `forgecrew` label again to retry.")
+
+
+def _pr_detail(published: Published, request: PublishRequest, branch: str, problems: list[str]) -> str:
+    """The pr_open event's detail: the PR, the test verdict and what to do, and any step that failed."""
+    pr = published.pr
+    if request.tests is None:
+        verdict = "no tests"
+    elif request.tests.passed:
+        verdict = "tests pass"
+    else:
+        verdict = (f"draft, tests fail: {request.tests.headline()}; comment `/forgecrew retry` "
+                   f"or push a fix to {branch}")
+    text = f"{'opened' if pr.created else 'updated'} {pr.url} ({verdict})"
+    return text + "".join(f"; {problem}" for problem in problems)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
-from common.forge.base import Forge, PullRequestInfo
+from common.forge.base import Forge, ForgeError, PullRequestInfo
 from common.redact import Redactor
 from common.settings import Settings
 from common.specialties import TESTS_FAILING_LABEL
 from workers.llm import Usage
 from workers.testrun import TestResult
 from workers.workspace import Workspace, changed_files, commit_all, push
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,18 @@ class PublishRequest:
     usage: Usage
     cost_usd: float | None
     model: str
+
+    @property
+    def tests_fail(self) -> bool:
+        return self.tests is not None and not self.tests.passed
+
+
+@dataclass(frozen=True)
+class Published:
+    """The pull request, and the steps after it that failed: recorded, never a failed task."""
+
+    pr: PullRequestInfo
+    problems: tuple[str, ...] = ()
 
 
 class NothingToPublish(Exception):
@@ -56,19 +72,53 @@ def pr_body(request: PublishRequest, files: list[str]) -> str:
     return "\n".join(lines)
 
 
+def tests_failing_advice(tests: TestResult, branch: str) -> str:
+    """What a person can do about a draft whose tests fail: the task stays pr_open, not failed."""
+    return (f"The tests still fail ({tests.headline()}), so the pull request is a draft labelled "
+            f"`{TESTS_FAILING_LABEL}`. To finish it, push a fix to `{branch}`, or comment `/forgecrew retry` "
+            "to let forgecrew try again.")
+
+
 def publish(forge: Forge, settings: Settings, workspace: Workspace, request: PublishRequest,
-            redact: Redactor) -> PullRequestInfo:
-    """Commit, push (credentials fresh from the forge) and open or update the PR for the branch."""
+            redact: Redactor, *, fence: Callable[[], None]) -> Published:
+    """Commit, push (credentials fresh from the forge) and open or update the PR for the branch.
+
+    `fence` raises LeaseLost when this worker no longer holds the task, so a fenced-out worker
+    neither pushes nor touches the pull request.
+    """
     files = changed_files(workspace)
     message = f"{pr_title(request)}\n\n" + (f"Fixes #{request.issue_number}\n" if request.issue_number else "")
     sha = commit_all(workspace, message, settings.bot_name, settings.bot_email, contains_secret=redact.contains)
     if sha is None or not files:
         raise NothingToPublish("the agent made no changes to the repository")
+    fence()
     push(workspace, forge.git_env(request.repo))
-    failing = request.tests is not None and not request.tests.passed
+    fence()
     pr = forge.open_or_update_pr(
         request.repo, branch=workspace.branch, base=workspace.base_branch, title=redact(pr_title(request)),
-        body=redact(pr_body(request, files)), draft=failing,
+        body=redact(pr_body(request, files)), draft=request.tests_fail,
     )
-    forge.label_pull_request(request.repo, pr.number, TESTS_FAILING_LABEL, failing)
-    return pr
+    return _after_opening(forge, request, pr)
+
+
+def _after_opening(forge: Forge, request: PublishRequest, pr: PullRequestInfo) -> Published:
+    """Label the PR and take it out of draft when its tests pass; the PR exists, so failures only note."""
+    problems: list[str] = []
+    verb = "add" if request.tests_fail else "remove"
+    _best_effort(problems, f"could not {verb} the {TESTS_FAILING_LABEL} label on the pull request",
+                 lambda: forge.label_pull_request(request.repo, pr.number, TESTS_FAILING_LABEL, request.tests_fail))
+    if pr.draft and not request.tests_fail and _best_effort(
+            problems, "could not mark the draft pull request ready for review",
+            lambda: forge.mark_ready_for_review(request.repo, pr.number)):
+        pr = replace(pr, draft=False)
+    return Published(pr, tuple(problems))
+
+
+def _best_effort(problems: list[str], what: str, call: Callable[[], None]) -> bool:
+    try:
+        call()
+    except ForgeError as exc:
+        log.warning("%s: %s", what, exc)
+        problems.append(f"{what}: {exc}")
+        return False
+    return True

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from workers.tools.shell import run_command, safe_env
 
+log = logging.getLogger(__name__)
 OUTPUT_LIMIT = 12_000
 
 
@@ -30,10 +33,8 @@ class TestResult:
 
 def detect_test_command(checkout: Path) -> str | None:
     """The usual test command for what the repository contains, or None."""
-    if (checkout / "package.json").is_file():
-        scripts = json.loads((checkout / "package.json").read_text() or "{}").get("scripts", {})
-        if "test" in scripts:
-            return "npm test"
+    if (checkout / "package.json").is_file() and "test" in _npm_scripts(checkout / "package.json"):
+        return "npm test"
     if (checkout / "go.mod").is_file():
         return "go test ./..."
     if (checkout / "Cargo.toml").is_file():
@@ -45,6 +46,21 @@ def detect_test_command(checkout: Path) -> str | None:
     if makefile.is_file() and "\ntest:" in "\n" + makefile.read_text(errors="replace"):
         return "make test"
     return None
+
+
+def _npm_scripts(path: Path) -> dict[str, Any]:
+    """package.json's scripts; a file npm could not use either means no npm tests, not a crash."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8") or "{}")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        log.warning("%s is not readable JSON (%s); not running npm tests", path, exc)
+        return {}
+    scripts = data.get("scripts") if isinstance(data, dict) else None
+    if not isinstance(scripts, dict):
+        if not isinstance(data, dict) or "scripts" in data:
+            log.warning("%s has no scripts object; not running npm tests", path)
+        return {}
+    return scripts
 
 
 def run_tests(command: str, checkout: Path, scratch: Path, *, timeout: float,

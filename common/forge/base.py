@@ -73,3 +73,7 @@ class Forge(Protocol):
     ) -> PullRequestInfo:
         """Open a PR for `branch`, or update the one already open for it (never a second one)."""
         ...
+
+    def mark_ready_for_review(self, repo: str, number: int) -> None:
+        """Take a draft PR out of draft (a later run's tests pass); a PR already ready stays so."""
+        ...

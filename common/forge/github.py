@@ -29,19 +29,33 @@ log = logging.getLogger(__name__)
 
 TOKEN_REFRESH_MARGIN = 600.0  # installation tokens live one hour; mint anew with ten minutes left
 WRITE_PERMISSIONS = frozenset({"admin", "maintain", "write"})
-RETRIED_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PATCH", "PUT", "DELETE"})
+RETRIED_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PATCH", "PUT", "DELETE"})
+# POST creates things (comments above all). After a 500/502/504 or a read timeout GitHub may have
+# created it and only the answer was lost, so a repeat could post it twice. A POST is repeated only
+# when GitHub said it did not act: a rate limit (403/429; GithubRetry checks the 403 is one) or a
+# 503 with Retry-After. Connection errors before the request was sent are retried for every method
+# (urllib3's connect retries do not look at the method).
+POST_REFUSED_STATUS = frozenset({403, 429})
 
 
 class _RateLimitRetry(GithubRetry):
     """GithubRetry that also waits out x-ratelimit-reset on 403/429 and lets tests inject the sleep."""
 
-    def __init__(self, *, sleeper: Callable[[float], None] = time.sleep, **kwargs: Any) -> None:
+    def __init__(self, *, sleeper: Callable[[float], None] = time.sleep, repeat_posts: bool = False,
+                 **kwargs: Any) -> None:
         self.sleeper = sleeper
+        self.repeat_posts = repeat_posts
         super().__init__(**kwargs)
 
     def new(self, **kw: Any) -> _RateLimitRetry:
         kw["sleeper"] = self.sleeper
+        kw["repeat_posts"] = self.repeat_posts
         return super().new(**kw)  # type: ignore[return-value]
+
+    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
+        if method.upper() == "POST" and not self.repeat_posts:
+            return status_code in POST_REFUSED_STATUS or (status_code == 503 and has_retry_after)
+        return super().is_retry(method, status_code, has_retry_after)
 
     def get_retry_after(self, response: Any) -> float | None:
         hinted = super().get_retry_after(response)
@@ -69,15 +83,16 @@ class _RateLimitRetry(GithubRetry):
 
 
 def _make_retry(secondary_rate_wait: float, max_rate_limit_wait: float,
-                sleep: Callable[[float], None]) -> _RateLimitRetry:
+                sleep: Callable[[float], None], *, repeat_posts: bool = False) -> _RateLimitRetry:
     """Retries for 5xx, secondary limits (retry-after) and primary limits (x-ratelimit-reset)."""
     return _RateLimitRetry(
         sleeper=sleep,
+        repeat_posts=repeat_posts,
         total=5,
         backoff_factor=1.0,
         backoff_max=30.0,
         status_forcelist=[429, *range(500, 600)],
-        allowed_methods=RETRIED_METHODS,
+        allowed_methods=RETRIED_METHODS | ({"POST"} if repeat_posts else set()),
         raise_on_status=False,  # the last answer reaches PyGithub, which raises a typed error
         secondary_rate_wait=secondary_rate_wait,
         max_rate_limit_wait=max_rate_limit_wait,
@@ -227,11 +242,12 @@ class GitHubForge:
         """The same forge acting as the App installation a webhook came from."""
         return GitHubForge(self.settings, installation_id, **self._options)
 
-    def _client_kwargs(self) -> dict[str, Any]:
+    def _client_kwargs(self, *, repeat_posts: bool = False) -> dict[str, Any]:
         options = self._options
         return dict(
             base_url=self.api_url,
-            retry=_make_retry(options["secondary_rate_wait"], options["max_rate_limit_wait"], options["sleep"]),
+            retry=_make_retry(options["secondary_rate_wait"], options["max_rate_limit_wait"], options["sleep"],
+                              repeat_posts=repeat_posts),
             seconds_between_requests=options["read_interval"] or None,
             seconds_between_writes=options["write_interval"] or None,
         )
@@ -243,7 +259,9 @@ class GitHubForge:
         if not settings.github_app_private_key:
             raise SettingsError("FORGECREW_GITHUB_APP_PRIVATE_KEY must be set with FORGECREW_GITHUB_APP_ID")
         key = load_private_key(settings.secret("github_app_private_key"))
-        integration = GithubIntegration(auth=Auth.AppAuth(settings.github_app_id, key), **self._client_kwargs())
+        # its only POST mints an installation token: a repeat just makes a spare token
+        integration = GithubIntegration(auth=Auth.AppAuth(settings.github_app_id, key),
+                                        **self._client_kwargs(repeat_posts=True))
         return InstallationTokens(integration, installation_id)
 
     def token(self) -> str:
@@ -387,14 +405,24 @@ class GitHubForge:
                     pull = gh_repo.create_pull(base=base, head=branch, title=title, body=body, draft=draft)
                     return self._pr_info(pull, branch, created=True)
                 except GithubException as exc:
-                    existing = self._open_pr(gh_repo, repo, branch) if exc.status == 422 else None
+                    # 422: another run opened it first; 5xx (not repeated): ours may exist, its answer lost
+                    existing = self._open_pr(gh_repo, repo, branch) if exc.status == 422 or exc.status >= 500 else None
                     if existing is None:
                         raise
+                    if exc.status >= 500:
+                        return self._pr_info(existing, branch, created=True)
             if existing.base.ref != base:
                 existing.edit(title=title, body=body, base=base)
             else:
                 existing.edit(title=title, body=body)
             return self._pr_info(existing, branch, created=False)
+
+    def mark_ready_for_review(self, repo: str, number: int) -> None:
+        """REST cannot un-draft a PR; PyGithub sends GraphQL's markPullRequestReadyForReview."""
+        with self._errors(f"marking pull request #{number} ready for review", repo):
+            pull = self._repo(repo).get_pull(number)
+            if pull.draft:
+                pull.mark_ready_for_review()
 
     @staticmethod
     def _open_pr(gh_repo: Repository, repo: str, branch: str) -> PullRequest | None:

@@ -157,6 +157,15 @@ class LocalForge:
             pull["labels"] = [*labels, label] if present else labels
             _write_json(state / "pulls.json", pulls)
 
+    def mark_ready_for_review(self, repo: str, number: int) -> None:
+        with self._locked(repo) as state:
+            pulls = self.pull_requests(repo)
+            pull = next((p for p in pulls if p["number"] == number), None)
+            if pull is None:
+                raise ForgeError(f"pull request #{number} not found in {repo}")
+            pull.update(draft=False, updated_at=_now())
+            _write_json(state / "pulls.json", pulls)
+
     # -- helpers for tests, `forgecrew run` and docs -----------------------------------------
     def create_repo(self, repo: str, source_dir: str | Path | None = None, *,
                     default_branch: str = "main") -> Path:

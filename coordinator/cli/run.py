@@ -56,7 +56,14 @@ def _git(*args: str) -> None:
 @fails_cleanly
 def run(ctx: click.Context, repo: str, issue: int | None, title: str | None, body: str,
         specialty: str | None) -> None:
-    """Run one issue (or a --title/--body request) through clone, agent, tests and PR, printing progress."""
+    """Run one issue (or a --title/--body request) through clone, agent, tests and PR, printing progress.
+
+    There is no Celery time limit here. The agent's budgets bound the run and it fails naming the
+    one it hit: FORGECREW_MAX_WALL_SECONDS (wall time, default 1800), FORGECREW_MAX_TURNS,
+    FORGECREW_MAX_OUTPUT_TOKENS and FORGECREW_MAX_COST_USD. Each agent command also stops at the
+    specialty's command_timeout_seconds (default 120) and never outlasts the wall-time budget;
+    setup and test commands stop at test_timeout from .forgecrew.yml (default 900 s each).
+    """
     from workers.llm import LLMClient
     from workers.pipeline import Pipeline
     from workers.tools.sandbox import make_undumpable

@@ -39,6 +39,12 @@ EXTRA_OPERATIONS = [
     ("get", "/repos/{owner}/{repo}/issues/{issue_number}/comments", "issues/list-comments", PAGING),
     ("get", "/repos/{owner}/{repo}/pulls/{pull_number}", "pulls/get", {}),
 ]
+# GitHub's REST API cannot take a pull request out of draft; PyGithub's PullRequest.mark_ready_for_review
+# sends this GraphQL mutation to /graphql, the one GraphQL operation the fake serves.
+GRAPHQL_OP = "graphql"
+READY_MUTATION = "markPullRequestReadyForReview"
+GRAPHQL_BODY = {"type": "object", "required": ["query"],
+                "properties": {"query": {"type": "string"}, "variables": {"type": "object"}}}
 ROLE_TO_PERMISSION = {"admin": "admin", "maintain": "write", "write": "write", "triage": "read",
                       "read": "read", "none": "none"}
 
@@ -86,7 +92,7 @@ def _pattern(template: str, path_types: dict[str, str]) -> re.Pattern[str]:
 
 @functools.cache
 def operations() -> tuple[Operation, ...]:
-    """Every operation the fake serves: the subset's twelve plus EXTRA_OPERATIONS."""
+    """Every operation the fake serves: the subset's twelve, EXTRA_OPERATIONS and POST /graphql."""
     spec, found = load_spec(), []
     for template, item in spec["paths"].items():
         for method, op in item.items():
@@ -101,6 +107,7 @@ def operations() -> tuple[Operation, ...]:
     for method, template, op_id, query in EXTRA_OPERATIONS:
         found.append(Operation(method.upper(), template, op_id,
                                _pattern(template, {"issue_number": "integer", "pull_number": "integer"}), query=query))
+    found.append(Operation("POST", "/graphql", GRAPHQL_OP, re.compile("^/graphql$"), GRAPHQL_BODY, True))
     return tuple(found)
 
 
@@ -196,7 +203,7 @@ class FakeGitHub:
         self.installations: set[int] = set()
         self._tokens: dict[str, tuple[float, str, str]] = {}  # token -> (expiry, login, user type)
         self._caller = ("", "User")
-        self._faults: list[tuple[str, re.Pattern[str], Reply]] = []
+        self._faults: list[tuple[str, re.Pattern[str], Reply, bool]] = []  # (..., after serving)
         self._lock = threading.RLock()
         self._comment_ids = 0
         self._remaining = 5000
@@ -253,12 +260,17 @@ class FakeGitHub:
         self.repos[full_name].roles[username] = role
 
     def fail_next(self, method: str, path_regex: str, status: int, headers: dict[str, str] | None = None,
-                  body: Any = None, *, times: int = 1) -> None:
-        """Answer the next `times` matching requests with this status instead of serving them."""
+                  body: Any = None, *, times: int = 1, after_serving: bool = False) -> None:
+        """Answer the next `times` matching requests with this status instead of serving them.
+
+        after_serving: serve the request first and then answer with the error, as a proxy does when
+        GitHub acted on a request but the answer was lost (the ambiguous 502).
+        """
         body = body if body is not None else error_body(status, HTTPStatus(status).phrase)
         with self._lock:
             for _ in range(times):
-                self._faults.append((method.upper(), re.compile(path_regex), Reply(status, body, headers)))
+                self._faults.append((method.upper(), re.compile(path_regex), Reply(status, body, headers),
+                                     after_serving))
 
     # -- inspection ------------------------------------------------------------------------
     def issue(self, full_name: str, number: int) -> FakeIssue:
@@ -285,11 +297,12 @@ class FakeGitHub:
             op, params = self._route(method, parts.path)
             record.body = self._check_body(op, raw, method, parts.path)
             self._check_query(op, query, method, parts.path)
-            self._fault(method, parts.path)
+            self._fault(method, parts.path, after_serving=False)
             caller = self._authorize(op, headers.get("Authorization") or "")
             with self._lock:
                 self._caller = caller
                 status, payload, extra = self._handlers()[op.operation_id](params, query, record.body)
+            self._fault(method, parts.path, after_serving=True)
         except Reply as reply:
             status, payload, extra = reply.status, reply.body, reply.headers
         record.status = status
@@ -339,10 +352,10 @@ class FakeGitHub:
                 self._violation(f"{method} {path}: query {name}: " + "; ".join(problems))
                 raise Reply(422, error_body(422, f"Invalid value for query parameter {name}"))
 
-    def _fault(self, method: str, path: str) -> None:
+    def _fault(self, method: str, path: str, *, after_serving: bool) -> None:
         with self._lock:
-            for index, (fault_method, pattern, reply) in enumerate(self._faults):
-                if fault_method == method and pattern.search(path):
+            for index, (fault_method, pattern, reply, after) in enumerate(self._faults):
+                if fault_method == method and pattern.search(path) and after == after_serving:
                     del self._faults[index]
                     raise reply
 
@@ -390,7 +403,7 @@ class FakeGitHub:
             "issues/list-comments": self._list_comments, "issues/create-comment": self._create_comment,
             "issues/add-labels": self._add_labels, "issues/remove-label": self._remove_label,
             "pulls/list": self._list_pulls, "pulls/create": self._create_pull, "pulls/update": self._update_pull,
-            "pulls/get": self._get_pull,
+            "pulls/get": self._get_pull, GRAPHQL_OP: self._graphql,
         }
 
     def _repo(self, params: dict[str, str]) -> FakeRepo:
@@ -506,6 +519,27 @@ class FakeGitHub:
         repo, issue = self._issue(params, "pull_number")
         return 200, self._pull_json(repo, issue), {}
 
+    def _graphql(self, params: dict[str, str], query: dict[str, str], body: Any) -> tuple[int, Any, dict]:
+        """markPullRequestReadyForReview only; GraphQL reports errors with status 200, as GitHub does."""
+        if f"{READY_MUTATION}(input: $input)" not in body["query"]:
+            self._violation(f"POST /graphql: only {READY_MUTATION} is served, got {body['query'][:200]!r}")
+            return 200, {"errors": [{"message": "the fake serves only markPullRequestReadyForReview"}]}, {}
+        mutation_input = (body.get("variables") or {}).get("input") or {}
+        node_id = mutation_input.get("pullRequestId")
+        found = [issue for repo in self.repos.values() for issue in repo.issues.values()
+                 if issue.head is not None and self._node_id(repo, issue) == node_id]
+        if not found:
+            return 200, {"data": {READY_MUTATION: None}, "errors": [
+                {"type": "NOT_FOUND", "path": [READY_MUTATION],
+                 "message": f"Could not resolve to a node with the global id of '{node_id}'"}]}, {}
+        found[0].draft = False
+        return 200, {"data": {READY_MUTATION: {"clientMutationId": mutation_input.get("clientMutationId"),
+                                               "pullRequest": {"isDraft": False}}}}, {}
+
+    @staticmethod
+    def _node_id(repo: FakeRepo, issue: FakeIssue) -> str:
+        return "PR_kw" + hashlib.sha1(f"{repo.full_name}#{issue.number}".encode()).hexdigest()[:16]
+
     # -- response bodies from GitHub's examples ----------------------------------------------
     def _page(self, items: list[Any], query: dict[str, str], path: str) -> tuple[int, Any, dict[str, str]]:
         per_page, page = min(int(query.get("per_page", 30)), 100), int(query.get("page", 1))
@@ -569,7 +603,7 @@ class FakeGitHub:
             data.update(merged=False, mergeable=True, mergeable_state="clean", merged_by=None,
                         comments=len(issue.comments))
         data.update(id=issue.number, number=issue.number, state=issue.state, title=issue.title, body=issue.body,
-                    draft=issue.draft, user=self._user(issue.author),
+                    draft=issue.draft, user=self._user(issue.author), node_id=self._node_id(repo, issue),
                     labels=[self._label(repo, n) for n in issue.labels],
                     milestone=None, assignee=None, assignees=[], requested_reviewers=[], requested_teams=[],
                     locked=False, merged_at=None, auto_merge=None)

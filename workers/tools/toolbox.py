@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -68,11 +69,13 @@ class Toolbox:
 
     def __init__(self, root: Path, *, policy: CommandPolicy | None = None, command_timeout: float = 120,
                  output_limit: int = 20_000, env: Mapping[str, str] | None = None,
-                 home: Path | None = None, tmp: Path | None = None, sandbox: Sequence[str] = ()) -> None:
+                 home: Path | None = None, tmp: Path | None = None, sandbox: Sequence[str] = (),
+                 time_left: Callable[[], float] = lambda: math.inf) -> None:
         self.root = Path(root).resolve()
         self.sandbox = tuple(sandbox)
         self.policy = policy or CommandPolicy()
         self.command_timeout = command_timeout
+        self.time_left = time_left  # the run's remaining wall time caps every command
         self.output_limit = output_limit
         self.env = safe_env(home or self.root.parent / "home", tmp or self.root.parent / "tmp", env)
         self._handlers: dict[str, Callable[..., ToolResult]] = {
@@ -80,7 +83,7 @@ class Toolbox:
             "read_file": lambda **a: ToolResult(files.read_file(self.root, limit=self.output_limit, **a)),
             "write_file": lambda **a: ToolResult(files.write_file(self.root, **a)),
             "edit_file": lambda **a: ToolResult(files.edit_file(self.root, **a)),
-            "search": lambda **a: ToolResult(files.search(self.root, timeout=self.command_timeout, **a)),
+            "search": lambda **a: ToolResult(files.search(self.root, timeout=self._limit(None), **a)),
             "run_command": self._run_command,
         }
 
@@ -106,7 +109,7 @@ class Toolbox:
         self.policy.check(command)
         if timeout is not None and timeout <= 0:
             raise ToolError("timeout must be a positive number of seconds")
-        limit = min(timeout or self.command_timeout, self.command_timeout)
+        limit = self._limit(timeout)
         room = max(self.output_limit - 300, 200)  # leaves space for the status lines around the output
         result = run_command(command, cwd=self.root, env=self.env, timeout=limit, output_limit=room,
                              sandbox=self.sandbox)
@@ -117,6 +120,13 @@ class Toolbox:
         note = "\n[background processes still running when the command ended were stopped]"
         status = f"exit code {result.exit_code}" if result.exit_code >= 0 else f"killed by signal {-result.exit_code}"
         return ToolResult(f"{status}\n{output}" + (note if result.stopped_leftovers else ""), result.exit_code != 0)
+
+    def _limit(self, requested: float | None) -> float:
+        """The command's time limit: what the model asked for, within the specialty's and the run's."""
+        left = self.time_left()
+        if left <= 0:
+            raise ToolError("the run's time budget (FORGECREW_MAX_WALL_SECONDS) is spent; call finish")
+        return min(requested or self.command_timeout, self.command_timeout, left)
 
 
 def _validated(name: str, args: Mapping[str, Any] | None) -> dict[str, Any]:

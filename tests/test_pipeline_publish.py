@@ -94,7 +94,7 @@ def test_draft_with_failing_tests_says_what_to_do(forge_settings: Settings, db: 
     task = load(db, task_id)
     comment = forge.issue_record(REPO, 1)["comments"][-1]["body"]
     for text in (comment, task.events[-1].detail, task.runs[0].detail, "\n".join(lines)):
-        assert "tests" in text and "fail" in text and "/forgecrew retry" in text and "push a fix" in text, text
+        assert "tests" in text and "fail" in text and "`forgecrew` label" in text and "push a fix" in text, text
     assert task.branch in comment and "forgecrew:tests-failing" in comment
 
 

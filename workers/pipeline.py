@@ -297,7 +297,7 @@ def _pr_detail(published: Published, request: PublishRequest, branch: str, probl
     elif request.tests.passed:
         verdict = "tests pass"
     else:
-        verdict = (f"draft, tests fail: {request.tests.headline()}; comment `/forgecrew retry` "
-                   f"or push a fix to {branch}")
+        verdict = (f"draft, tests fail: {request.tests.headline()}; push a fix to {branch} "
+                   "or add the `forgecrew` label to the issue again")
     text = f"{'opened' if pr.created else 'updated'} {pr.url} ({verdict})"
     return text + "".join(f"; {problem}" for problem in problems)

@@ -75,8 +75,8 @@ def pr_body(request: PublishRequest, files: list[str]) -> str:
 def tests_failing_advice(tests: TestResult, branch: str) -> str:
     """What a person can do about a draft whose tests fail: the task stays pr_open, not failed."""
     return (f"The tests still fail ({tests.headline()}), so the pull request is a draft labelled "
-            f"`{TESTS_FAILING_LABEL}`. To finish it, push a fix to `{branch}`, or comment `/forgecrew retry` "
-            "to let forgecrew try again.")
+            f"`{TESTS_FAILING_LABEL}`. To finish it, push a fix to `{branch}`, or add the `forgecrew` label "
+            "to the issue again to let forgecrew try once more (it updates this pull request).")
 
 
 def publish(forge: Forge, settings: Settings, workspace: Workspace, request: PublishRequest,

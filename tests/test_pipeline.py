@@ -172,7 +172,12 @@ def test_retried_task_updates_the_same_branch_and_pr(forge_settings: Settings, d
     assert "return b + a" in pushed_file(forge, task.branch, "calc.py")
     assert task.pr_number == pr["number"] and len(task.runs) == 2
     with db.session() as session:
-        assert [r.attempt for r in session.query(TaskRun).filter_by(task_id=task_id)] == [1, 2]
+        runs = session.query(TaskRun).filter_by(task_id=task_id).order_by(TaskRun.id).all()
+        assert [r.attempt for r in runs] == [1, 2]
+    transcript = forge_settings.workspace_root / "tasks" / str(task_id) / "transcript.jsonl"
+    starts = [entry for entry in map(json.loads, transcript.read_text().splitlines()) if entry["kind"] == "run"]
+    assert [(entry["run_id"], entry["attempt"]) for entry in starts] == [(runs[0].id, 1), (runs[1].id, 2)]
+    assert {r.transcript_path for r in runs} == {str(transcript)}  # both runs kept, in one file
 
 
 def test_push_rejected_fails_with_the_forge_reason(forge_settings: Settings, db: Database, forge: LocalForge,

@@ -77,7 +77,7 @@ class Pipeline:
 
     def run(self, held: Claim, should_stop: Callable[[], str | None] = lambda: None) -> Outcome:
         task = self._snapshot(held)
-        run_id = start_run(self.db, held)
+        run_id = self.run_id = start_run(self.db, held)
         self.notes = IssueNotes(None, self.redact, task.repo, task.issue_number)
         outcome = Outcome(TaskState.FAILED.value)
         try:
@@ -157,11 +157,15 @@ class Pipeline:
         profile = self._profile(task.specialty, config)
         budget = Budget(self.settings.max_turns, self.settings.max_output_tokens,
                         self.settings.max_wall_seconds, self.settings.max_cost_usd)
+        transcript = Transcript(workspace.transcript_path, self.redact)
+        # one file per task, appended by every run: this line starts this run's part of it
+        transcript.record("run", run_id=self.run_id, task_id=task.id, attempt=task.attempt,
+                          specialty=profile.name, branch=workspace.branch, model=self.settings.model)
         self.agent = Agent(
             llm=self.llm_factory(),
             toolbox=self._toolbox(workspace, profile, budget),
             budget=budget,
-            transcript=Transcript(workspace.transcript_path, self.redact),
+            transcript=transcript,
             system=system_prompt(profile, repo=task.repo, branch=workspace.branch),
             should_stop=should_stop,
             on_event=self.progress,

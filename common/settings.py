@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     github_token: SecretStr | None = Field(None, description="Personal or installation token.")
     github_app_id: int | None = Field(None, description="GitHub App id, instead of a token.")
     github_app_private_key: SecretStr | None = Field(None, description="PEM text or a path to it.")
+    github_app_installation_id: int | None = Field(None, description="App installation for work no webhook "
+                                                   "started (forgecrew run); webhooks carry their own.")
     github_api_url: str = Field("https://api.github.com", description="REST API base URL.")
     clone_url_template: str | None = Field(None, description="e.g. file:///srv/git/{full_name}.git")
     github_write_interval_seconds: float = Field(1.0, ge=0, description="Spacing of GitHub writes "

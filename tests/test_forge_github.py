@@ -370,8 +370,11 @@ def test_app_auth_errors_are_actionable(app_key: tuple[str, str]) -> None:
     with FakeGitHub(app_id=4242, app_public_key=public) as fake:
         fake.add_repo(REPO)
         without_installation = GitHubForge(_app_settings(fake.api_url, private))
-        with pytest.raises(ForgeError, match="installation id"):
+        with pytest.raises(ForgeError, match="FORGECREW_GITHUB_APP_INSTALLATION_ID"):
             without_installation.default_branch(REPO)
+        fake.add_installation(77)
+        configured = _app_settings(fake.api_url, private).model_copy(update={"github_app_installation_id": 77})
+        assert GitHubForge(configured, write_interval=0).default_branch(REPO) == "main"  # e.g. forgecrew run
         with pytest.raises(ForgeError, match="installation 5 .*still installed"):
             without_installation.for_installation(5).default_branch(REPO)
         wrong_app = GitHubForge(Settings(github_app_id=1, github_app_private_key=private,

@@ -231,7 +231,7 @@ class GitHubForge:
             write_interval=write_interval, read_interval=read_interval,
             secondary_rate_wait=secondary_rate_wait, max_rate_limit_wait=max_rate_limit_wait, sleep=sleep)
         self._static_token = settings.secret("github_token")
-        self._tokens = self._installation_tokens(installation_id)
+        self._tokens = self._installation_tokens(installation_id or settings.github_app_installation_id)
         if not self._static_token and not settings.github_app_id:
             raise SettingsError("FORGECREW_GITHUB_TOKEN, or FORGECREW_GITHUB_APP_ID and "
                                 "FORGECREW_GITHUB_APP_PRIVATE_KEY, must be set to use the GitHub forge")
@@ -270,8 +270,8 @@ class GitHubForge:
             return self._tokens.current()
         if self._static_token:
             return self._static_token
-        raise ForgeError("GitHub App auth needs the installation id of the event (make_forge(settings, "
-                         "installation_id=...)), or set FORGECREW_GITHUB_TOKEN")
+        raise ForgeError("GitHub App auth needs an installation: webhooks carry theirs; for other work set "
+                         "FORGECREW_GITHUB_APP_INSTALLATION_ID (or use FORGECREW_GITHUB_TOKEN)")
 
     def _gh(self) -> Github:
         with self._client_lock:

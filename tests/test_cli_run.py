@@ -78,6 +78,12 @@ def test_run_needs_an_issue_or_a_title(project: Path, tmp_path: Path) -> None:
     assert done.returncode == 2 and "give --issue N, or --title" in done.stderr
 
 
+def test_an_issue_number_on_a_local_repository_is_refused(project: Path, tmp_path: Path) -> None:
+    done = forgecrew(["run", "--repo", str(project), "--issue", "3"], cwd=tmp_path,
+                     FORGECREW_ANTHROPIC_API_KEY=DEFAULT_KEY)
+    assert done.returncode == 2 and "has no issues: describe the work with --title" in done.stderr
+
+
 def test_model_error_exits_nonzero_with_reason(project: Path, tmp_path: Path) -> None:
     from tests.fakes.anthropic_server import error
 

@@ -83,6 +83,9 @@ def run(ctx: click.Context, repo: str, issue: int | None, title: str | None, bod
     migrate.upgrade(settings)
     db = Database(settings)
     forge = make_forge(settings)
+    if issue is not None and local_source:
+        raise click.UsageError(f"{path} is a local repository, which has no issues: describe the work with "
+                               "--title and --body instead of --issue")
     if issue is not None:
         info = forge.get_issue(repo, issue)
         title, body = info.title, info.body

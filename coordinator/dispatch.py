@@ -42,13 +42,15 @@ class Dispatcher:
         return True
 
     def _record_sent(self, task_id: int, specialty: str, *, actor: str, note: str) -> None:
+        """Mark the send, unless a worker already claimed the task: never move it back."""
         with self.db.session() as session:
             task = session.get(Task, task_id, with_for_update=True)
-            if task is None:
+            if task is None or task.state not in (TaskState.TRIAGED, TaskState.QUEUED):
+                # the message reached a worker before this commit; its claim recorded the step
                 return
             task.dispatched_at = utcnow()
             detail = f"sent to queue {specialty}" + (f" ({note})" if note else "")
             if task.state == TaskState.TRIAGED:
                 transition(session, task, TaskState.QUEUED, actor=actor, detail=detail)
-            elif task.state == TaskState.QUEUED and note:
+            elif note:
                 transition(session, task, TaskState.QUEUED, actor=actor, detail=detail)

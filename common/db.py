@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.settings import Settings
@@ -49,6 +50,14 @@ def _sqlite_begin(connection: Connection) -> None:
     # FOR UPDATE makes them on PostgreSQL; the others wait (busy_timeout). Reads take it too:
     # SQLite has a single writer anyway, and forgecrew's transactions are short.
     connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def db_now(session: Session) -> datetime:
+    """The database's clock as aware UTC: leases are set and judged by one clock, not each host's."""
+    if session.get_bind().dialect.name == "sqlite":
+        stamp = session.execute(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")).scalar_one()
+        return datetime.fromisoformat(stamp).replace(tzinfo=UTC)
+    return session.execute(text("SELECT statement_timestamp()")).scalar_one().astimezone(UTC)
 
 
 class Database:

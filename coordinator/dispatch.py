@@ -9,8 +9,8 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from common.celery_app import send_run
-from common.db import Database
-from common.models import Task, utcnow
+from common.db import Database, db_now
+from common.models import Task
 from common.states import TaskState
 from common.transitions import transition
 
@@ -48,7 +48,7 @@ class Dispatcher:
             if task is None or task.state not in (TaskState.TRIAGED, TaskState.QUEUED):
                 # the message reached a worker before this commit; its claim recorded the step
                 return
-            task.dispatched_at = utcnow()
+            task.dispatched_at = db_now(session)  # judged by the reconciler on the same clock
             detail = f"sent to queue {specialty}" + (f" ({note})" if note else "")
             if task.state == TaskState.TRIAGED:
                 transition(session, task, TaskState.QUEUED, actor=actor, detail=detail)

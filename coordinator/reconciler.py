@@ -10,9 +10,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from common.db import Database
+from common.db import Database, db_now
 from common.leases import release
-from common.models import Task, TaskRun, utcnow
+from common.models import Task, TaskRun
 from common.states import LEASED_STATES, TaskState
 from common.transitions import transition
 from coordinator.dispatch import Dispatcher
@@ -37,7 +37,7 @@ class Reconciler:
         self.settings = db.settings
 
     def run_once(self, now: datetime | None = None) -> Report:
-        now = now or utcnow()
+        """One round; `now` defaults to the database's clock, the one leases are set by."""
         report = Report()
         self._reap(now, report)
         for task_id, note in self._unsent(now):
@@ -45,9 +45,10 @@ class Reconciler:
                 report.resent.append(task_id)
         return report
 
-    def _reap(self, now: datetime, report: Report) -> None:
+    def _reap(self, now: datetime | None, report: Report) -> None:
         """Leases that ran out mean the worker died or hung: retry, or fail after max attempts."""
         with self.db.session() as session:
+            now = now or db_now(session)
             stale = session.scalars(
                 select(Task)
                 .where(Task.state.in_([s.value for s in LEASED_STATES]), Task.lease_expires_at < now)
@@ -78,11 +79,12 @@ class Reconciler:
             .values(finished_at=now, outcome="lost", detail=f"worker {owner} stopped renewing its lease")
         )
 
-    def _unsent(self, now: datetime) -> list[tuple[int, str]]:
+    def _unsent(self, now: datetime | None) -> list[tuple[int, str]]:
         """Triaged tasks whose send failed, and queued ones whose message may have been lost."""
-        grace = now - timedelta(seconds=2 * self.settings.dispatch_timeout_seconds + 1)
-        lost = now - timedelta(seconds=self.settings.queued_resend_seconds)
         with self.db.session() as session:
+            now = now or db_now(session)
+            grace = now - timedelta(seconds=2 * self.settings.dispatch_timeout_seconds + 1)
+            lost = now - timedelta(seconds=self.settings.queued_resend_seconds)
             rows = session.execute(
                 select(Task.id, Task.state, Task.dispatched_at).where(
                     or_(

@@ -11,6 +11,7 @@ from common.settings import Settings
 from common.specialties import max_time_limit, queue_names, time_limits
 
 RUN_TASK = "forgecrew.run_task"
+MESSAGE_ID_PREFIX = "forgecrew-task-"
 
 # The broker must never hand a running task to a second worker: keep it invisible for longer
 # than the longest hard limit, plus this margin for the worker to report and ack.
@@ -80,12 +81,18 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def send_run(app: Celery, settings: Settings, *, task_id: int, specialty: str) -> None:
+def message_id(task_id: int, dispatch_number: int) -> str:
+    """The Celery id of a task's n-th send: known in advance, so the broker can be asked for it."""
+    return f"{MESSAGE_ID_PREFIX}{task_id}-{dispatch_number}"
+
+
+def send_run(app: Celery, settings: Settings, *, task_id: int, specialty: str, message: str) -> None:
     """Put a run of `task_id` on its specialty's queue, failing fast when the broker is down."""
     soft, hard = time_limits(settings, specialty)
     app.send_task(
         RUN_TASK,
         kwargs={"task_id": task_id},
+        task_id=message,
         queue=specialty,
         routing_key=specialty,
         soft_time_limit=soft,

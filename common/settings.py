@@ -92,7 +92,8 @@ class Settings(BaseSettings):
     reaper_interval_seconds: float = Field(30.0, gt=0, description="How often stale leases are reaped.")
     max_attempts: int = Field(3, ge=1, description="Runs of a task before a lost worker fails it.")
     dispatch_timeout_seconds: float = Field(3.0, gt=0, description="Broker send timeout.")
-    queued_resend_seconds: float = Field(1800.0, gt=0, description="Resend a task queued this long.")
+    queued_resend_seconds: float = Field(1800.0, gt=0, description="Age after which a queued task is resent "
+                                         "if its message left a Redis broker (on AMQP: resent at this age).")
     worker_concurrency: int = Field(2, ge=1, description="Agent tasks one worker process runs at once.")
     default_soft_time_limit: int = Field(3600, gt=0, description="Seconds before a task is asked to stop.")
     default_time_limit: int = Field(3900, gt=0, description="Seconds before a task is killed.")

@@ -42,7 +42,7 @@ def claim_at_once(settings: Settings, task_id: int, engines: int) -> list[Claim 
         barrier.wait()
         try:
             results.append(claim(db, task_id, name))
-        except BaseException as exc:  # reported below; a thread must not swallow it
+        except BaseException as exc:  # noqa: BLE001  (reported below; a thread must not swallow it)
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(db, f"w{i}")) for i, db in enumerate(databases)]
@@ -96,7 +96,7 @@ def test_a_late_send_record_never_moves_a_claimed_task(sqlite_settings: Settings
     try:
         task_id = make_task(db)
         assert claim(db, task_id, "w1") is not None  # the message beat the dispatcher's commit
-        Dispatcher(db, make_celery(sqlite_settings))._record_sent(task_id, "backend", actor="d", note="")
+        Dispatcher(db, make_celery(sqlite_settings))._record_sent(task_id, 1, actor="d", note="")
         with db.session() as session:
             task = session.get(Task, task_id)
             assert (task.state, task.dispatched_at) == ("running", None)

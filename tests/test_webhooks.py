@@ -220,3 +220,48 @@ def test_readiness_fails_when_broker_unreachable(make_settings, db: Database) ->
     assert response.json()["checks"]["database"] == "ok"
     assert response.json()["checks"]["broker"].startswith("error")
 
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def any_backend(request: pytest.FixtureRequest, make_settings, db: Database, tmp_path) -> Settings:  # type: ignore[no-untyped-def]
+    """Settings on each supported database (the PostgreSQL one is emptied by `db`)."""
+    if request.param == "postgresql":
+        return make_settings()
+    from common import migrate
+
+    settings = make_settings(database_url=f"sqlite:///{tmp_path / 'hooks.db'}")
+    migrate.upgrade(settings)
+    return settings
+
+
+def test_only_a_repeated_delivery_id_is_a_duplicate(any_backend: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    """Another integrity error is a fault: 500, logged, nothing recorded, so GitHub's redelivery is handled."""
+    from common.models import TaskEvent
+    from coordinator.webhooks.router import Delivery, Outcome
+
+    broken = True
+
+    def handler(delivery: Delivery) -> Outcome:
+        if broken:  # a bug that writes a row breaking a foreign key
+            delivery.session.add(TaskEvent(task_id=987654, to_state="queued", actor="bug"))
+            delivery.session.flush()
+        return Outcome("handled")
+
+    app = create_app(any_backend, run_reconciler=False)
+    app.state.services.router.on("forgecrew_test", None)(handler)
+    data = {"action": "poke", "sender": {"login": "octocat", "type": "User"}}
+    with TestClient(app, raise_server_exceptions=False) as client:
+        with caplog.at_level("ERROR", logger="coordinator.webhooks.endpoint"):
+            failed = post(client, "forgecrew_test", data, delivery="fault-1")
+        assert failed.status_code == 500, failed.text
+        [logged] = caplog.records
+        assert "delivery fault-1 (forgecrew_test) failed" in logged.getMessage() and logged.exc_info
+        database = Database(any_backend)
+        with database.session() as session:
+            assert session.scalars(select(WebhookDelivery)).all() == []
+        broken = False
+        redelivered = post(client, "forgecrew_test", data, delivery="fault-1")
+        assert redelivered.status_code == 200 and redelivered.json()["status"] == "handled"
+        again = post(client, "forgecrew_test", data, delivery="fault-1")
+        assert again.status_code == 200 and again.json()["status"] == "duplicate"
+        database.dispose()

@@ -149,6 +149,25 @@ class Settings(BaseSettings):
             variables = ", ".join(ENV_PREFIX + name.upper() for name in missing)
             raise SettingsError(f"{variables} must be set: {purpose}")
 
+    def require_worker(self) -> None:
+        """Refuse to start a worker that would fail every task for want of a credential."""
+        if self.forge == "github" and not self.is_set("github_token"):
+            missing = [name for name in ("github_app_id", "github_app_private_key") if not self.is_set(name)]
+            if missing:
+                named = " and ".join(ENV_PREFIX + name.upper() for name in missing)
+                raise SettingsError(f"FORGECREW_GITHUB_TOKEN, or {named}, must be set: workers push branches and "
+                                    "open pull requests on GitHub (or set FORGECREW_FORGE=local)")
+        if not self.is_set("anthropic_api_key") and not self.is_set("anthropic_base_url"):
+            raise SettingsError("FORGECREW_ANTHROPIC_API_KEY (or FORGECREW_ANTHROPIC_BASE_URL for a proxy) must be "
+                                "set: the agent calls the Anthropic Messages API")
+
+    def is_set(self, name: str) -> bool:
+        """Whether a setting has a value; an empty string in the environment counts as unset."""
+        value = getattr(self, name)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        return value not in (None, "", [])
+
     def secret(self, name: str) -> str:
         """The plain value of a secret setting, for the one call that needs it."""
         value = getattr(self, name)

@@ -17,6 +17,8 @@ from tests.conftest import settings_env
 from tests.support import Process, RedisServer, headers, labeled_issue, start_coordinator, start_worker, wait_for
 
 pytestmark = pytest.mark.integration
+# Workers refuse to start without a forge and a model; these tests only need the task to start.
+WORKER_SETTINGS = {"forge": "local", "anthropic_api_key": "sk-ant-test-not-used"}
 
 
 def task_state(db: Database, task_id: int) -> str:
@@ -36,9 +38,9 @@ def post(url: str, event: str, data: dict, delivery: str | None = None) -> httpx
                       timeout=30)
 
 
-def test_labeled_issue_reaches_a_backend_worker(settings: Settings, db: Database, tmp_path: Path,
+def test_labeled_issue_reaches_a_backend_worker(make_settings, db: Database, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                 processes: list[Process]) -> None:
-    env = settings_env(settings)
+    env = settings_env(make_settings(**WORKER_SETTINGS))
     coordinator, url = start_coordinator(env, tmp_path)
     processes.append(coordinator)
     processes.append(start_worker(env, tmp_path, "backend"))
@@ -105,7 +107,7 @@ def test_distinct_deliveries_for_one_issue_make_one_active_task(settings: Settin
 def test_broker_down_then_up_loses_nothing(make_settings, db: Database, tmp_path: Path,  # type: ignore[no-untyped-def]
                                            processes: list[Process]) -> None:
     broker = RedisServer(tmp_path)
-    settings = make_settings(broker_url=broker.url, reaper_interval_seconds=1)
+    settings = make_settings(broker_url=broker.url, reaper_interval_seconds=1, **WORKER_SETTINGS)
     env = settings_env(settings)
     coordinator, url = start_coordinator(env, tmp_path)  # the broker is not running yet
     processes.append(coordinator)

@@ -65,6 +65,7 @@ def worker(ctx: click.Context, specialties: tuple[str, ...], concurrency: int | 
     from workers.tasks import register_tasks
 
     settings = settings_from(ctx)
+    settings.require_worker()  # the pipeline checks again per run; this fails at start, not per task
     queues = [name.strip() for item in specialties for name in item.split(",") if name.strip()]
     known = queue_names(settings)
     unknown = [name for name in queues if name not in known]
@@ -132,6 +133,7 @@ def up(ctx: click.Context, host: str, port: int, concurrency: int | None, grace:
 
     settings = settings_from(ctx)
     settings.require("webhook_secret", purpose="the coordinator verifies every GitHub webhook with it")
+    settings.require_worker()
     migrate.upgrade(settings)
     worker_argv = ["worker", "--specialty", ",".join(queue_names(settings))]
     if concurrency:

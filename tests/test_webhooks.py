@@ -265,3 +265,101 @@ def test_only_a_repeated_delivery_id_is_a_duplicate(any_backend: Settings, caplo
         again = post(client, "forgecrew_test", data, delivery="fault-1")
         assert again.status_code == 200 and again.json()["status"] == "duplicate"
         database.dispose()
+
+
+@pytest.mark.parametrize("association,expected", [("CONTRIBUTOR", 1), ("OWNER", 0), ("NONE", 0)])
+def test_trusted_associations_setting_decides_who_may_open_with_the_label(
+        make_settings, db: Database, association: str, expected: int) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(trusted_associations=["contributor"])  # lower case is accepted too
+    data = payload("issues", "opened")
+    data["issue"]["labels"] = [{"name": "forgecrew:backend"}]
+    data["issue"]["author_association"] = association
+    with TestClient(create_app(settings, run_reconciler=False)) as client:
+        response = post(client, "issues", data, delivery=f"assoc-{association}")
+    assert response.status_code == (202 if expected else 200)
+    assert len(tasks(db)) == expected
+    if not expected:
+        assert delivery(db, f"assoc-{association}").outcome == (
+            f"untrusted: Codertocat is {association}; a maintainer must add the label")
+
+
+def test_a_bot_is_recognised_by_its_login_alone(client: TestClient, db: Database) -> None:
+    """Some Apps' events carry sender.type User; the [bot] suffix still marks them."""
+    data = labeled_issue("forgecrew:backend")
+    data["sender"] = {**data["sender"], "login": "some-app[bot]", "type": "User"}
+    assert post(client, "issues", data, delivery="bot-suffix").status_code == 200
+    assert tasks(db) == []
+    assert delivery(db, "bot-suffix").outcome == "ignored: sent by bot some-app[bot]"
+
+
+def test_labelling_a_closed_issue_starts_nothing(client: TestClient, db: Database) -> None:
+    """A closed issue is finished business; reopening it (with the label) is how to ask again."""
+    data = labeled_issue("forgecrew:backend")
+    data["issue"]["state"] = "closed"
+    data["issue"]["closed_at"] = "2019-05-15T15:30:00Z"
+    assert post(client, "issues", data, delivery="closed").status_code == 200
+    assert tasks(db) == []
+    assert delivery(db, "closed").outcome == "ignored: issue is closed"
+    data["action"] = "reopened"
+    data["issue"]["state"], data["issue"]["closed_at"] = "open", None
+    assert post(client, "issues", data, delivery="reopened").status_code == 202
+    assert len(tasks(db)) == 1
+
+
+class ConnectionCounter:
+    """A TCP server that only counts the connections made to it, for 'nothing called out' checks."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.count = 0
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server.settimeout(0.1)
+        self.port = self._server.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            self.count += 1
+            connection.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._server.setblocking(False)
+        while True:  # connections still waiting in the backlog count too
+            try:
+                self._server.accept()[0].close()
+            except BlockingIOError:
+                break
+            self.count += 1
+        self._server.close()
+
+
+def test_the_request_path_never_calls_github(make_settings, db: Database) -> None:  # type: ignore[no-untyped-def]
+    """Intake answers from the payload alone: GitHub's API (and its rate limits) stay off the hot path."""
+    github = ConnectionCounter()
+    try:
+        url = f"http://127.0.0.1:{github.port}"
+        settings = make_settings(github_token="ghp_" + "x" * 36, github_api_url=url,
+                                 clone_url_template=url + "/{full_name}.git")
+        with TestClient(create_app(settings, run_reconciler=False)) as client:
+            for name, data in (("labeled", labeled_issue("forgecrew")), ("opened", payload("issues", "opened")),
+                               ("edited", payload("issues", "edited"))):
+                if name == "opened":
+                    data["issue"]["labels"] = [{"name": "forgecrew:frontend"}]
+                    data["issue"]["number"] = 2
+                assert post(client, "issues", data).status_code in (200, 202)
+            assert post(client, "issue_comment", payload("issue_comment", "created")).status_code == 200
+        assert len(tasks(db)) == 2  # the work was taken in, and dispatched (background task) too
+        assert len(queued_messages(settings, "general")) + len(queued_messages(settings, "frontend")) == 2
+    finally:
+        github.close()
+    assert github.count == 0

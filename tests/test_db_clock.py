@@ -46,7 +46,9 @@ def test_db_now_is_aware_utc_and_close_to_now(backend: Database) -> None:
 def test_a_worker_with_a_slow_clock_still_holds_a_live_lease(backend: Database,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker host an hour behind must not write a lease the coordinator already sees expired."""
-    slow = lambda: datetime.now(UTC) - timedelta(hours=1)  # noqa: E731
+    def slow() -> datetime:
+        return datetime.now(UTC) - timedelta(hours=1)
+
     monkeypatch.setattr("common.models.utcnow", slow)
     monkeypatch.setattr("common.leases.utcnow", slow, raising=False)
     task_id = make_task(backend)

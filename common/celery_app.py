@@ -11,6 +11,7 @@ from common.settings import Settings
 from common.specialties import max_time_limit, queue_names, time_limits
 
 RUN_TASK = "forgecrew.run_task"
+MESSAGE_ID_PREFIX = "forgecrew-task-"
 
 # The broker must never hand a running task to a second worker: keep it invisible for longer
 # than the longest hard limit, plus this margin for the worker to report and ack.
@@ -33,6 +34,27 @@ def _queue_extras(settings: Settings) -> dict[str, Any]:
     return {"queue_arguments": {"x-consumer-timeout": timeout_ms}}
 
 
+def _transport_options(settings: Settings, visibility: int) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        # Redis redelivers an unacked message after visibility_timeout even if its worker is
+        # alive, so it must exceed the longest hard time limit (Celery's Redis caveat).
+        "visibility_timeout": visibility,
+        "socket_connect_timeout": settings.dispatch_timeout_seconds,
+        "socket_timeout": max(settings.dispatch_timeout_seconds, 10),
+    }
+    if settings.broker_url.startswith(("redis", "rediss", "sentinel")):
+        options.update(
+            # redis-py PINGs a connection idle for longer than this before using it, and kombu
+            # drops a BRPOP or pub/sub connection whose reply is this overdue: a connection a NAT,
+            # proxy or failover silently cut is replaced instead of hanging a publish or a worker.
+            health_check_interval=25,
+            # TCP keepalives keep idle connections' NAT/firewall mappings open and let the kernel
+            # notice a peer that vanished without closing the connection.
+            socket_keepalive=True,
+        )
+    return options
+
+
 def make_celery(settings: Settings) -> Celery:
     """A Celery app for these settings; tasks are registered by the worker side."""
     app = Celery("forgecrew", broker=settings.broker_url, set_as_current=False)
@@ -47,8 +69,10 @@ def make_celery(settings: Settings) -> Celery:
         # Ack after the task finishes so a worker that dies mid-run leaves the message to be
         # redelivered; the database lease (not the broker) stops two runs at once.
         task_acks_late=True,
-        # A child killed by SIGKILL/OOM rejects its message so it is redelivered at once instead
-        # of waiting for the visibility timeout; the lease's attempt count bounds poison tasks.
+        # A pool child killed by SIGKILL/OOM rejects its message, which goes back on the queue at
+        # once. That copy does not run the task again right away: the dead worker's lease is still
+        # live, so claim() skips it. Once the lease expires the reaper requeues the task with a new
+        # message; the attempt count (MAX_ATTEMPTS) bounds a poison task that kills its worker.
         task_reject_on_worker_lost=True,
         # One message per process at a time: a long agent task must not sit on reserved ones.
         worker_prefetch_multiplier=1,
@@ -66,26 +90,27 @@ def make_celery(settings: Settings) -> Celery:
         task_time_limit=max(settings.default_time_limit, settings.default_soft_time_limit + 30),
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=settings.dispatch_timeout_seconds,
-        broker_transport_options={
-            # Redis redelivers an unacked message after visibility_timeout even if its worker is
-            # alive, so it must exceed the longest hard time limit (Celery's Redis caveat).
-            "visibility_timeout": visibility,
-            "socket_connect_timeout": settings.dispatch_timeout_seconds,
-            "socket_timeout": max(settings.dispatch_timeout_seconds, 10),
-        },
-        # Keep Redis from dropping idle worker connections behind NATs and proxies.
+        broker_transport_options=_transport_options(settings, visibility),
+        # AMQP heartbeats: RabbitMQ and the worker each notice a dead connection within about
+        # twice this. The Redis transport ignores it; see _transport_options for its checks.
         broker_heartbeat=30,
         worker_hijack_root_logger=False,
     )
     return app
 
 
-def send_run(app: Celery, settings: Settings, *, task_id: int, specialty: str) -> None:
+def message_id(task_id: int, dispatch_number: int) -> str:
+    """The Celery id of a task's n-th send: known in advance, so the broker can be asked for it."""
+    return f"{MESSAGE_ID_PREFIX}{task_id}-{dispatch_number}"
+
+
+def send_run(app: Celery, settings: Settings, *, task_id: int, specialty: str, message: str) -> None:
     """Put a run of `task_id` on its specialty's queue, failing fast when the broker is down."""
     soft, hard = time_limits(settings, specialty)
     app.send_task(
         RUN_TASK,
         kwargs={"task_id": task_id},
+        task_id=message,
         queue=specialty,
         routing_key=specialty,
         soft_time_limit=soft,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.settings import Settings
@@ -21,20 +22,42 @@ def normalise_url(url: str) -> str:
 
 
 def make_engine(settings: Settings) -> Engine:
+    """An engine whose transactions lock what they must on both PostgreSQL and SQLite."""
     url = normalise_url(settings.database_url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    # SQLite ignores SELECT ... FOR UPDATE, and pysqlite's own deferred BEGIN lets two
+    # transactions read the same row before either writes. Take over transaction control
+    # (SQLAlchemy's documented pysqlite recipe): the driver emits no BEGIN of its own, so
+    # SAVEPOINT / session.begin_nested() work too, and _sqlite_begin starts each one.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    # IMMEDIATE takes the write lock up front, so a claim's read and its write are one step as
+    # FOR UPDATE makes them on PostgreSQL; the others wait (busy_timeout). Reads take it too:
+    # SQLite has a single writer anyway, and forgecrew's transactions are short.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def db_now(session: Session) -> datetime:
+    """The database's clock as aware UTC: leases are set and judged by one clock, not each host's."""
+    if session.get_bind().dialect.name == "sqlite":
+        stamp = session.execute(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")).scalar_one()
+        return datetime.fromisoformat(stamp).replace(tzinfo=UTC)
+    return session.execute(text("SELECT statement_timestamp()")).scalar_one().astimezone(UTC)
 
 
 class Database:

@@ -9,9 +9,9 @@ from datetime import timedelta
 
 from sqlalchemy import update
 
-from common.db import Database
+from common.db import Database, db_now
 from common.errors import LeaseLost, TaskNotFound
-from common.models import Task, utcnow
+from common.models import Task
 from common.states import LEASED_STATES, TaskState
 from common.transitions import transition
 
@@ -35,7 +35,7 @@ def claim(db: Database, task_id: int, owner: str) -> Claim | None:
         task = session.get(Task, task_id, with_for_update=True)
         if task is None:
             raise TaskNotFound(task_id)
-        now = utcnow()
+        now = db_now(session)
         state = TaskState(task.state)
         if state in LEASED_STATES:
             if task.lease_expires_at and task.lease_expires_at > now:
@@ -69,8 +69,8 @@ def claim(db: Database, task_id: int, owner: str) -> Claim | None:
 
 def renew(db: Database, held: Claim) -> None:
     """Push the lease expiry forward; raise LeaseLost when someone else took the task."""
-    now = utcnow()
     with db.session() as session:
+        now = db_now(session)
         result = session.execute(
             update(Task)
             .where(Task.id == held.task_id, Task.lease_owner == held.owner, Task.lease_token == held.token,

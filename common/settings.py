@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
+import tomllib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,8 +21,14 @@ from pydantic_settings import (
 
 from common.errors import SettingsError
 
+log = logging.getLogger(__name__)
+
 ENV_PREFIX = "FORGECREW_"
 CONFIG_FILE_VARIABLE = "FORGECREW_CONFIG"
+DEFAULT_CONFIG_FILE = "forgecrew.toml"
+# FORGECREW_* variables that are not settings: the config file's name, and the test suite's own.
+NOT_SETTINGS = {CONFIG_FILE_VARIABLE, "FORGECREW_FIXTURES"}
+NOT_SETTINGS_PREFIXES = ("FORGECREW_TEST_",)
 PLACEHOLDER_SECRETS = {"changeme", "changethis", "secret", "password", "xxx", "todo"}
 
 CommaList = Annotated[list[str], NoDecode]
@@ -99,7 +109,8 @@ class Settings(BaseSettings):
     reaper_interval_seconds: float = Field(30.0, gt=0, description="How often stale leases are reaped.")
     max_attempts: int = Field(3, ge=1, description="Runs of a task before a lost worker fails it.")
     dispatch_timeout_seconds: float = Field(3.0, gt=0, description="Broker send timeout.")
-    queued_resend_seconds: float = Field(1800.0, gt=0, description="Resend a task queued this long.")
+    queued_resend_seconds: float = Field(1800.0, gt=0, description="Age after which a queued task is resent "
+                                         "if its message left a Redis broker (on AMQP: resent at this age).")
     worker_concurrency: int = Field(2, ge=1, description="Agent tasks one worker process runs at once.")
     default_soft_time_limit: int = Field(3600, gt=0, description="Seconds before a task is asked to stop.")
     default_time_limit: int = Field(3900, gt=0, description="Seconds before a task is killed.")
@@ -131,9 +142,10 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_path = Path(os.environ.get(CONFIG_FILE_VARIABLE, "forgecrew.toml"))
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if toml_path.is_file():
+        toml_path = config_file()
+        if toml_path is not None:
+            check_config_file(toml_path, settings_cls.model_fields)
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
         return tuple(sources)
 
@@ -144,14 +156,91 @@ class Settings(BaseSettings):
             variables = ", ".join(ENV_PREFIX + name.upper() for name in missing)
             raise SettingsError(f"{variables} must be set: {purpose}")
 
+    def require_worker(self) -> None:
+        """Refuse to start a worker that would fail every task for want of a credential."""
+        if self.forge == "github" and not self.is_set("github_token"):
+            missing = [name for name in ("github_app_id", "github_app_private_key") if not self.is_set(name)]
+            if missing:
+                named = " and ".join(ENV_PREFIX + name.upper() for name in missing)
+                raise SettingsError(f"FORGECREW_GITHUB_TOKEN, or {named}, must be set: workers push branches and "
+                                    "open pull requests on GitHub (or set FORGECREW_FORGE=local)")
+        if not self.is_set("anthropic_api_key") and not self.is_set("anthropic_base_url"):
+            raise SettingsError("FORGECREW_ANTHROPIC_API_KEY (or FORGECREW_ANTHROPIC_BASE_URL for a proxy) must be "
+                                "set: the agent calls the Anthropic Messages API")
+
+    def is_set(self, name: str) -> bool:
+        """Whether a setting has a value; an empty string in the environment counts as unset."""
+        value = getattr(self, name)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        return value not in (None, "", [])
+
     def secret(self, name: str) -> str:
         """The plain value of a secret setting, for the one call that needs it."""
         value = getattr(self, name)
         return value.get_secret_value() if value is not None else ""
 
 
+def config_file() -> Path | None:
+    """The TOML file to read: the one FORGECREW_CONFIG names (which must exist), else ./forgecrew.toml if any."""
+    named = os.environ.get(CONFIG_FILE_VARIABLE)
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            raise SettingsError(f"{CONFIG_FILE_VARIABLE}={named}: no such file")
+        return path
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+def check_config_file(path: Path, known: Iterable[str]) -> None:
+    """Refuse a file that is not TOML or names a setting that does not exist, in one line."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path}: not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{path}: cannot read it: {exc}") from None
+    fields = set(known)
+    unknown = [key for key in data if key.lower() not in fields]
+    if unknown:
+        problems = []
+        for key in unknown:
+            guess = _guess(key, fields)
+            problems.append(f"unknown setting {key!r}" + (f" (did you mean {guess!r}?)" if guess else ""))
+        raise SettingsError(f"{path}: " + "; ".join(problems))
+
+
+def _guess(name: str, known: Iterable[str]) -> str | None:
+    matches = difflib.get_close_matches(name.lower(), sorted(known), n=1)
+    return matches[0] if matches else None
+
+
+def warn_unknown_variables(environ: Mapping[str, str], known: Iterable[str]) -> list[str]:
+    """Log each FORGECREW_* variable that is no setting: a typo would otherwise pass in silence.
+
+    A warning, not a refusal: shells and service files carry variables for other versions and
+    tools, and an unknown variable changes nothing. The TOML file is forgecrew's own, so an
+    unknown key there is refused instead.
+    """
+    fields = set(known)
+    found = []
+    for variable in sorted(environ):
+        upper = variable.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in NOT_SETTINGS or upper.startswith(NOT_SETTINGS_PREFIXES):
+            continue
+        name = upper[len(ENV_PREFIX):].lower()
+        if name not in fields:
+            guess = _guess(name, fields)
+            log.warning("%s is not a forgecrew setting; ignored%s", variable,
+                        f" (did you mean {ENV_PREFIX}{guess.upper()}?)" if guess else "")
+            found.append(variable)
+    return found
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read settings now, turning validation errors into one message per variable."""
+    warn_unknown_variables(os.environ, Settings.model_fields)
     try:
         return Settings(**overrides)
     except ValidationError as exc:

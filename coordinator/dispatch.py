@@ -7,10 +7,11 @@ import logging
 from celery import Celery
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
+from sqlalchemy.orm import Session
 
-from common.celery_app import send_run
-from common.db import Database
-from common.models import Task, utcnow
+from common.celery_app import message_id, send_run
+from common.db import Database, db_now
+from common.models import Task
 from common.states import TaskState
 from common.transitions import transition
 
@@ -18,6 +19,8 @@ log = logging.getLogger(__name__)
 
 # What a down or unreachable broker raises on publish; anything else is a bug and propagates.
 BROKER_ERRORS: tuple[type[BaseException], ...] = (OperationalError, RedisError, OSError)
+# A task is sent only from these states; past them a worker holds it.
+SENDABLE = (TaskState.TRIAGED, TaskState.QUEUED)
 
 
 class Dispatcher:
@@ -29,26 +32,42 @@ class Dispatcher:
         """Send a triaged or queued task; on a broker failure leave it for the reconciler."""
         with self.db.session() as session:
             task = session.get(Task, task_id)
-            if task is None or task.state not in (TaskState.TRIAGED, TaskState.QUEUED):
+            if task is None or task.state not in SENDABLE:
                 return False
-            specialty = task.specialty
+            specialty, number = task.specialty, task.dispatch_count + 1
         try:
-            send_run(self.celery, self.db.settings, task_id=task_id, specialty=specialty)
+            send_run(self.celery, self.db.settings, task_id=task_id, specialty=specialty,
+                     message=message_id(task_id, number))
         except BROKER_ERRORS as exc:
             log.warning("broker unreachable (%s: %s); task %s stays unsent until the reconciler "
                         "resends it", type(exc).__name__, exc, task_id)
             return False
-        self._record_sent(task_id, specialty, actor=actor, note=note)
+        self._record_sent(task_id, number, actor=actor, note=note)
         return True
 
-    def _record_sent(self, task_id: int, specialty: str, *, actor: str, note: str) -> None:
+    def send_locked(self, session: Session, task: Task, *, actor: str, note: str) -> None:
+        """Send a task whose row the caller holds locked and record it in the caller's transaction.
+
+        Broker errors propagate: the caller decides whether the rest of its batch is worth trying.
+        """
+        number = task.dispatch_count + 1
+        send_run(self.celery, self.db.settings, task_id=task.id, specialty=task.specialty,
+                 message=message_id(task.id, number))
+        _mark_sent(session, task, number, actor=actor, note=note)
+
+    def _record_sent(self, task_id: int, number: int, *, actor: str, note: str) -> None:
+        """Mark the send, unless a worker already claimed the task: never move it back."""
         with self.db.session() as session:
             task = session.get(Task, task_id, with_for_update=True)
-            if task is None:
+            if task is None or task.state not in SENDABLE:
+                # the message reached a worker before this commit; its claim recorded the step
                 return
-            task.dispatched_at = utcnow()
-            detail = f"sent to queue {specialty}" + (f" ({note})" if note else "")
-            if task.state == TaskState.TRIAGED:
-                transition(session, task, TaskState.QUEUED, actor=actor, detail=detail)
-            elif task.state == TaskState.QUEUED and note:
-                transition(session, task, TaskState.QUEUED, actor=actor, detail=detail)
+            _mark_sent(session, task, number, actor=actor, note=note)
+
+
+def _mark_sent(session: Session, task: Task, number: int, *, actor: str, note: str) -> None:
+    task.dispatched_at = db_now(session)  # judged by the reconciler on the same clock
+    task.dispatch_count = max(task.dispatch_count, number)
+    detail = f"sent to queue {task.specialty}" + (f" ({note})" if note else "")
+    if task.state == TaskState.TRIAGED or note:
+        transition(session, task, TaskState.QUEUED, actor=actor, detail=detail)

@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Row, Select, or_, select, update
 from sqlalchemy.orm import Session
 
-from common.db import Database
+from common.celery_app import message_id
+from common.db import Database, db_now
 from common.leases import release
-from common.models import Task, TaskRun, utcnow
+from common.models import Task, TaskRun
 from common.states import LEASED_STATES, TaskState
 from common.transitions import transition
-from coordinator.dispatch import Dispatcher
+from coordinator.broker_messages import held_message_ids
+from coordinator.dispatch import BROKER_ERRORS, Dispatcher
 
 log = logging.getLogger(__name__)
 ACTOR = "reconciler"
+# Rows locked and sent per transaction: short locks, and a down broker stops the round early.
+RESEND_BATCH = 50
 
 
 @dataclass
@@ -37,17 +43,16 @@ class Reconciler:
         self.settings = db.settings
 
     def run_once(self, now: datetime | None = None) -> Report:
-        now = now or utcnow()
+        """One round; `now` defaults to the database's clock, the one leases are set by."""
         report = Report()
         self._reap(now, report)
-        for task_id, note in self._unsent(now):
-            if self.dispatcher.dispatch(task_id, actor=ACTOR, note=note):
-                report.resent.append(task_id)
+        self._resend(now, report)
         return report
 
-    def _reap(self, now: datetime, report: Report) -> None:
+    def _reap(self, now: datetime | None, report: Report) -> None:
         """Leases that ran out mean the worker died or hung: retry, or fail after max attempts."""
         with self.db.session() as session:
+            now = now or db_now(session)
             stale = session.scalars(
                 select(Task)
                 .where(Task.state.in_([s.value for s in LEASED_STATES]), Task.lease_expires_at < now)
@@ -78,29 +83,67 @@ class Reconciler:
             .values(finished_at=now, outcome="lost", detail=f"worker {owner} stopped renewing its lease")
         )
 
-    def _unsent(self, now: datetime) -> list[tuple[int, str]]:
-        """Triaged tasks whose send failed, and queued ones whose message may have been lost."""
-        grace = now - timedelta(seconds=2 * self.settings.dispatch_timeout_seconds + 1)
-        lost = now - timedelta(seconds=self.settings.queued_resend_seconds)
+    def _resend(self, now: datetime | None, report: Report) -> None:
+        """Send tasks whose send failed, requeued runs, and queued tasks whose message was lost."""
         with self.db.session() as session:
-            rows = session.execute(
-                select(Task.id, Task.state, Task.dispatched_at).where(
-                    or_(
-                        (Task.state == TaskState.TRIAGED) & (Task.updated_at < grace),
-                        (Task.state == TaskState.QUEUED)
-                        & or_(Task.dispatched_at.is_(None), Task.dispatched_at < lost),
-                    )
-                ).order_by(Task.id)
+            now = now or db_now(session)
+            columns = (Task.id, Task.state, Task.specialty, Task.dispatched_at, Task.dispatch_count)
+            seen = {row.id: row for row in session.execute(self._unsent(now, *columns))}
+        try:
+            chosen = self._choose(seen.values())
+        except BROKER_ERRORS as exc:
+            log.warning("cannot look into the broker (%s: %s); resending next round", type(exc).__name__, exc)
+            return
+        for start in range(0, len(chosen), RESEND_BATCH):
+            batch = dict(chosen[start:start + RESEND_BATCH])
+            if not self._send_batch(now, batch, seen, report):
+                return
+
+    def _unsent(self, now: datetime, *columns: Any) -> Select[Any]:
+        """Rows that may need a send; the same test is repeated under the row lock."""
+        grace = now - timedelta(seconds=2 * self.settings.dispatch_timeout_seconds + 1)
+        old = now - timedelta(seconds=self.settings.queued_resend_seconds)
+        return select(*columns).where(
+            or_(
+                (Task.state == TaskState.TRIAGED) & (Task.updated_at < grace),
+                (Task.state == TaskState.QUEUED) & or_(Task.dispatched_at.is_(None), Task.dispatched_at < old),
+            )
+        ).order_by(Task.id)
+
+    def _choose(self, rows: Iterable[Row[Any]]) -> list[tuple[int, str]]:
+        """Which rows to send and why; an old queued task only when the broker lost its message."""
+        rows = list(rows)
+        old = [row for row in rows if row.state == TaskState.QUEUED and row.dispatched_at is not None]
+        held = held_message_ids(self.dispatcher.celery, {row.specialty for row in old}) if old else set()
+        chosen = []
+        for row in rows:
+            if row.state == TaskState.TRIAGED:
+                chosen.append((row.id, "resent after a failed send"))
+            elif row.dispatched_at is None:
+                chosen.append((row.id, "requeued run"))
+            elif held is None:  # AMQP: no way to look without consuming, so age decides
+                chosen.append((row.id, f"resent: queued for over {self.settings.queued_resend_seconds:g}s"))
+            elif message_id(row.id, row.dispatch_count) not in held:
+                chosen.append((row.id, "resent: its message is no longer in the broker"))
+        return chosen
+
+    def _send_batch(self, now: datetime, batch: dict[int, str], seen: dict[int, Row[Any]], report: Report) -> bool:
+        """Lock the batch's rows (skipping those another coordinator holds), recheck, send; False on a broker error."""
+        with self.db.session() as session:
+            tasks = session.scalars(
+                self._unsent(now, Task).where(Task.id.in_(batch)).with_for_update(skip_locked=True)
             ).all()
-        result = []
-        for task_id, state, dispatched_at in rows:
-            if state == TaskState.TRIAGED:
-                result.append((task_id, "resent after a failed send"))
-            elif dispatched_at is None:
-                result.append((task_id, "requeued run"))
-            else:
-                result.append((task_id, "resent: the message may have been lost"))
-        return result
+            for task in tasks:
+                if task.dispatch_count != seen[task.id].dispatch_count:
+                    continue  # sent by someone else since we looked
+                try:
+                    self.dispatcher.send_locked(session, task, actor=ACTOR, note=batch[task.id])
+                except BROKER_ERRORS as exc:
+                    log.warning("broker unreachable (%s: %s); task %s stays unsent until the next round",
+                                type(exc).__name__, exc, task.id)
+                    return False
+                report.resent.append(task.id)
+        return True
 
     def loop(self, stop: threading.Event) -> None:
         """Run until `stop` is set; errors are logged and the next round tries again."""

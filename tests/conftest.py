@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from common import migrate
 from common.db import Database
 from common.models import Base
 from common.settings import Settings
+from tests import redis_slots
 from tests.git_source import Source
 from tests.support import SECRET, Process
 from workers.workspace import Workspace, WorkspaceManager
@@ -42,22 +42,26 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def redis_db() -> Iterator[int]:
-    """A Redis database number no one else in this session uses; flushed before and after."""
-    client = redis.Redis.from_url(REDIS_URL)
-    candidates = list(range(1, 16))
-    random.shuffle(candidates)
-    number = next((n for n in candidates if redis.Redis.from_url(f"{REDIS_URL}/{n}").dbsize() == 0), candidates[0])
-    db_client = redis.Redis.from_url(f"{REDIS_URL}/{number}")
+def redis_slot() -> Iterator[redis_slots.Slot]:
+    """A Redis database number claimed for this session alone (SET NX in db 0); flushed before and after."""
+    slot = redis_slots.claim(REDIS_URL)
+    db_client = redis.Redis.from_url(f"{REDIS_URL}/{slot.number}")
     db_client.flushdb()
-    yield number
+    yield slot
     db_client.flushdb()
-    client.close()
+    db_client.close()
+    slot.release()
+
+
+@pytest.fixture(scope="session")
+def redis_db(redis_slot: redis_slots.Slot) -> int:
+    return redis_slot.number
 
 
 @pytest.fixture
-def broker_url(redis_db: int) -> Iterator[str]:
-    url = f"{REDIS_URL}/{redis_db}"
+def broker_url(redis_slot: redis_slots.Slot) -> Iterator[str]:
+    redis_slot.renew()  # a long session keeps its claim
+    url = f"{REDIS_URL}/{redis_slot.number}"
     redis.Redis.from_url(url).flushdb()
     yield url
     redis.Redis.from_url(url).flushdb()

@@ -17,6 +17,8 @@ from tests.conftest import settings_env
 from tests.support import Process, RedisServer, headers, labeled_issue, start_coordinator, start_worker, wait_for
 
 pytestmark = pytest.mark.integration
+# Workers refuse to start without a forge and a model; these tests only need the task to start.
+WORKER_SETTINGS = {"forge": "local", "anthropic_api_key": "sk-ant-test-not-used"}
 
 
 def task_state(db: Database, task_id: int) -> str:
@@ -36,9 +38,9 @@ def post(url: str, event: str, data: dict, delivery: str | None = None) -> httpx
                       timeout=30)
 
 
-def test_labeled_issue_reaches_a_backend_worker(settings: Settings, db: Database, tmp_path: Path,
+def test_labeled_issue_reaches_a_backend_worker(make_settings, db: Database, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                 processes: list[Process]) -> None:
-    env = settings_env(settings)
+    env = settings_env(make_settings(**WORKER_SETTINGS))
     coordinator, url = start_coordinator(env, tmp_path)
     processes.append(coordinator)
     processes.append(start_worker(env, tmp_path, "backend"))
@@ -105,7 +107,7 @@ def test_distinct_deliveries_for_one_issue_make_one_active_task(settings: Settin
 def test_broker_down_then_up_loses_nothing(make_settings, db: Database, tmp_path: Path,  # type: ignore[no-untyped-def]
                                            processes: list[Process]) -> None:
     broker = RedisServer(tmp_path)
-    settings = make_settings(broker_url=broker.url, reaper_interval_seconds=1)
+    settings = make_settings(broker_url=broker.url, reaper_interval_seconds=1, **WORKER_SETTINGS)
     env = settings_env(settings)
     coordinator, url = start_coordinator(env, tmp_path)  # the broker is not running yet
     processes.append(coordinator)
@@ -139,25 +141,51 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def descendants_of(pid: int) -> list[int]:
+    found = children_of(pid)
+    for child in list(found):
+        found.extend(descendants_of(child))
+    return found
+
+
+def running(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return False
+
+
 def test_up_runs_everything_and_stops_everything_it_started(make_settings, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                             redis_db: int) -> None:
+    """Even a worker stuck in a model call is stopped, pool processes included, after --grace."""
+    import dataclasses
+
+    from common.forge.local import LocalForge
+    from tests.fakes.anthropic_server import DEFAULT_KEY, FakeAnthropic, tool_use
+    from tests.sample_repo import write_sample
     from tests.support import free_port
 
-    settings = make_settings(database_url=f"sqlite:///{tmp_path / 'up.db'}")
-    port = free_port()
-    up = Process(["up", "--port", str(port), "--concurrency", "1"], settings_env(settings), tmp_path / "up.log")
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: httpx.get(f"{url}/readyz", timeout=1).status_code == 200, timeout=60, what="up ready")
-        wait_for(lambda: " ready." in up.log(), timeout=60, what="worker ready")
-        response = post(url, "issues", labeled_issue("forgecrew:devops", number=9))
-        assert response.status_code == 202
-        db = Database(settings)
-        wait_for(lambda: reached(db, response.json()["task_id"], "running"), timeout=60, what="running")
-        db.dispose()
-        children = children_of(up.popen.pid)
-        assert len(children) == 2
-    finally:
-        assert up.stop() == 0, up.log()
-    for pid in children:
-        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+    with FakeAnthropic() as model:
+        model.add(dataclasses.replace(tool_use("list_files", {"path": "."}), delay=120))
+        settings = make_settings(database_url=f"sqlite:///{tmp_path / 'up.db'}", forge="local",
+                                 anthropic_api_key=DEFAULT_KEY, anthropic_base_url=model.base_url)
+        LocalForge(settings).create_repo("Codertocat/Hello-World", write_sample(tmp_path / "sample"))
+        LocalForge(settings).create_issue("Codertocat/Hello-World", 9, "Fix it", "")
+        port = free_port()
+        up = Process(["up", "--port", str(port), "--concurrency", "1", "--grace", "3"], settings_env(settings),
+                     tmp_path / "up.log")
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_for(lambda: httpx.get(f"{url}/readyz", timeout=1).status_code == 200, timeout=60, what="up ready")
+            wait_for(lambda: " ready." in up.log(), timeout=60, what="worker ready")
+            response = post(url, "issues", labeled_issue("forgecrew:devops", number=9))
+            assert response.status_code == 202
+            wait_for(lambda: len(model.message_requests) == 1, timeout=60, what="the agent's first model call")
+            children = children_of(up.popen.pid)
+            assert len(children) == 2
+            everything = descendants_of(up.popen.pid)
+            assert len(everything) > 2, "the worker's pool process is a grandchild"
+        finally:
+            assert up.stop() == 0, up.log()
+    for pid in everything:
+        assert not running(pid), (pid, up.log()[-3000:])

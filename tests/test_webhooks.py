@@ -220,3 +220,146 @@ def test_readiness_fails_when_broker_unreachable(make_settings, db: Database) ->
     assert response.json()["checks"]["database"] == "ok"
     assert response.json()["checks"]["broker"].startswith("error")
 
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def any_backend(request: pytest.FixtureRequest, make_settings, db: Database, tmp_path) -> Settings:  # type: ignore[no-untyped-def]
+    """Settings on each supported database (the PostgreSQL one is emptied by `db`)."""
+    if request.param == "postgresql":
+        return make_settings()
+    from common import migrate
+
+    settings = make_settings(database_url=f"sqlite:///{tmp_path / 'hooks.db'}")
+    migrate.upgrade(settings)
+    return settings
+
+
+def test_only_a_repeated_delivery_id_is_a_duplicate(any_backend: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    """Another integrity error is a fault: 500, logged, nothing recorded, so GitHub's redelivery is handled."""
+    from common.models import TaskEvent
+    from coordinator.webhooks.router import Delivery, Outcome
+
+    broken = True
+
+    def handler(delivery: Delivery) -> Outcome:
+        if broken:  # a bug that writes a row breaking a foreign key
+            delivery.session.add(TaskEvent(task_id=987654, to_state="queued", actor="bug"))
+            delivery.session.flush()
+        return Outcome("handled")
+
+    app = create_app(any_backend, run_reconciler=False)
+    app.state.services.router.on("forgecrew_test", None)(handler)
+    data = {"action": "poke", "sender": {"login": "octocat", "type": "User"}}
+    with TestClient(app, raise_server_exceptions=False) as client:
+        with caplog.at_level("ERROR", logger="coordinator.webhooks.endpoint"):
+            failed = post(client, "forgecrew_test", data, delivery="fault-1")
+        assert failed.status_code == 500, failed.text
+        [logged] = caplog.records
+        assert "delivery fault-1 (forgecrew_test) failed" in logged.getMessage() and logged.exc_info
+        database = Database(any_backend)
+        with database.session() as session:
+            assert session.scalars(select(WebhookDelivery)).all() == []
+        broken = False
+        redelivered = post(client, "forgecrew_test", data, delivery="fault-1")
+        assert redelivered.status_code == 200 and redelivered.json()["status"] == "handled"
+        again = post(client, "forgecrew_test", data, delivery="fault-1")
+        assert again.status_code == 200 and again.json()["status"] == "duplicate"
+        database.dispose()
+
+
+@pytest.mark.parametrize("association,expected", [("CONTRIBUTOR", 1), ("OWNER", 0), ("NONE", 0)])
+def test_trusted_associations_setting_decides_who_may_open_with_the_label(
+        make_settings, db: Database, association: str, expected: int) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(trusted_associations=["contributor"])  # lower case is accepted too
+    data = payload("issues", "opened")
+    data["issue"]["labels"] = [{"name": "forgecrew:backend"}]
+    data["issue"]["author_association"] = association
+    with TestClient(create_app(settings, run_reconciler=False)) as client:
+        response = post(client, "issues", data, delivery=f"assoc-{association}")
+    assert response.status_code == (202 if expected else 200)
+    assert len(tasks(db)) == expected
+    if not expected:
+        assert delivery(db, f"assoc-{association}").outcome == (
+            f"untrusted: Codertocat is {association}; a maintainer must add the label")
+
+
+def test_a_bot_is_recognised_by_its_login_alone(client: TestClient, db: Database) -> None:
+    """Some Apps' events carry sender.type User; the [bot] suffix still marks them."""
+    data = labeled_issue("forgecrew:backend")
+    data["sender"] = {**data["sender"], "login": "some-app[bot]", "type": "User"}
+    assert post(client, "issues", data, delivery="bot-suffix").status_code == 200
+    assert tasks(db) == []
+    assert delivery(db, "bot-suffix").outcome == "ignored: sent by bot some-app[bot]"
+
+
+def test_labelling_a_closed_issue_starts_nothing(client: TestClient, db: Database) -> None:
+    """A closed issue is finished business; reopening it (with the label) is how to ask again."""
+    data = labeled_issue("forgecrew:backend")
+    data["issue"]["state"] = "closed"
+    data["issue"]["closed_at"] = "2019-05-15T15:30:00Z"
+    assert post(client, "issues", data, delivery="closed").status_code == 200
+    assert tasks(db) == []
+    assert delivery(db, "closed").outcome == "ignored: issue is closed"
+    data["action"] = "reopened"
+    data["issue"]["state"], data["issue"]["closed_at"] = "open", None
+    assert post(client, "issues", data, delivery="reopened").status_code == 202
+    assert len(tasks(db)) == 1
+
+
+class ConnectionCounter:
+    """A TCP server that only counts the connections made to it, for 'nothing called out' checks."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.count = 0
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server.settimeout(0.1)
+        self.port = self._server.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            self.count += 1
+            connection.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._server.setblocking(False)
+        while True:  # connections still waiting in the backlog count too
+            try:
+                self._server.accept()[0].close()
+            except BlockingIOError:
+                break
+            self.count += 1
+        self._server.close()
+
+
+def test_the_request_path_never_calls_github(make_settings, db: Database) -> None:  # type: ignore[no-untyped-def]
+    """Intake answers from the payload alone: GitHub's API (and its rate limits) stay off the hot path."""
+    github = ConnectionCounter()
+    try:
+        url = f"http://127.0.0.1:{github.port}"
+        settings = make_settings(github_token="ghp_" + "x" * 36, github_api_url=url,
+                                 clone_url_template=url + "/{full_name}.git")
+        with TestClient(create_app(settings, run_reconciler=False)) as client:
+            for name, data in (("labeled", labeled_issue("forgecrew")), ("opened", payload("issues", "opened")),
+                               ("edited", payload("issues", "edited"))):
+                if name == "opened":
+                    data["issue"]["labels"] = [{"name": "forgecrew:frontend"}]
+                    data["issue"]["number"] = 2
+                assert post(client, "issues", data).status_code in (200, 202)
+            assert post(client, "issue_comment", payload("issue_comment", "created")).status_code == 200
+        assert len(tasks(db)) == 2  # the work was taken in, and dispatched (background task) too
+        assert len(queued_messages(settings, "general")) + len(queued_messages(settings, "frontend")) == 2
+    finally:
+        github.close()
+    assert github.count == 0

@@ -51,10 +51,21 @@ def cli(log_level: str) -> None:
 
 
 def main() -> None:
+    """The console script: every failure, usage errors included, is one line on stderr."""
     from coordinator.cli import db, run, servers, tasks, workspaces  # noqa: F401  (registers commands)
 
     try:
-        cli(standalone_mode=True)
+        status = cli.main(standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        exc.show()  # `forgecrew` or a group alone: the help is the useful answer
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:  # bad option, unknown command, missing argument
+        click.echo(f"forgecrew: {' '.join(exc.format_message().split())} (see --help)", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("forgecrew: aborted", err=True)
+        sys.exit(1)
     except ForgecrewError as exc:
         click.echo(f"forgecrew: {exc}", err=True)
         sys.exit(2)
+    sys.exit(status if isinstance(status, int) else 0)

@@ -65,6 +65,7 @@ def worker(ctx: click.Context, specialties: tuple[str, ...], concurrency: int | 
     from workers.tasks import register_tasks
 
     settings = settings_from(ctx)
+    settings.require_worker()  # the pipeline checks again per run; this fails at start, not per task
     queues = [name.strip() for item in specialties for name in item.split(",") if name.strip()]
     known = queue_names(settings)
     unknown = [name for name in queues if name not in known]
@@ -122,30 +123,36 @@ def flower(ctx: click.Context, host: str, port: int) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--concurrency", "-c", type=int, help="Agent tasks at once.")
+@click.option("--grace", default=30.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds the children get to stop before their process groups are killed.")
 @click.pass_context
 @fails_cleanly
-def up(ctx: click.Context, host: str, port: int, concurrency: int | None) -> None:
+def up(ctx: click.Context, host: str, port: int, concurrency: int | None, grace: float) -> None:
     """Everything on one host: migrate, then a worker for every queue and the coordinator."""
     from common import migrate
 
     settings = settings_from(ctx)
     settings.require("webhook_secret", purpose="the coordinator verifies every GitHub webhook with it")
+    settings.require_worker()
     migrate.upgrade(settings)
     worker_argv = ["worker", "--specialty", ",".join(queue_names(settings))]
     if concurrency:
         worker_argv += ["--concurrency", str(concurrency)]
     children = [
-        subprocess.Popen([sys.executable, "-m", "coordinator.cli", *worker_argv]),
-        subprocess.Popen([sys.executable, "-m", "coordinator.cli", "coordinator", "--host", host,
-                          "--port", str(port)]),
+        start_child([sys.executable, "-m", "coordinator.cli", *worker_argv]),
+        start_child([sys.executable, "-m", "coordinator.cli", "coordinator", "--host", host, "--port", str(port)]),
     ]
-    sys.exit(supervise(children))
+    sys.exit(supervise(children, grace=grace))
+
+
+def start_child(argv: list[str]) -> subprocess.Popen[bytes]:
+    """A child leading its own process group, so stopping the group stops all it started."""
+    return subprocess.Popen(argv, process_group=0)
 
 
 def supervise(children: list[subprocess.Popen[bytes]], grace: float = 30) -> int:
-    """Wait for SIGINT/SIGTERM or a child's exit, then stop every child; return an exit status."""
+    """Wait for SIGINT/SIGTERM or a child's exit, then stop every child's group; return an exit status."""
     import threading
-    import time
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -153,18 +160,37 @@ def supervise(children: list[subprocess.Popen[bytes]], grace: float = 30) -> int
     while not stop.is_set() and all(child.poll() is None for child in children):
         stop.wait(0.5)
     failed = [child for child in children if child.poll() not in (None, 0)]
-    for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for child in children:
-        try:
-            child.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+    stop_groups(children, grace)
     if failed:
         click.echo(f"forgecrew: a child process exited with status {failed[0].returncode}; stopped the rest",
                    err=True)
         return 1
     return 0
+
+
+def stop_groups(children: list[subprocess.Popen[bytes]], grace: float) -> None:
+    """SIGTERM each child's whole group (worker pool processes, git, agents' helpers), SIGKILL what is left.
+
+    A group is killed once its leader has exited or the grace period is over: whatever is still
+    in it then was left behind, and would otherwise outlive `forgecrew up`.
+    """
+    import time
+
+    for child in children:
+        _signal_group(child.pid, signal.SIGTERM)  # even if the leader exited: its group may live on
+    deadline = time.monotonic() + grace
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for child in children:
+        _signal_group(child.pid, signal.SIGKILL)
+        child.wait()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass  # the group is empty

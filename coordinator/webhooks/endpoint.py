@@ -11,6 +11,7 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from common.models import WebhookDelivery
 from coordinator.services import Services
@@ -21,8 +22,15 @@ log = logging.getLogger(__name__)
 api = APIRouter()
 
 
+DELIVERY_ID_CONSTRAINT = "uq_webhook_deliveries_delivery_id"
+
+
 class BodyTooLarge(Exception):
     pass
+
+
+class DuplicateDelivery(Exception):
+    """GitHub sent this delivery id before (a redelivery); it was handled then."""
 
 
 def get_services(request: Request) -> Services:
@@ -62,7 +70,12 @@ async def github_webhook(
     if not verify(settings.secret("webhook_secret"), body, request.headers.get("x-hub-signature-256")):
         log.warning("webhook with a missing or wrong signature from %s", request.client)
         return JSONResponse({"error": "missing or invalid X-Hub-Signature-256"}, status_code=401)
-    answer = await run_in_threadpool(process_delivery, services, dict(request.headers), body)
+    try:
+        answer = await run_in_threadpool(process_delivery, services, dict(request.headers), body)
+    except Exception:  # the outermost handler: log with context, answer 500 so GitHub may redeliver
+        log.exception("delivery %s (%s) failed; nothing was recorded", request.headers.get("x-github-delivery"),
+                      request.headers.get("x-github-event"))
+        return JSONResponse({"error": "internal error; the delivery was not recorded"}, status_code=500)
     if answer.dispatch_task_id is not None:
         background.add_task(services.dispatcher.dispatch, answer.dispatch_task_id)
     return JSONResponse(answer.body, status_code=answer.status)
@@ -85,7 +98,7 @@ def process_delivery(services: Services, headers: dict[str, str], body: bytes) -
     action = payload.get("action") if isinstance(payload.get("action"), str) else None
     try:
         outcome = _handle(services, delivery_id, event, action, payload)
-    except IntegrityError:
+    except DuplicateDelivery:
         return Answer(200, {"status": "duplicate", "delivery": delivery_id})
     log.info("delivery %s %s.%s: %s", delivery_id, event, action, outcome.description)
     return Answer(
@@ -99,8 +112,7 @@ def _handle(services: Services, delivery_id: str, event: str, action: str | None
             payload: dict[str, Any]) -> Outcome:
     with services.db.session() as session:
         row = _delivery_row(delivery_id, event, action, payload)
-        session.add(row)
-        session.flush()  # a redelivery fails here, on the unique delivery id
+        _insert_delivery(session, row)
         delivery = Delivery(services.settings, session, delivery_id, event, action, payload)
         if (delivery.sender.get("type") == "Bot") or delivery.sender.get("login", "").endswith("[bot]"):
             outcome = Outcome(f"ignored: sent by bot {delivery.sender.get('login')}")
@@ -116,9 +128,28 @@ def _record_only(services: Services, delivery_id: str, event: str, action: str |
         with services.db.session() as session:
             row = _delivery_row(delivery_id, event, action, payload)
             row.outcome = outcome.description
-            session.add(row)
-    except IntegrityError:
+            _insert_delivery(session, row)
+    except DuplicateDelivery:
         pass
+
+
+def _insert_delivery(session: Session, row: WebhookDelivery) -> None:
+    """Insert the delivery row first: a redelivery stops here, before anything else is written."""
+    session.add(row)
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        if _violates_delivery_id(exc):
+            raise DuplicateDelivery(row.delivery_id) from None
+        raise
+
+
+def _violates_delivery_id(exc: IntegrityError) -> bool:
+    """Whether the error is the unique delivery id's and no other constraint's."""
+    diag = getattr(exc.orig, "diag", None)  # psycopg names the constraint
+    if diag is not None:
+        return getattr(diag, "constraint_name", None) == DELIVERY_ID_CONSTRAINT
+    return f"UNIQUE constraint failed: {WebhookDelivery.__tablename__}.delivery_id" in str(exc.orig)  # SQLite
 
 
 def _delivery_row(delivery_id: str, event: str, action: str | None, payload: dict[str, Any]) -> WebhookDelivery:

@@ -164,9 +164,9 @@ class Settings(BaseSettings):
                 named = " and ".join(ENV_PREFIX + name.upper() for name in missing)
                 raise SettingsError(f"FORGECREW_GITHUB_TOKEN, or {named}, must be set: workers push branches and "
                                     "open pull requests on GitHub (or set FORGECREW_FORGE=local)")
-        if not self.is_set("anthropic_api_key") and not self.is_set("anthropic_base_url"):
-            raise SettingsError("FORGECREW_ANTHROPIC_API_KEY (or FORGECREW_ANTHROPIC_BASE_URL for a proxy) must be "
-                                "set: the agent calls the Anthropic Messages API")
+        if not self.is_set("anthropic_api_key"):
+            raise SettingsError("FORGECREW_ANTHROPIC_API_KEY must be set: the agent calls the Anthropic Messages API "
+                                "(behind a proxy that adds its own key, any value will do)")
 
     def is_set(self, name: str) -> bool:
         """Whether a setting has a value; an empty string in the environment counts as unset."""

@@ -35,7 +35,9 @@ def one_line(stderr: str) -> str:
      "FORGECREW_GITHUB_TOKEN, or FORGECREW_GITHUB_APP_ID and FORGECREW_GITHUB_APP_PRIVATE_KEY, must be set"),
     ({"FORGECREW_ANTHROPIC_API_KEY": "sk-ant-x", "FORGECREW_GITHUB_APP_ID": "1"},
      "FORGECREW_GITHUB_TOKEN, or FORGECREW_GITHUB_APP_PRIVATE_KEY, must be set"),
-    ({"FORGECREW_GITHUB_TOKEN": "ghp_x"}, "FORGECREW_ANTHROPIC_API_KEY (or FORGECREW_ANTHROPIC_BASE_URL"),
+    ({"FORGECREW_GITHUB_TOKEN": "ghp_x"}, "FORGECREW_ANTHROPIC_API_KEY must be set"),
+    ({"FORGECREW_GITHUB_TOKEN": "ghp_x", "FORGECREW_ANTHROPIC_BASE_URL": "http://proxy"},
+     "any value will do"),  # the SDK, and so every run, needs a key even behind a proxy
     ({"FORGECREW_FORGE": "local", "FORGECREW_ANTHROPIC_API_KEY": ""}, "FORGECREW_ANTHROPIC_API_KEY"),
 ])
 def test_servers_that_run_agents_refuse_to_start_without_credentials(tmp_path: Path, command: list[str],
@@ -52,13 +54,14 @@ def test_credentials_are_enough_for_the_check(tmp_path: Path) -> None:
     """With a forge and a model configured the check passes and the next one (the database) speaks."""
     done = forgecrew("worker", "--specialty", "backend", env={
         "FORGECREW_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none", "FORGECREW_FORGE": "local",
-        "FORGECREW_ANTHROPIC_BASE_URL": "http://127.0.0.1:1"})
+        "FORGECREW_ANTHROPIC_API_KEY": "sk-ant-x", "FORGECREW_ANTHROPIC_BASE_URL": "http://127.0.0.1:1"})
     assert done.returncode != 0 and "FORGECREW_DATABASE_URL" in one_line(done.stderr)
 
 
 def test_settings_require_worker_accepts_each_way_to_configure() -> None:
     Settings(github_token="ghp_x", anthropic_api_key="k").require_worker()
-    Settings(github_app_id=1, github_app_private_key="pem", anthropic_base_url="http://proxy").require_worker()
+    Settings(github_app_id=1, github_app_private_key="pem", anthropic_api_key="k",
+             anthropic_base_url="http://proxy").require_worker()
     Settings(forge="local", anthropic_api_key="k").require_worker()
 
 

@@ -121,3 +121,25 @@ def test_the_worker_can_make_itself_undumpable():
                            "import ctypes; print(m(), ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))"],
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     assert done.stdout.split() == ["True", "0"]  # PR_GET_DUMPABLE now answers 0
+
+
+@pytest.mark.parametrize("mode,command", [
+    pytest.param("auto", "sleep {m} & sleep {m}", marks=needs_namespaces),  # everything in the namespace
+    ("none", "exec sleep {m}"),  # without one, at least the command itself
+])
+def test_commands_die_with_a_killed_worker(tmp_path, mode, command):
+    marker = f"300.{uuid.uuid4().int % 10**6}"
+    env = {**os.environ, "FORGECREW_ANTHROPIC_API_KEY": SECRET}
+    worker = subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path), mode, command.format(m=marker)],
+                              env=env, cwd=Path(__file__).resolve().parents[1],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while not _running(f"sleep {marker}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _running(f"sleep {marker}"), "the command never started"
+    worker.kill()  # SIGKILL: no cleanup code of the worker runs
+    worker.wait()
+    deadline = time.monotonic() + 5
+    while _running(f"sleep {marker}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _running(f"sleep {marker}") == []

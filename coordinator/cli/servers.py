@@ -16,6 +16,7 @@ from common.errors import SettingsError
 from common.settings import Settings
 from common.specialties import queue_names
 from coordinator.cli import cli, fails_cleanly, settings_from
+from workers.tools.sandbox import command_prefix
 
 
 def check_database(settings: Settings) -> None:
@@ -66,6 +67,7 @@ def worker(ctx: click.Context, specialties: tuple[str, ...], concurrency: int | 
 
     settings = settings_from(ctx)
     settings.require_worker()  # the pipeline checks again per run; this fails at start, not per task
+    command_prefix(settings.command_sandbox)  # COMMAND_SANDBOX=namespaces on a host that cannot: say so now
     queues = [name.strip() for item in specialties for name in item.split(",") if name.strip()]
     known = queue_names(settings)
     unknown = [name for name in queues if name not in known]
@@ -134,6 +136,7 @@ def up(ctx: click.Context, host: str, port: int, concurrency: int | None, grace:
     settings = settings_from(ctx)
     settings.require("webhook_secret", purpose="the coordinator verifies every GitHub webhook with it")
     settings.require_worker()
+    command_prefix(settings.command_sandbox)
     migrate.upgrade(settings)
     worker_argv = ["worker", "--specialty", ",".join(queue_names(settings))]
     if concurrency:

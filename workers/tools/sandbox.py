@@ -8,7 +8,9 @@ agent's `cat /proc/$PPID/environ` would print the worker's API keys. Two layers 
   user namespace when the worker is not root), so the worker's processes are not there to read;
   when the namespace's first process exits, the kernel ends every process left in it;
 - the worker marks itself non-dumpable, so where namespaces are unavailable a process of the same
-  (non-root) user still cannot read its /proc files or attach to it.
+  (non-root) user still cannot read its /proc files or attach to it;
+- a command is killed when the worker process dies (PR_SET_PDEATHSIG), so a SIGKILLed or
+  OOM-killed worker leaves no command running on the host.
 
 Neither is a full sandbox: the commands still share the worker's user and file system. For
 untrusted repositories run workers as a dedicated user on a host (or container) of their own.
@@ -21,12 +23,14 @@ import functools
 import logging
 import os
 import shutil
+import signal
 import subprocess
 
 from common.errors import ForgecrewError
 
 log = logging.getLogger(__name__)
 
+PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 MODES = ("auto", "namespaces", "none")
 
@@ -85,3 +89,14 @@ def make_undumpable() -> bool:
         return libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+
+
+def die_with_parent() -> None:
+    """In a just-forked command: be killed when the worker dies, so no command outlives a lost worker.
+
+    For `unshare`, its --kill-child then ends the namespace, and with it every process in it.
+    """
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass

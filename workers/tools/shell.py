@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workers.tools.paths import ToolError
+from workers.tools.sandbox import die_with_parent
 
 DEFAULT_DENIED = ("sudo", "git push", "git remote", "ssh", "scp")
 ALWAYS_ALLOWED = ("cd", "pwd", "echo", "printf", "true", "false", "test", "[", "export", "set", "unset")
@@ -173,7 +174,7 @@ def run_command(command: str, *, cwd: Path, env: Mapping[str, str], timeout: flo
     started = time.monotonic()
     process = subprocess.Popen([*sandbox, "bash", "-c", command], cwd=cwd, env=dict(env),
                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+                               start_new_session=True, preexec_fn=die_with_parent)
     output = CappedOutput(output_limit)
     assert process.stdout is not None
     stopped = False

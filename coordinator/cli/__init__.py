@@ -43,11 +43,17 @@ def settings_from(ctx: click.Context) -> Settings:
     return ctx.obj
 
 
+QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2")  # anthropic vendors httpx as httpx2
+
+
 @click.group()
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
 def cli(log_level: str) -> None:
     """forgecrew: AI coding agents that turn GitHub issues into pull requests."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if logging.getLogger().level > logging.DEBUG:
+        for name in QUIET_LOGGERS:  # a line per HTTP request buries the progress a person reads
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def main() -> None:

@@ -11,7 +11,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +117,9 @@ def start_coordinator(env: dict[str, str], tmp: Path) -> tuple[Process, str]:
     port = free_port()
     proc = Process(["coordinator", "--host", "127.0.0.1", "--port", str(port)], env, tmp / f"coordinator-{port}.log")
     url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: proc.alive() and httpx.get(f"{url}/healthz", timeout=1).status_code == 200,
-             timeout=30, what=f"coordinator on {port}")
+    with _stopped_on_failure(proc):
+        wait_for(lambda: proc.alive() and httpx.get(f"{url}/healthz", timeout=1).status_code == 200,
+                 timeout=30, what=f"coordinator on {port}")
     return proc, url
 
 
@@ -125,9 +127,21 @@ def start_worker(env: dict[str, str], tmp: Path, specialty: str, *extra: str) ->
     name = f"{specialty}-{uuid.uuid4().hex[:6]}"
     proc = Process(["worker", "--specialty", specialty, "--hostname", f"{name}@test", *extra], env,
                    tmp / f"worker-{name}.log")
-    wait_for(lambda: " ready." in proc.log() or not proc.alive(), timeout=60, what=f"worker {name} ready")
-    assert proc.alive(), proc.log()
+    with _stopped_on_failure(proc):
+        wait_for(lambda: " ready." in proc.log() or not proc.alive(), timeout=60, what=f"worker {name} ready")
+        assert proc.alive(), proc.log()
     return proc
+
+
+@contextmanager
+def _stopped_on_failure(proc: Process) -> Iterator[None]:
+    """A server that never came up is stopped here: the caller never got it to stop, and a stray
+    worker would go on consuming later tests' queues."""
+    try:
+        yield
+    except BaseException:
+        proc.stop()
+        raise
 
 
 class RedisServer:

@@ -35,6 +35,13 @@ class Dispatcher:
             if task is None or task.state not in SENDABLE:
                 return False
             specialty, number = task.specialty, task.dispatch_count + 1
+        if not self.send(task_id, specialty, number):
+            return False
+        self.record_sent(task_id, number, actor=actor, note=note)
+        return True
+
+    def send(self, task_id: int, specialty: str, number: int) -> bool:
+        """Publish send `number` of the task (its message id); False, logged, when the broker is down."""
         try:
             send_run(self.celery, self.db.settings, task_id=task_id, specialty=specialty,
                      message=message_id(task_id, number))
@@ -42,20 +49,9 @@ class Dispatcher:
             log.warning("broker unreachable (%s: %s); task %s stays unsent until the reconciler "
                         "resends it", type(exc).__name__, exc, task_id)
             return False
-        self._record_sent(task_id, number, actor=actor, note=note)
         return True
 
-    def send_locked(self, session: Session, task: Task, *, actor: str, note: str) -> None:
-        """Send a task whose row the caller holds locked and record it in the caller's transaction.
-
-        Broker errors propagate: the caller decides whether the rest of its batch is worth trying.
-        """
-        number = task.dispatch_count + 1
-        send_run(self.celery, self.db.settings, task_id=task.id, specialty=task.specialty,
-                 message=message_id(task.id, number))
-        _mark_sent(session, task, number, actor=actor, note=note)
-
-    def _record_sent(self, task_id: int, number: int, *, actor: str, note: str) -> None:
+    def record_sent(self, task_id: int, number: int, *, actor: str, note: str) -> None:
         """Mark the send, unless a worker already claimed the task: never move it back."""
         with self.db.session() as session:
             task = session.get(Task, task_id, with_for_update=True)

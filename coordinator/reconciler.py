@@ -23,7 +23,7 @@ from coordinator.dispatch import BROKER_ERRORS, Dispatcher
 
 log = logging.getLogger(__name__)
 ACTOR = "reconciler"
-# Rows locked and sent per transaction: short locks, and a down broker stops the round early.
+# Sends reserved per transaction: short locks, and a down broker stops the round early.
 RESEND_BATCH = 50
 
 
@@ -35,7 +35,7 @@ class Report:
 
 
 class Reconciler:
-    """Safe to run in several coordinators at once: rows are locked and skipped, not shared."""
+    """Safe to run in several coordinators at once: sends are reserved under a row lock that others skip."""
 
     def __init__(self, db: Database, dispatcher: Dispatcher) -> None:
         self.db = db
@@ -90,10 +90,11 @@ class Reconciler:
             columns = (Task.id, Task.state, Task.specialty, Task.dispatched_at, Task.dispatch_count)
             seen = {row.id: row for row in session.execute(self._unsent(now, *columns))}
         try:
-            chosen = self._choose(seen.values())
+            chosen, held = self._choose(seen.values())
         except BROKER_ERRORS as exc:
             log.warning("cannot look into the broker (%s: %s); resending next round", type(exc).__name__, exc)
             return
+        self._confirm_held(held, seen)
         for start in range(0, len(chosen), RESEND_BATCH):
             batch = dict(chosen[start:start + RESEND_BATCH])
             if not self._send_batch(now, batch, seen, report):
@@ -110,40 +111,71 @@ class Reconciler:
             )
         ).order_by(Task.id)
 
-    def _choose(self, rows: Iterable[Row[Any]]) -> list[tuple[int, str]]:
-        """Which rows to send and why; an old queued task only when the broker lost its message."""
+    def _choose(self, rows: Iterable[Row[Any]]) -> tuple[list[tuple[int, str]], list[int]]:
+        """Rows to send and why, and old queued rows whose message the broker still holds."""
         rows = list(rows)
         old = [row for row in rows if row.state == TaskState.QUEUED and row.dispatched_at is not None]
-        held = held_message_ids(self.dispatcher.celery, {row.specialty for row in old}) if old else set()
-        chosen = []
+        in_broker = held_message_ids(self.dispatcher.celery, {row.specialty for row in old}) if old else set()
+        chosen, held = [], []
         for row in rows:
             if row.state == TaskState.TRIAGED:
                 chosen.append((row.id, "resent after a failed send"))
             elif row.dispatched_at is None:
                 chosen.append((row.id, "requeued run"))
-            elif held is None:  # AMQP: no way to look without consuming, so age decides
+            elif in_broker is None:  # AMQP: no way to look without consuming, so age decides
                 chosen.append((row.id, f"resent: queued for over {self.settings.queued_resend_seconds:g}s"))
-            elif message_id(row.id, row.dispatch_count) not in held:
+            elif message_id(row.id, row.dispatch_count) not in in_broker:
                 chosen.append((row.id, "resent: its message is no longer in the broker"))
-        return chosen
+            else:
+                held.append(row.id)
+        return chosen, held
+
+    def _confirm_held(self, held: list[int], seen: dict[int, Row[Any]]) -> None:
+        """A message found waiting is looked for again only after another QUEUED_RESEND_SECONDS."""
+        if not held:
+            return
+        with self.db.session() as session:
+            for task_id in held:
+                session.execute(update(Task).where(Task.id == task_id,
+                                                   Task.dispatch_count == seen[task_id].dispatch_count)
+                                .values(dispatched_at=db_now(session)))
 
     def _send_batch(self, now: datetime, batch: dict[int, str], seen: dict[int, Row[Any]], report: Report) -> bool:
-        """Lock the batch's rows (skipping those another coordinator holds), recheck, send; False on a broker error."""
+        """Reserve the batch's sends under a short row lock, then send with no lock held.
+
+        Another coordinator skips the locked rows and then sees them freshly dispatched. A send
+        that fails gives its reservation back; False tells the caller the broker is down.
+        """
+        reserved = self._reserve(now, batch, seen)
+        for index, (task_id, number, previous) in enumerate(reserved):
+            if not self.dispatcher.send(task_id, seen[task_id].specialty, number):
+                self._give_back(reserved[index:])
+                return False
+            self.dispatcher.record_sent(task_id, number, actor=ACTOR, note=batch[task_id])
+            report.resent.append(task_id)
+        return True
+
+    def _reserve(self, now: datetime, batch: dict[int, str],
+                 seen: dict[int, Row[Any]]) -> list[tuple[int, int, datetime | None]]:
         with self.db.session() as session:
             tasks = session.scalars(
                 self._unsent(now, Task).where(Task.id.in_(batch)).with_for_update(skip_locked=True)
             ).all()
+            reserved = []
             for task in tasks:
                 if task.dispatch_count != seen[task.id].dispatch_count:
                     continue  # sent by someone else since we looked
-                try:
-                    self.dispatcher.send_locked(session, task, actor=ACTOR, note=batch[task.id])
-                except BROKER_ERRORS as exc:
-                    log.warning("broker unreachable (%s: %s); task %s stays unsent until the next round",
-                                type(exc).__name__, exc, task.id)
-                    return False
-                report.resent.append(task.id)
-        return True
+                reserved.append((task.id, task.dispatch_count + 1, task.dispatched_at))
+                task.dispatch_count += 1
+                task.dispatched_at = db_now(session)
+        return reserved
+
+    def _give_back(self, unsent: list[tuple[int, int, datetime | None]]) -> None:
+        """Unsent reservations: due again next round (the message ids they used stay unused)."""
+        with self.db.session() as session:
+            for task_id, number, previous in unsent:
+                session.execute(update(Task).where(Task.id == task_id, Task.dispatch_count == number)
+                                .values(dispatched_at=previous))
 
     def loop(self, stop: threading.Event) -> None:
         """Run until `stop` is set; errors are logged and the next round tries again."""

@@ -123,7 +123,7 @@ def test_live_leases_are_left_alone(make_settings, db: Database) -> None:  # typ
 def test_a_late_send_record_never_moves_a_claimed_task(settings, db: Database) -> None:  # type: ignore[no-untyped-def]
     task_id = make_task(db)
     assert claim(db, task_id, "w1") is not None  # the message beat the dispatcher's commit
-    Dispatcher(db, make_celery(settings))._record_sent(task_id, 1, actor="dispatcher", note="resent")
+    Dispatcher(db, make_celery(settings)).record_sent(task_id, 1, actor="dispatcher", note="resent")
     task = state(db, task_id)
     assert (task.state, task.dispatched_at) == ("running", None)
     with db.session() as session:

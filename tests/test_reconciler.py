@@ -98,6 +98,26 @@ def test_triaged_and_requeued_tasks_are_sent_without_looking(reconciler: Reconci
     assert sorted(message_ids(client)) == sorted([f"forgecrew-task-{triaged}-1", f"forgecrew-task-{requeued}-1"])
 
 
+def test_a_send_that_fails_is_due_again_next_round(make_settings, db: Database) -> None:  # type: ignore[no-untyped-def]
+    from tests.support import free_port
+
+    settings = make_settings()
+    down = make_settings(broker_url=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    requeued = make_task(db)
+    with db.session() as session:
+        session.execute(update(Task).where(Task.id == requeued).values(state="queued", dispatched_at=None))
+    broken = Reconciler(Database(down), Dispatcher(Database(down), make_celery(down)))
+    assert broken.run_once().resent == []
+    with db.session() as session:
+        assert session.get(Task, requeued).dispatched_at is None  # the reservation was given back
+    working = Reconciler(Database(settings), Dispatcher(Database(settings), make_celery(settings)))
+    assert working.run_once().resent == [requeued]  # at once, not QUEUED_RESEND_SECONDS later
+    assert message_ids(redis.Redis.from_url(settings.broker_url)) == [f"forgecrew-task-{requeued}-2"]
+    for reconciler in (broken, working):
+        reconciler.db.dispose()
+        reconciler.dispatcher.db.dispose()
+
+
 def test_two_coordinators_never_resend_the_same_task(settings: Settings, db: Database) -> None:
     client = redis.Redis.from_url(settings.broker_url)
     task_ids = [make_task(db, issue_number=n) for n in range(1, 31)]

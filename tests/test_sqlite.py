@@ -96,7 +96,7 @@ def test_a_late_send_record_never_moves_a_claimed_task(sqlite_settings: Settings
     try:
         task_id = make_task(db)
         assert claim(db, task_id, "w1") is not None  # the message beat the dispatcher's commit
-        Dispatcher(db, make_celery(sqlite_settings))._record_sent(task_id, 1, actor="d", note="")
+        Dispatcher(db, make_celery(sqlite_settings)).record_sent(task_id, 1, actor="d", note="")
         with db.session() as session:
             task = session.get(Task, task_id)
             assert (task.state, task.dispatched_at) == ("running", None)

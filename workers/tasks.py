@@ -10,7 +10,6 @@ from celery.signals import worker_process_init
 from common.celery_app import RUN_TASK
 from workers.execute import execute
 from workers.runtime import WorkerRuntime
-from workers.tools.sandbox import make_undumpable
 
 log = logging.getLogger(__name__)
 
@@ -25,4 +24,3 @@ def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
     @worker_process_init.connect(weak=False)
     def _after_fork(**_: object) -> None:
         runtime.reset()
-        make_undumpable()  # agent commands are this process's children, of the same user

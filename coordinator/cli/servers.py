@@ -16,7 +16,17 @@ from common.errors import SettingsError
 from common.settings import Settings
 from common.specialties import queue_names
 from coordinator.cli import cli, fails_cleanly, settings_from
-from workers.tools.sandbox import command_prefix
+
+
+def guard_agent_host(settings: Settings) -> None:
+    """Before running agents: a sandbox that cannot work stops us now, and our /proc is closed to them.
+
+    The flag is inherited by forked children (Celery's pool), so one call covers the worker.
+    """
+    from workers.tools.sandbox import command_prefix, make_undumpable
+
+    command_prefix(settings.command_sandbox)  # COMMAND_SANDBOX=namespaces on a host that cannot: say so now
+    make_undumpable()
 
 
 def check_database(settings: Settings) -> None:
@@ -44,9 +54,11 @@ def coordinator(ctx: click.Context, host: str, port: int, no_reconciler: bool) -
     import uvicorn
 
     from coordinator.app import create_app
+    from workers.tools.sandbox import make_undumpable
 
     settings = settings_from(ctx)
     check_database(settings)
+    make_undumpable()  # it holds the webhook secret and tokens too; agents may run on this host
     app = create_app(settings, run_reconciler=not no_reconciler)
     uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=True)
 
@@ -67,7 +79,7 @@ def worker(ctx: click.Context, specialties: tuple[str, ...], concurrency: int | 
 
     settings = settings_from(ctx)
     settings.require_worker()  # the pipeline checks again per run; this fails at start, not per task
-    command_prefix(settings.command_sandbox)  # COMMAND_SANDBOX=namespaces on a host that cannot: say so now
+    guard_agent_host(settings)
     queues = [name.strip() for item in specialties for name in item.split(",") if name.strip()]
     known = queue_names(settings)
     unknown = [name for name in queues if name not in known]
@@ -136,7 +148,7 @@ def up(ctx: click.Context, host: str, port: int, concurrency: int | None, grace:
     settings = settings_from(ctx)
     settings.require("webhook_secret", purpose="the coordinator verifies every GitHub webhook with it")
     settings.require_worker()
-    command_prefix(settings.command_sandbox)
+    guard_agent_host(settings)
     migrate.upgrade(settings)
     worker_argv = ["worker", "--specialty", ",".join(queue_names(settings))]
     if concurrency:

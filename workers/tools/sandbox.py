@@ -7,8 +7,9 @@ agent's `cat /proc/$PPID/environ` would print the worker's API keys. Two layers 
 - commands run in their own PID namespace with their own /proc (util-linux `unshare`, with a
   user namespace when the worker is not root), so the worker's processes are not there to read;
   when the namespace's first process exits, the kernel ends every process left in it;
-- the worker marks itself non-dumpable, so where namespaces are unavailable a process of the same
-  (non-root) user still cannot read its /proc files or attach to it;
+- worker, `up` and coordinator processes mark themselves non-dumpable (inherited by forked
+  children), so where namespaces are unavailable a process of the same non-root user still
+  cannot read their /proc files or attach to them;
 - a command is killed when the worker process dies (PR_SET_PDEATHSIG), so a SIGKILLed or
   OOM-killed worker leaves no command running on the host.
 
@@ -23,16 +24,13 @@ import functools
 import logging
 import os
 import shutil
-import signal
 import subprocess
 
 from common.errors import ForgecrewError
 
 log = logging.getLogger(__name__)
 
-PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
-MODES = ("auto", "namespaces", "none")
 
 
 class SandboxUnavailable(ForgecrewError):
@@ -60,9 +58,7 @@ def namespace_prefix() -> tuple[str, ...] | None:
 
 
 def command_prefix(mode: str) -> tuple[str, ...]:
-    """What to put before `bash -c` for the configured COMMAND_SANDBOX mode."""
-    if mode not in MODES:
-        raise SandboxUnavailable(f"FORGECREW_COMMAND_SANDBOX must be one of {', '.join(MODES)}, not {mode!r}")
+    """What to put before `bash -c` for the COMMAND_SANDBOX mode (auto, namespaces or none: settings check it)."""
     if mode == "none":
         return ()
     prefix = namespace_prefix()
@@ -91,12 +87,20 @@ def make_undumpable() -> bool:
         return False
 
 
-def die_with_parent() -> None:
-    """In a just-forked command: be killed when the worker dies, so no command outlives a lost worker.
+@functools.cache
+def death_prefix() -> tuple[str, ...]:
+    """`setpriv --pdeathsig KILL`, so a command is killed when the worker dies; () where unavailable.
 
-    For `unshare`, its --kill-child then ends the namespace, and with it every process in it.
+    Set by a program the child execs rather than in preexec_fn: the worker runs threads (the
+    lease heartbeat), and code run between fork and exec in a threaded parent can deadlock.
+    Under `unshare --kill-child` the namespace, and every process in it, goes too.
     """
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return ()
+    candidate = (setpriv, "--pdeathsig", "KILL")
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+        ok = subprocess.run([*candidate, "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    return candidate if ok else ()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workers.tools.paths import ToolError
-from workers.tools.sandbox import die_with_parent
+from workers.tools.sandbox import death_prefix
 
 DEFAULT_DENIED = ("sudo", "git push", "git remote", "ssh", "scp")
 ALWAYS_ALLOWED = ("cd", "pwd", "echo", "printf", "true", "false", "test", "[", "export", "set", "unset")
@@ -172,9 +172,9 @@ def run_command(command: str, *, cwd: Path, env: Mapping[str, str], timeout: flo
     Whatever interrupts the wait (a Celery soft time limit, a signal) still stops the group.
     """
     started = time.monotonic()
-    process = subprocess.Popen([*sandbox, "bash", "-c", command], cwd=cwd, env=dict(env),
+    process = subprocess.Popen([*death_prefix(), *sandbox, "bash", "-c", command], cwd=cwd, env=dict(env),
                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               start_new_session=True, preexec_fn=die_with_parent)
+                               start_new_session=True)
     output = CappedOutput(output_limit)
     assert process.stdout is not None
     stopped = False

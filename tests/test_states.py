@@ -1,7 +1,13 @@
-import pytest
+from datetime import timedelta
+from pathlib import Path
 
+import pytest
+from sqlalchemy import select
+
+from common.db import Database, db_now
 from common.errors import IllegalTransition
-from common.models import Task
+from common.models import Base, Task, TaskEvent
+from common.settings import Settings
 from common.states import TRANSITIONS, TaskState
 from common.transitions import record_creation, transition
 
@@ -19,15 +25,22 @@ class FakeSession:
         self.added.extend(rows)
 
 
-def test_happy_path_is_legal_and_logged() -> None:
-    session = FakeSession()
-    task = Task(id=1, repo="a/b", specialty="backend")
-    record_creation(session, task, actor="test")  # type: ignore[arg-type]
+def test_happy_path_is_legal_and_logged_on_the_databases_clock(tmp_path: Path) -> None:
+    database = Database(Settings(database_url=f"sqlite:///{tmp_path / 'states.db'}"))
+    Base.metadata.create_all(database.engine)
     path = ["triaged", "queued", "running", "testing", "pr_open", "done"]
-    for state in path:
-        transition(session, task, TaskState(state), actor="test")  # type: ignore[arg-type]
-    events = [row for row in session.added if row is not task]
-    assert [(e.from_state, e.to_state) for e in events] == list(zip([None, "pending", *path[:-1]], ["pending", *path]))
+    with database.session() as session:
+        task = Task(repo="a/b", specialty="backend", title="t", body="")
+        record_creation(session, task, actor="test")
+        session.flush()
+        for state in path:
+            transition(session, task, TaskState(state), actor="test")
+        session.flush()
+        events = session.scalars(select(TaskEvent).where(TaskEvent.task_id == task.id).order_by(TaskEvent.id)).all()
+        assert [(e.from_state, e.to_state) for e in events] == list(zip([None, "pending", *path[:-1]],
+                                                                        ["pending", *path]))
+        assert task.updated_at == events[-1].at and abs(events[-1].at - db_now(session)) < timedelta(seconds=5)
+    database.dispose()
 
 
 @pytest.mark.parametrize("from_state,to_state", [("pending", "running"), ("done", "queued"), ("queued", "pr_open"),

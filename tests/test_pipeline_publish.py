@@ -157,6 +157,25 @@ def test_label_failure_after_the_pr_exists_does_not_fail_the_task(github_setting
     assert "forgecrew:pr-open" in fake.issue(REPO, 1).labels
 
 
+def test_the_task_records_its_pr_before_the_issue_hears_of_it(github_settings: Settings, db: Database,
+                                                               github: tuple[FakeGitHub, Path],
+                                                               model: FakeAnthropic) -> None:
+    fake, _ = github
+    seen_states: list[str] = []
+    task_id = make_task(db, repo=REPO, issue_number=1, title=ISSUE_TITLE)
+
+    def comment_refused(*_: object) -> None:  # called when the comment arrives at GitHub
+        seen_states.append(load(db, task_id).state)
+
+    fake.fail_next("POST", r"/issues/1/comments$", 403, body={"message": "Comments are locked"},
+                   before=comment_refused)
+    model.add(*fixing_script())
+    outcome = run_task(github_settings, db, make_forge(github_settings), task_id)
+    assert outcome.state == "pr_open" and seen_states == ["pr_open"]
+    task = load(db, task_id)
+    assert task.runs[-1].outcome == "pr_open" and "Comments are locked" in task.runs[-1].detail
+
+
 def test_retry_whose_tests_pass_makes_the_draft_ready_on_github(github_settings: Settings, db: Database,
                                                                 github: tuple[FakeGitHub, Path],
                                                                 model: FakeAnthropic) -> None:

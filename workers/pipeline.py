@@ -219,14 +219,15 @@ class Pipeline:
         published = publish(self.forge, self.settings, workspace, request, self.redact,
                             fence=lambda: self._fence(held))
         workspace.mark_finished("pr_open")
-        self._fence(held)
-        problems = [*published.problems, *self._announce(published, request, workspace.branch)]
-        detail = self.redact(_pr_detail(published, request, workspace.branch, problems))
-        with self.db.session() as session:
+        detail = self.redact(_pr_detail(published, request, workspace.branch, published.problems))
+        with self.db.session() as session:  # recorded first: the issue never announces a PR the task lacks
             row = load_fenced(session, held)
             row.pr_url, row.pr_number, row.summary = published.pr.url, published.pr.number, self.redact(request.summary)
             transition(session, row, TaskState.PR_OPEN, actor=held.owner, detail=detail[:1000])
             release(row)
+        announce_problems = self._announce(published, request, workspace.branch)
+        if announce_problems:  # best-effort once the PR exists; the run's record says what went wrong
+            detail = self.redact(detail + "".join(f"; {problem}" for problem in announce_problems))
         self.progress(f"pull request: {published.pr.url}")
         if request.tests_fail and tests:
             self.progress(tests_failing_advice(tests, workspace.branch))

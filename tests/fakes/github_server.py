@@ -203,7 +203,7 @@ class FakeGitHub:
         self.installations: set[int] = set()
         self._tokens: dict[str, tuple[float, str, str]] = {}  # token -> (expiry, login, user type)
         self._caller = ("", "User")
-        self._faults: list[tuple[str, re.Pattern[str], Reply, bool]] = []  # (..., after serving)
+        self._faults: list[tuple[str, re.Pattern[str], Reply, bool, Callable[[], None] | None]] = []
         self._lock = threading.RLock()
         self._comment_ids = 0
         self._remaining = 5000
@@ -260,17 +260,19 @@ class FakeGitHub:
         self.repos[full_name].roles[username] = role
 
     def fail_next(self, method: str, path_regex: str, status: int, headers: dict[str, str] | None = None,
-                  body: Any = None, *, times: int = 1, after_serving: bool = False) -> None:
+                  body: Any = None, *, times: int = 1, after_serving: bool = False,
+                  before: Callable[[], None] | None = None) -> None:
         """Answer the next `times` matching requests with this status instead of serving them.
 
         after_serving: serve the request first and then answer with the error, as a proxy does when
         GitHub acted on a request but the answer was lost (the ambiguous 502).
+        before: called as the failing request arrives, to look at the world at that moment.
         """
         body = body if body is not None else error_body(status, HTTPStatus(status).phrase)
         with self._lock:
             for _ in range(times):
                 self._faults.append((method.upper(), re.compile(path_regex), Reply(status, body, headers),
-                                     after_serving))
+                                     after_serving, before))
 
     # -- inspection ------------------------------------------------------------------------
     def issue(self, full_name: str, number: int) -> FakeIssue:
@@ -354,10 +356,15 @@ class FakeGitHub:
 
     def _fault(self, method: str, path: str, *, after_serving: bool) -> None:
         with self._lock:
-            for index, (fault_method, pattern, reply, after) in enumerate(self._faults):
-                if fault_method == method and pattern.search(path) and after == after_serving:
-                    del self._faults[index]
-                    raise reply
+            found = next(((index, fault) for index, fault in enumerate(self._faults)
+                          if fault[0] == method and fault[1].search(path) and fault[3] == after_serving), None)
+            if found is None:
+                return
+            del self._faults[found[0]]
+        reply, before = found[1][2], found[1][4]
+        if before is not None:
+            before()
+        raise reply
 
     def _authorize(self, op: Operation, header: str) -> tuple[str, str]:
         """The caller's (login, type): a token's owner, or the app itself for a JWT."""

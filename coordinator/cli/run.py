@@ -75,17 +75,17 @@ def run(ctx: click.Context, repo: str, issue: int | None, title: str | None, bod
     settings = settings_from(ctx)
     path = Path(repo).expanduser()
     local_source = path.resolve() if path.is_dir() else None
+    if issue is not None and local_source:
+        raise click.UsageError(f"{path} is a local repository, which has no issues: describe the work with "
+                               "--title and --body instead of --issue")
+    settings.require("anthropic_api_key", purpose="the agent calls the Anthropic Messages API")
     if local_source:
         settings = settings.model_copy(update={"forge": "local", "local_forge_root": settings.local_forge_root.absolute()})
         repo = import_local_repo(settings, path)
         click.echo(f"using {path} as {repo} on the local forge at {settings.local_forge_root}")
-    settings.require("anthropic_api_key", purpose="the agent calls the Anthropic Messages API")
     migrate.upgrade(settings)
     db = Database(settings)
     forge = make_forge(settings)
-    if issue is not None and local_source:
-        raise click.UsageError(f"{path} is a local repository, which has no issues: describe the work with "
-                               "--title and --body instead of --issue")
     if issue is not None:
         info = forge.get_issue(repo, issue)
         title, body = info.title, info.body

@@ -70,21 +70,32 @@ def git_dir(checkout: Path) -> Path:
 
 
 def write_config(repo_dir: Path, entries: Sequence[tuple[str, str]]) -> None:
-    """Replace the repository's config with exactly `entries` (git quotes the values)."""
+    """Replace the repository's config with exactly `entries`, atomically (a plain file write, no git)."""
     config = repo_dir / "config"
     if config.is_symlink():
         config.unlink()
     handle, partial = tempfile.mkstemp(prefix=".config-", dir=repo_dir)
-    os.close(handle)
     try:
-        for key, value in entries:
-            result = run_git(["config", "--file", partial, "--add", key, value])
-            if result.returncode != 0:
-                raise ForgecrewError(f"cannot write {key} into {config}: {result.stderr.strip()}")
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(config_text(entries))
         os.replace(partial, config)
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
+
+
+def config_text(entries: Sequence[tuple[str, str]]) -> str:
+    """Git config syntax for `section[.subsection].name` keys, every value quoted."""
+    sections: dict[str, list[str]] = {}
+    for key, value in entries:
+        section, _, name = key.rpartition(".")
+        head, dot, sub = section.partition(".")
+        if not head or not name or "\n" in value or '"' in sub:
+            raise ForgecrewError(f"cannot write {key}={value!r} into a git config")
+        header = f'[{head} "{sub}"]' if dot else f"[{head}]"
+        quoted = value.replace("\\", "\\\\").replace('"', '\\"')
+        sections.setdefault(header, []).append(f'\t{name} = "{quoted}"')
+    return "".join(f"{header}\n" + "\n".join(lines) + "\n" for header, lines in sections.items())
 
 
 def checkout_config(clone_url: str) -> list[tuple[str, str]]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from common.gitsafe import UnsafeRepository, base_env
+from common.gitsafe import UnsafeRepository, base_env, mirror_config, write_config
 from tests.git_source import git
 from workers.workspace import SecretInChange, commit_all, push
 
@@ -133,3 +133,14 @@ def test_a_change_holding_a_configured_secret_is_never_committed(prepare):
 
     assert git("rev-parse", "HEAD", cwd=workspace.checkout) == before
     assert git("diff", "--cached", "--name-only", cwd=workspace.checkout) == ""
+
+
+def test_config_is_written_so_git_reads_back_every_value(tmp_path):
+    repo = tmp_path / "r.git"
+    agent_git("init", "--quiet", "--bare", str(repo), cwd=tmp_path)
+    odd = 'file:///srv/git/a "quoted" \\ back#slash;semi.git'
+    write_config(repo, mirror_config(odd, (("gc.auto", "0"),)))
+    assert git("config", "--get", "remote.origin.url", cwd=repo) == odd
+    assert git("config", "--get-all", "remote.origin.fetch", cwd=repo).splitlines() == [
+        "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
+    assert git("config", "--bool", "core.bare", cwd=repo) == "true"

@@ -396,9 +396,7 @@ def commit_all(workspace: Workspace, message: str, author_name: str, author_emai
     refused = [path for path in staged if path and _commit_refused(checkout, path)]
     if refused:
         _git_ok(["reset", "--quiet", "--", *refused], checkout, extra_env={"GIT_LITERAL_PATHSPECS": "1"})
-    leaking = [path for path in staged if path and path not in refused
-               and contains_secret(_git_ok(["diff", "--cached", "--text", "--", path], checkout,
-                                           extra_env={"GIT_LITERAL_PATHSPECS": "1"}))]
+    leaking = _leaking(checkout, [path for path in staged if path and path not in refused], contains_secret)
     if leaking:
         _git_ok(["reset", "--quiet"], checkout)
         raise SecretInChange(f"the change would publish a configured secret (in {', '.join(leaking[:5])}); "
@@ -410,6 +408,15 @@ def commit_all(workspace: Workspace, message: str, author_name: str, author_emai
                 "GIT_COMMITTER_NAME": author_name, "GIT_COMMITTER_EMAIL": author_email}
     _git_ok(["commit", "--quiet", "--no-verify", "-m", message], checkout, extra_env=identity)
     return _rev(checkout, "HEAD")
+
+
+def _leaking(checkout: Path, paths: list[str], contains_secret: Callable[[str], bool]) -> list[str]:
+    """Staged paths whose change holds a secret: one diff for all, one per path only on a hit."""
+    literal = {"GIT_LITERAL_PATHSPECS": "1"}
+    if not paths or not contains_secret(_git_ok(["diff", "--cached", "--text"], checkout)):
+        return []
+    return [path for path in paths
+            if contains_secret(_git_ok(["diff", "--cached", "--text", "--", path], checkout, extra_env=literal))]
 
 
 def push(workspace: Workspace, git_env: Mapping[str, str], force: bool = True) -> None:

@@ -151,7 +151,7 @@ class Settings(BaseSettings):
 
     def require(self, *names: str, purpose: str) -> None:
         """Fail early, naming each missing variable, before a process starts serving."""
-        missing = [name for name in names if getattr(self, name) in (None, "", [])]
+        missing = [name for name in names if not self.is_set(name)]
         if missing:
             variables = ", ".join(ENV_PREFIX + name.upper() for name in missing)
             raise SettingsError(f"{variables} must be set: {purpose}")
@@ -164,9 +164,8 @@ class Settings(BaseSettings):
                 named = " and ".join(ENV_PREFIX + name.upper() for name in missing)
                 raise SettingsError(f"FORGECREW_GITHUB_TOKEN, or {named}, must be set: workers push branches and "
                                     "open pull requests on GitHub (or set FORGECREW_FORGE=local)")
-        if not self.is_set("anthropic_api_key"):
-            raise SettingsError("FORGECREW_ANTHROPIC_API_KEY must be set: the agent calls the Anthropic Messages API "
-                                "(behind a proxy that adds its own key, any value will do)")
+        self.require("anthropic_api_key", purpose="the agent calls the Anthropic Messages API "
+                                                  "(behind a proxy that adds its own key, any value will do)")
 
     def is_set(self, name: str) -> bool:
         """Whether a setting has a value; an empty string in the environment counts as unset."""

@@ -15,7 +15,7 @@ import os
 import re
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -148,22 +148,23 @@ class LocalForge:
                                created=created)
 
     def label_pull_request(self, repo: str, number: int, label: str, present: bool) -> None:
-        with self._locked(repo) as state:
-            pulls = self.pull_requests(repo)
-            pull = next((p for p in pulls if p["number"] == number), None)
-            if pull is None:
-                raise ForgeError(f"pull request #{number} not found in {repo}")
+        def change(pull: dict[str, Any]) -> None:
             labels = [name for name in pull.get("labels", []) if name != label]
             pull["labels"] = [*labels, label] if present else labels
-            _write_json(state / "pulls.json", pulls)
+
+        self._edit_pull(repo, number, change)
 
     def mark_ready_for_review(self, repo: str, number: int) -> None:
+        self._edit_pull(repo, number, lambda pull: pull.update(draft=False, updated_at=_now()))
+
+    def _edit_pull(self, repo: str, number: int, change: Callable[[dict[str, Any]], None]) -> None:
+        """Apply `change` to one recorded pull request under the repo's lock."""
         with self._locked(repo) as state:
             pulls = self.pull_requests(repo)
             pull = next((p for p in pulls if p["number"] == number), None)
             if pull is None:
                 raise ForgeError(f"pull request #{number} not found in {repo}")
-            pull.update(draft=False, updated_at=_now())
+            change(pull)
             _write_json(state / "pulls.json", pulls)
 
     # -- helpers for tests, `forgecrew run` and docs -----------------------------------------

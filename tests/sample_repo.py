@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,3 +56,14 @@ def fixing_script(new_body: str = "return a + b") -> list[Any]:
         tool_use("run_command", {"command": TEST_COMMAND}),
         tool_use("finish", {"summary": "Fixed `add` to return the sum."}),
     ]
+
+
+def fixing_after_tool_error(expected: str) -> Callable[[Any], Any]:
+    """A script step: the last tool call must have come back as an error saying `expected`; then fix."""
+
+    def check(request: Any) -> Any:
+        result = request["messages"][-1]["content"][0]
+        assert result["is_error"] is True and expected in result["content"], result
+        return fixing_script()[0]
+
+    return check

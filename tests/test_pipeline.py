@@ -18,7 +18,7 @@ from common.transitions import transition
 from tests.factories import make_task
 from tests.fakes.anthropic_server import DEFAULT_KEY, FakeAnthropic, error, tool_use
 from tests.pipeline_support import GITHUB_TOKEN, REPO, load, pushed_file, run_task
-from tests.sample_repo import ISSUE_BODY, ISSUE_TITLE, fixing_script, last_tool_result
+from tests.sample_repo import ISSUE_BODY, ISSUE_TITLE, fixing_after_tool_error, fixing_script, last_tool_result
 from workers.pipeline import Pipeline
 
 pytestmark = pytest.mark.integration
@@ -121,12 +121,8 @@ def test_turn_budget_ends_the_run(make_settings: Callable[..., Settings], forge_
 
 def test_path_escape_is_a_tool_error_not_a_crash(forge_settings: Settings, db: Database, forge: LocalForge,
                                                  model: FakeAnthropic) -> None:
-    def after_escape(request: Any) -> Any:
-        result = request["messages"][-1]["content"][0]
-        assert result["is_error"] is True and "outside" in result["content"]
-        return fixing_script()[0]
-
-    model.add(tool_use("read_file", {"path": "../../../../etc/passwd"}), after_escape, *fixing_script()[1:])
+    model.add(tool_use("read_file", {"path": "../../../../etc/passwd"}), fixing_after_tool_error("outside"),
+              *fixing_script()[1:])
     task_id = make_task(db, repo=REPO, issue_number=1, title=ISSUE_TITLE)
     assert run_task(forge_settings, db, forge, task_id).state == "pr_open"
 

@@ -16,7 +16,7 @@ from common.specialties import DEFAULT_COMMAND_TIMEOUT, profiles
 from tests.factories import make_task
 from tests.fakes.anthropic_server import DEFAULT_KEY, FakeAnthropic, tool_use
 from tests.pipeline_support import GITHUB_TOKEN, REPO, load, pushed_file, run_task
-from tests.sample_repo import ISSUE_TITLE, fixing_script, last_tool_result, write_sample
+from tests.sample_repo import ISSUE_TITLE, fixing_after_tool_error, fixing_script, last_tool_result, write_sample
 
 pytestmark = pytest.mark.integration
 
@@ -60,13 +60,8 @@ def test_prompt_holds_the_file_tree_readme_and_claude_md(forge_settings: Setting
 def test_a_tool_outside_the_specialty_allowance_is_an_error_observation(
         forge_settings: Settings, db: Database, forge: LocalForge, model: FakeAnthropic) -> None:
     settings = _with_backend(forge_settings, tools=["list_files", "read_file", "edit_file"])
-
-    def after_refusal(request: dict[str, Any]) -> Any:
-        result = request["messages"][-1]["content"][0]
-        assert result["is_error"] is True and "not available to this specialty" in result["content"]
-        return fixing_script()[0]
-
-    model.add(tool_use("run_command", {"command": "touch ran.txt"}), after_refusal, *fixing_script()[1:])
+    model.add(tool_use("run_command", {"command": "touch ran.txt"}),
+              fixing_after_tool_error("not available to this specialty"), *fixing_script()[1:])
     task_id = make_task(db, repo=REPO, issue_number=1, title=ISSUE_TITLE)
     assert run_task(settings, db, forge, task_id).state == "pr_open"
     offered = [tool["name"] for tool in model.message_requests[0].body["tools"]]

@@ -197,7 +197,6 @@ class Pipeline:
             return None
         for round_number in range(self.settings.repair_rounds + 1):
             self._move(held, TaskState.TESTING, f"running `{test_command}`")
-            self._fence(held)
             self.progress(f"tests: {test_command}")
             self.tests = run_tests(test_command, workspace.checkout, workspace.path, timeout=config.test_timeout,
                                    sandbox=self.sandbox)

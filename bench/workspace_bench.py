@@ -89,7 +89,7 @@ def manager_prepare(source: Path, mirror: Path, dest: Path, name: str) -> list[P
 
     manager = WorkspaceManager(dest.parent / "managed")
     workspace = manager.prepare(int(name.rsplit("-", 1)[1]), "bench/source", source.as_uri(),
-                                f"forgecrew/{name}", git_env={})
+                                f"forgecrew/{name}")
     return [workspace.path]
 
 

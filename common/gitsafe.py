@@ -1,14 +1,14 @@
-"""Git as the worker runs it: shielded from files the agent's commands may have written.
+"""Git as the worker runs it: minimal environment, no hooks, credentials only through a file descriptor.
 
-The agent's shell runs as the worker's user, so it can write a checkout's .git/config and
-hooks, the host's mirrors, ~/.gitconfig and the local forge's bare repositories. Every git
-command the worker runs itself therefore
+The agent's commands run in a sandbox that sees only the task's checkout, so the repositories
+the worker's own git reads (the host's mirrors, its private publishing repository, the local
+forge) are out of their reach. Every git command the worker runs still
 
 - gets a minimal environment, never the worker's own (that one holds the cluster's secrets);
-  credentials are added by the caller, and only for commands that talk to the forge;
 - reads no system or global config and runs no hook or fsmonitor, whatever config says;
-- works on a repository whose config the worker has just written itself (`write_config`),
-  so a filter driver, proxy, pager or alias the agent planted is gone before git reads it.
+- gets a forge credential, when it talks to the forge, through a credential helper that reads
+  it from an inherited memfd: never an environment variable or an argument, which any process
+  of the same user could read from /proc while git runs.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.errors import ForgecrewError
@@ -35,8 +37,34 @@ PASSED_THROUGH = ("PATH", "HOME", "SSH_AUTH_SOCK", "GIT_SSH_COMMAND", "HTTPS_PRO
                   "GIT_SSL_CAINFO")
 
 
-class UnsafeRepository(ForgecrewError):
-    """A repository's .git is not the directory the worker made; git must not run in it."""
+@dataclass(frozen=True)
+class GitCredential:
+    """What git needs to talk to a forge over HTTP(S): for `url` (scheme://host) only."""
+
+    url: str
+    username: str
+    password: str = field(repr=False)
+
+
+@contextmanager
+def credential_helper(credential: GitCredential | None) -> Iterator[tuple[list[str], tuple[int, ...]]]:
+    """`-c` arguments that make git ask a helper, and the memfd (to pass to git) the helper reads.
+
+    The helper runs `cat /proc/self/fd/N`, which opens the memfd afresh (offset 0) each time
+    git asks, so a fetch or push that asks twice still gets it. Only `get` is answered; any
+    other helper is switched off, so nothing stores the credential anywhere.
+    """
+    if credential is None:
+        yield [], ()
+        return
+    fd = os.memfd_create("forgecrew-git-credential", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, f"username={credential.username}\npassword={credential.password}\n".encode())
+        helper = f'!f() {{ test "$1" = get && cat /proc/self/fd/{fd}; }}; f'
+        yield ["-c", "credential.helper=", "-c", f"credential.{credential.url}.helper={helper}",
+               "-c", "credential.interactive=false"], (fd,)
+    finally:
+        os.close(fd)
 
 
 def base_env() -> dict[str, str]:
@@ -55,18 +83,13 @@ def base_env() -> dict[str, str]:
 
 
 def run_git(args: Sequence[str], cwd: Path | None = None, *, env: Mapping[str, str] | None = None,
-            timeout: float | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `git args` hardened; `env` adds to the minimal environment (credentials, identity)."""
-    return subprocess.run(["git", *HARDENING, *args], cwd=cwd, env={**base_env(), **(env or {})},
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout)
-
-
-def git_dir(checkout: Path) -> Path:
-    """The checkout's .git, refusing one the agent replaced by a link or a `gitdir:` file."""
-    dot_git = checkout / ".git"
-    if dot_git.is_symlink() or not dot_git.is_dir():
-        raise UnsafeRepository(f"{dot_git} is no longer the directory forgecrew created; refusing to run git in it")
-    return dot_git
+            timeout: float | None = None, credential: GitCredential | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    """Run `git args` hardened; `env` adds to the minimal environment (identity, GIT_DIR), never a secret."""
+    with credential_helper(credential) as (config, fds):
+        return subprocess.run(["git", *HARDENING, *config, *args], cwd=cwd, env={**base_env(), **(env or {})},
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout,
+                              pass_fds=fds)
 
 
 def write_config(repo_dir: Path, entries: Sequence[tuple[str, str]]) -> None:
@@ -110,17 +133,3 @@ def mirror_config(clone_url: str, extra: Sequence[tuple[str, str]] = ()) -> list
     return [("core.repositoryformatversion", "0"), ("core.filemode", "true"), ("core.bare", "true"),
             ("remote.origin.url", clone_url), ("remote.origin.fetch", "+refs/heads/*:refs/heads/*"),
             ("remote.origin.fetch", "+refs/tags/*:refs/tags/*"), *extra]
-
-
-def restore_alternates(dot_git: Path, objects: Path) -> None:
-    """Point the checkout's borrowed objects at the mirror again, whatever was written there."""
-    info = dot_git / "objects" / "info"
-    info.mkdir(parents=True, exist_ok=True)
-    alternates = info / "alternates"
-    if alternates.is_symlink():
-        alternates.unlink()
-    alternates.write_text(f"{objects}\n")
-    for stray in ("commondir", "gitdir"):  # would turn the checkout into another repository's worktree
-        path = dot_git / stray
-        if path.exists() or path.is_symlink():
-            path.unlink()

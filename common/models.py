@@ -158,6 +158,7 @@ class TaskRun(Base):
     test_command: Mapped[str | None] = mapped_column(Text)
     tests_passed: Mapped[bool | None] = mapped_column(Boolean)
     transcript_path: Mapped[str | None] = mapped_column(Text)
+    sandbox: Mapped[str | None] = mapped_column(String(40))  # what ran its commands: bubblewrap, none
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 

@@ -47,7 +47,7 @@ def run_dict(run: TaskRun) -> dict[str, Any]:
         "outcome": run.outcome, "detail": run.detail, "turns": run.turns, "tests_passed": run.tests_passed,
         "input_tokens": run.input_tokens, "output_tokens": run.output_tokens,
         "cache_read_tokens": run.cache_read_tokens, "cache_write_tokens": run.cache_write_tokens,
-        "cost_usd": run.cost_usd, "transcript": run.transcript_path,
+        "cost_usd": run.cost_usd, "transcript": run.transcript_path, "sandbox": run.sandbox,
         "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),
     }
 

@@ -40,6 +40,19 @@ def _split_commas(value: Any) -> Any:
     return value
 
 
+class LimitsConfig(BaseSettings):
+    """Per-specialty overrides of the sandbox's limits (forgecrew.toml `limits = { memory_mb = 4096 }`)."""
+
+    model_config = SettingsConfigDict(extra="forbid")
+
+    memory_mb: int | None = Field(None, gt=0, description="Writable memory of each process, in MB.")
+    processes: int | None = Field(None, gt=0, description="Processes and threads of one command at once.")
+    cpu_seconds: int | None = Field(None, gt=0, description="CPU time of each process.")
+    file_size_mb: int | None = Field(None, gt=0, description="The largest file a command may write, in MB.")
+    open_files: int | None = Field(None, gt=0, description="Open files of each process.")
+    output_mb: int | None = Field(None, gt=0, description="Output read before a command is stopped, in MB.")
+
+
 class SpecialtyConfig(BaseSettings):
     """A specialty added or overridden by configuration (forgecrew.toml [[specialties]])."""
 
@@ -57,6 +70,11 @@ class SpecialtyConfig(BaseSettings):
                                                   "(run_command, search) is killed; default 120.")
     soft_time_limit: int | None = Field(None, description="Seconds before the task is asked to stop.")
     time_limit: int | None = Field(None, description="Seconds before the task's process is killed.")
+    limits: LimitsConfig | None = Field(None, description="Sandbox limits of this specialty's commands.")
+    setup_network: bool | None = Field(None, description="Give every setup command of this specialty user-mode "
+                                       "network (as a repository's `setup_network: true` does).")
+    command_network: bool | None = Field(None, description="Give this specialty's agent commands and tests "
+                                         "user-mode network too (an operator's choice; off by default).")
 
 
 class Settings(BaseSettings):
@@ -98,9 +116,26 @@ class Settings(BaseSettings):
     max_wall_seconds: int = Field(1800, gt=0, description="Wall time of one agent run.")
     max_cost_usd: float = Field(5.0, gt=0, description="Spend per run, for priced models.")
     repair_rounds: int = Field(2, ge=0, description="Extra agent rounds after failing tests.")
-    command_sandbox: Literal["auto", "namespaces", "none"] = Field(
-        "auto", description="Agent and test commands in their own PID namespace (unshare): auto = when the "
-                            "host allows it, namespaces = required, none = off.")
+    command_sandbox: Literal["auto", "bubblewrap", "none"] = Field(
+        "auto", description="What runs the agent's and the repository's commands: auto = the strongest sandbox "
+                            "that works here (bubblewrap), refusing to start without one; bubblewrap = required; "
+                            "none = unconfined, as the worker's user (logged loudly and recorded on every run).")
+    sandbox_uid: int = Field(65534, ge=1, description="User the commands run as when the worker runs as root "
+                             "(nobody); an unprivileged worker's commands run as the worker's own user.")
+    sandbox_gid: int = Field(65534, ge=1, description="Group of sandbox_uid.")
+    sandbox_nice: int = Field(10, ge=0, le=19, description="Niceness of commands, so the worker stays responsive.")
+    sandbox_read_only_paths: CommaList = Field(default_factory=list, description="Extra directories shown "
+                                               "read-only inside the sandbox (toolchains outside /usr).")
+    sandbox_network: bool = Field(True, description="Whether any phase may get user-mode network at all; false "
+                                  "keeps every command offline, whatever a repository or specialty asks.")
+    sandbox_blocked_networks: CommaList = Field(default_factory=list, description="CIDRs a networked sandbox "
+                                                "must not reach, beyond private ranges and the host's networks.")
+    sandbox_memory_mb: int = Field(2048, gt=0, description="Writable memory of each process of a command, MB.")
+    sandbox_processes: int = Field(256, gt=0, description="Processes and threads one command may have at once.")
+    sandbox_cpu_seconds: int = Field(600, gt=0, description="CPU time of each process of a command.")
+    sandbox_file_size_mb: int = Field(1024, gt=0, description="The largest file a command may write, MB.")
+    sandbox_open_files: int = Field(1024, gt=0, description="Open files of each process of a command.")
+    sandbox_output_mb: int = Field(16, gt=0, description="Output of one command read before it is stopped, MB.")
 
     workspace_root: Path = Field(Path("workspaces"), description="Mirrors and per-task checkouts.")
     workspace_retention_days: float = Field(7.0, ge=0, description="Age before gc removes a task dir.")
@@ -116,7 +151,8 @@ class Settings(BaseSettings):
     default_time_limit: int = Field(3900, gt=0, description="Seconds before a task is killed.")
     specialties: list[SpecialtyConfig] = Field(default_factory=list, description="Extra specialties.")
 
-    @field_validator("repo_allowlist", "trusted_associations", "fallback_models", mode="before")
+    @field_validator("repo_allowlist", "trusted_associations", "fallback_models", "sandbox_read_only_paths",
+                     "sandbox_blocked_networks", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         return _split_commas(value)
@@ -125,6 +161,26 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: list[str]) -> list[str]:
         return [item.upper() for item in value]
+
+    @field_validator("sandbox_read_only_paths")
+    @classmethod
+    def _absolute(cls, value: list[str]) -> list[str]:
+        relative = [path for path in value if not os.path.isabs(path)]
+        if relative:
+            raise ValueError(f"must be absolute paths: {', '.join(relative)}")
+        return value
+
+    @field_validator("sandbox_blocked_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not a network (write it like 203.0.113.0/24)") from None
+        return value
 
     @field_validator("webhook_secret", "api_token")
     @classmethod

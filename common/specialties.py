@@ -52,6 +52,9 @@ class SpecialtyProfile:
     time_limit: int | None = None
     tools: tuple[str, ...] = ()  # tool names this specialty may use; empty = all
     command_timeout_seconds: float = DEFAULT_COMMAND_TIMEOUT  # one agent command, killed at this limit
+    limits: tuple[tuple[str, int], ...] = ()  # sandbox limits this specialty sets (field, value)
+    setup_network: bool = False  # every setup command gets user-mode network
+    command_network: bool = False  # agent commands and tests get it too (an operator's choice)
 
 
 BUILTIN_PROFILES: dict[str, SpecialtyProfile] = {
@@ -112,7 +115,18 @@ def _from_config(config: SpecialtyConfig, base: SpecialtyProfile | None) -> Spec
         time_limit=config.time_limit or base.time_limit,
         tools=tuple(config.tools) or base.tools,
         command_timeout_seconds=config.command_timeout_seconds or base.command_timeout_seconds,
+        limits=_limits(config, base),
+        setup_network=base.setup_network if config.setup_network is None else config.setup_network,
+        command_network=base.command_network if config.command_network is None else config.command_network,
     )
+
+
+def _limits(config: SpecialtyConfig, base: SpecialtyProfile) -> tuple[tuple[str, int], ...]:
+    """The base's limits with the configured ones on top."""
+    merged = dict(base.limits)
+    if config.limits is not None:
+        merged.update({key: value for key, value in config.limits.model_dump().items() if value is not None})
+    return tuple(sorted(merged.items()))
 
 
 def profiles(settings: Settings) -> dict[str, SpecialtyProfile]:

@@ -25,6 +25,14 @@ def transition(session: Session, task: Task, to_state: TaskState, *, actor: str,
     return event
 
 
+def record_note(session: Session, task: Task, *, actor: str, detail: str) -> TaskEvent:
+    """An audit event that changes no state (from and to are the current one): a fact worth keeping."""
+    event = TaskEvent(task=task, from_state=task.state, to_state=task.state, actor=actor, detail=detail,
+                      at=db_now(session))
+    session.add(event)
+    return event
+
+
 def record_creation(session: Session, task: Task, *, actor: str, detail: str = "") -> TaskEvent:
     """The first event of a task: it came into being as `pending`."""
     task.state = TaskState.PENDING.value

@@ -20,6 +20,7 @@ from common.settings import Settings
 from tests import redis_slots
 from tests.git_source import Source
 from tests.support import SECRET, Process
+from workers.sandbox import Sandbox, SandboxPaths, make_sandbox
 from workers.workspace import Workspace, WorkspaceManager
 
 pytest_plugins = ["tests.pipeline_support"]  # model, forge_settings and forge for pipeline tests
@@ -141,6 +142,19 @@ def manager(tmp_path: Path) -> WorkspaceManager:
 def prepare(manager: WorkspaceManager, source: Source) -> Callable[..., Workspace]:
     """Prepare task `task_id`'s workspace of `source` as acme/app (no credentials)."""
     def make(task_id: int, branch: str | None = None, **kwargs: Any) -> Workspace:
-        kwargs.setdefault("git_env", {})
         return manager.prepare(task_id, "acme/app", source.url, branch or f"forgecrew/run-{task_id}", **kwargs)
     return make
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Sandbox:
+    """The sandbox workers use on this host (bubblewrap; as root it drops to nobody)."""
+    return make_sandbox(Settings(database_url="sqlite://"))
+
+
+def task_paths(checkout: Path) -> SandboxPaths:
+    """A task's directories around `checkout` (home and tmp beside it), as the pipeline lays them out."""
+    paths = SandboxPaths(checkout, checkout.parent / "home", checkout.parent / "tmp", name=checkout.name)
+    for directory in (paths.checkout, paths.home, paths.tmp):
+        directory.mkdir(parents=True, exist_ok=True)
+    return paths

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import subprocess
 import threading
 import time
@@ -18,10 +17,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from common.errors import SettingsError
-from common.forge.base import ForgeError
+from common.forge.base import ForgeError, IssueComment
 from common.forge.factory import make_forge
 from common.forge.github import GitHubForge, web_base
 from common.forge.local import LocalForge
+from common.gitsafe import GitCredential, run_git
 from common.settings import Settings
 from common.specialties import StatusLabel
 from tests.fakes.github_server import FakeGitHub
@@ -70,7 +70,7 @@ def test_get_issue_includes_comments_but_not_bots(forge: GitHubForge) -> None:
     issue = forge.get_issue(REPO, 7)
     assert (issue.title, issue.body, issue.author) == ("Crash on empty input", "Steps: run with ''", "alice")
     assert issue.labels == ("forgecrew", "forgecrew:queued")
-    assert issue.comments == ("bob: Also happens on Windows",)
+    assert issue.comments == (IssueComment("bob", "Also happens on Windows"),)
     assert issue.url.endswith("/acme/widgets/issues/7")
 
 
@@ -238,7 +238,7 @@ def test_token_never_reaches_the_logs(fake: FakeGitHub, forge: GitHubForge,
     fake.fail_next("GET", r"/issues/7$", 500)
     forge.get_issue(REPO, 7)
     forge.set_status_label(REPO, 7, StatusLabel.PR_OPEN)
-    forge.git_env(REPO)
+    forge.git_credential(REPO)
     with pytest.raises(ForgeError):
         forge.default_branch("acme/missing")
     assert "Authorization" in caplog.text and TOKEN not in caplog.text
@@ -252,21 +252,18 @@ def test_validation_error_is_reported(fake: FakeGitHub, forge: GitHubForge) -> N
         forge.open_or_update_pr(REPO, branch="x", base="main", title="t", body="b", draft=False)
 
 
-def test_clone_url_and_git_env_hold_no_token_in_urls(fake: FakeGitHub, forge: GitHubForge) -> None:
+def test_clone_url_holds_no_token_and_the_credential_is_for_the_clone_host_only(fake: FakeGitHub,
+                                                                              forge: GitHubForge) -> None:
     url = forge.clone_url(REPO)
-    env = forge.git_env(REPO)
     assert url == f"{fake.api_url}/acme/widgets.git" and TOKEN not in url
-    assert all(TOKEN not in value for value in env.values())
-    assert all(TOKEN not in key for key in env)
-    header = env["GIT_CONFIG_VALUE_0"].removeprefix("Authorization: Basic ")
-    assert base64.b64decode(header).decode() == f"x-access-token:{TOKEN}"
-    assert env["GIT_CONFIG_KEY_0"] == f"http.{fake.api_url}/.extraHeader" and env["GIT_TERMINAL_PROMPT"] == "0"
+    credential = forge.git_credential(REPO)
+    assert credential == GitCredential(fake.api_url, "x-access-token", TOKEN) and TOKEN not in repr(credential)
 
 
 def test_clone_url_template_and_enterprise_hosts(fake: FakeGitHub) -> None:
     templated = GitHubForge(_settings(fake.api_url, clone_url_template="file:///srv/git/{owner}/{name}.git"))
     assert templated.clone_url(REPO) == "file:///srv/git/acme/widgets.git"
-    assert templated.git_env(REPO) == {"GIT_TERMINAL_PROMPT": "0"}
+    assert templated.git_credential(REPO) is None
     assert web_base("https://api.github.com") == "https://github.com"
     assert web_base("https://ghe.example.com/api/v3/") == "https://ghe.example.com"
     leaky = GitHubForge(_settings(fake.api_url, clone_url_template="https://u:p@git.example/{full_name}.git"))
@@ -274,12 +271,17 @@ def test_clone_url_template_and_enterprise_hosts(fake: FakeGitHub) -> None:
         leaky.clone_url(REPO)
 
 
-class _HeaderCapture(BaseHTTPRequestHandler):
+class _AuthChallenge(BaseHTTPRequestHandler):
+    """Answers 401 until git sends Basic credentials, then records them."""
+
     seen: list[str] = []
 
     def do_GET(self) -> None:  # noqa: N802 - http.server naming
-        self.seen.append(self.headers.get("Authorization", ""))
-        self.send_response(404)
+        header = self.headers.get("Authorization", "")
+        self.seen.append(header)
+        self.send_response(404 if header else 401)
+        if not header:
+            self.send_header("WWW-Authenticate", 'Basic realm="test"')
         self.send_header("Content-Length", "0")
         self.end_headers()
 
@@ -287,20 +289,19 @@ class _HeaderCapture(BaseHTTPRequestHandler):
         pass
 
 
-def test_git_sends_the_token_only_as_a_header(tmp_path: Path) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _HeaderCapture)
+def test_git_gets_the_token_from_the_helper_and_sends_it_only_as_a_header(tmp_path: Path) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _AuthChallenge)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         api = f"http://127.0.0.1:{server.server_address[1]}"
         forge = GitHubForge(_settings(api))
         subprocess.run(["git", "init", "-q", str(tmp_path / "work")], check=True)
-        env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "GIT_CONFIG_NOSYSTEM": "1", **forge.git_env(REPO)}
-        subprocess.run(["git", "-C", str(tmp_path / "work"), "fetch", forge.clone_url(REPO)], env=env,
-                       capture_output=True, timeout=30)
+        run_git(["-C", str(tmp_path / "work"), "fetch", forge.clone_url(REPO)], credential=forge.git_credential(REPO),
+                timeout=30)
     finally:
         server.shutdown()
         server.server_close()
-    assert f"Basic {base64.b64encode(f'x-access-token:{TOKEN}'.encode()).decode()}" in _HeaderCapture.seen
+    assert f"Basic {base64.b64encode(f'x-access-token:{TOKEN}'.encode()).decode()}" in _AuthChallenge.seen
     stored = [p for p in tmp_path.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
     assert stored == []
 
@@ -328,13 +329,13 @@ def test_app_auth_mints_an_installation_token_and_caches_it(app_key: tuple[str, 
         forge = GitHubForge(_app_settings(fake.api_url, private), write_interval=0).for_installation(99)
         assert forge.default_branch(REPO) == "main"
         forge.comment(REPO, 1, "hello from the app")
-        env = forge.git_env(REPO)
+        credential = forge.git_credential(REPO)
         assert len(fake.minted) == 1
         token = fake.minted[0]["token"]
         assert fake.calls("POST", r"/access_tokens$")[0].headers["authorization"].startswith("Bearer ")
         assert fake.calls("GET", r"^/repos/")[0].headers["authorization"] == f"token {token}"
         assert fake.issue(REPO, 1).comments[-1]["login"] == "forgecrew[bot]"
-        assert base64.b64decode(env["GIT_CONFIG_VALUE_0"].split()[-1]).decode() == f"x-access-token:{token}"
+        assert credential is not None and credential.password == token
         assert fake.violations == []
 
 
@@ -357,9 +358,9 @@ def test_app_token_is_reminted_near_expiry(app_key: tuple[str, str], tmp_path: P
         fake.add_installation(99)
         fake.add_repo(REPO)
         forge = GitHubForge(_app_settings(fake.api_url, str(key_file)), 99, write_interval=0)
-        first = forge.git_env(REPO)["GIT_CONFIG_VALUE_0"]
+        first = forge.git_credential(REPO)
         assert forge.default_branch(REPO) == "main"
-        second = forge.git_env(REPO)["GIT_CONFIG_VALUE_0"]
+        second = forge.git_credential(REPO)
         assert len(fake.minted) == 3 and first != second
         assert fake.calls("GET", r"^/repos/")[0].headers["authorization"] == f"token {fake.minted[1]['token']}"
         assert fake.violations == []

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from common.forge.base import ForgeError
+from common.forge.base import ForgeError, IssueComment
 from common.forge.local import LocalForge
 from common.settings import Settings
 from common.specialties import StatusLabel
@@ -43,17 +43,18 @@ def seeded(forge: LocalForge, tmp_path: Path) -> LocalForge:
 
 def push_branch(forge: LocalForge, tmp_path: Path, branch: str) -> Path:
     work = tmp_path / "work"
-    git("clone", "-q", forge.clone_url(REPO), str(work), env=forge.git_env(REPO))
+    git("clone", "-q", forge.clone_url(REPO), str(work))
     git("checkout", "-q", "-b", branch, cwd=work)
     (work / "pkg" / "core.py").write_text("def answer():\n    return 43\n")
     git("commit", "-q", "-am", "Fix the answer", cwd=work)
-    git("push", "-q", "origin", branch, cwd=work, env=forge.git_env(REPO))
+    commit = git("rev-parse", "HEAD", cwd=work)
+    forge.push_branch(REPO, source=work / ".git", commit=commit, branch=branch, expected=None)
     return work
 
 
 def test_create_repo_seeds_files_and_clones(seeded: LocalForge, tmp_path: Path) -> None:
     assert seeded.default_branch(REPO) == "main"
-    assert seeded.git_env(REPO) == {"GIT_TERMINAL_PROMPT": "0"}
+    assert seeded.git_credential(REPO) is None
     work = push_branch(seeded, tmp_path, "forgecrew/1-answer")
     assert (work / "README.md").read_text() == "# widgets\n"
     assert git("log", "--format=%an %s", "main", cwd=work) == "forgecrew[bot] Initial commit"
@@ -93,7 +94,7 @@ def test_labels_and_comments_are_recorded(seeded: LocalForge) -> None:
         ("bob", "/forgecrew retry"), ("forgecrew[bot]", "Working on it")]
     issue = seeded.get_issue(REPO, 1)
     assert (issue.title, issue.body, issue.author) == ("Answer is wrong", "It should be 43", "alice")
-    assert issue.comments == ("bob: /forgecrew retry",) and issue.labels == ("forgecrew", "forgecrew:working")
+    assert issue.comments == (IssueComment("bob", "/forgecrew retry"),) and issue.labels == ("forgecrew", "forgecrew:working")
     assert seeded.has_write_access(REPO, "anyone")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -178,16 +179,23 @@ def test_retried_task_updates_the_same_branch_and_pr(forge_settings: Settings, d
 
 def test_push_rejected_fails_with_the_forge_reason(forge_settings: Settings, db: Database, forge: LocalForge,
                                                   model: FakeAnthropic) -> None:
-    hook = forge.bare_path(REPO) / "hooks" / "pre-receive"
-    hook.write_text("#!/bin/sh\necho 'branch protection: forgecrew/* is read-only' >&2\nexit 1\n")
-    hook.chmod(0o755)
-    model.add(*fixing_script())
+    """Someone pushes to the task's branch while the agent works: the push must not overwrite it."""
+    bare = str(forge.bare_path(REPO))
+    branch = "forgecrew/issue-1-add-subtracts-instead-of-adding"
+
+    def a_person_pushes(request: Any) -> Any:
+        subprocess.run(["git", "--git-dir", bare, "update-ref", f"refs/heads/{branch}", "main"], check=True)
+        return fixing_script()[-1]
+
+    model.add(*fixing_script()[:-1], a_person_pushes)
     task_id = make_task(db, repo=REPO, issue_number=1, title=ISSUE_TITLE)
     outcome = run_task(forge_settings, db, forge, task_id)
     assert outcome.state == "failed"
-    assert "rejected" in outcome.reason and "branch protection" in outcome.reason
-    assert "branch protection" in forge.issue_record(REPO, 1)["comments"][-1]["body"]
+    assert "rejected" in outcome.reason and "someone else pushed to it" in outcome.reason
+    assert "someone else pushed to it" in forge.issue_record(REPO, 1)["comments"][-1]["body"]
     assert forge.pull_requests(REPO) == []
+    main = subprocess.run(["git", "--git-dir", bare, "rev-parse", "main"], capture_output=True, text=True).stdout
+    assert pushed_file(forge, branch, "calc.py") == pushed_file(forge, "main", "calc.py") and main  # untouched
 
 
 def test_missing_forge_setting_fails_the_task_cleanly(forge_settings: Settings, db: Database) -> None:

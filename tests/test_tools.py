@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
 
-from workers.tools import CommandPolicy, Toolbox, ToolResult, safe_env
+from tests.conftest import task_paths
+from workers.sandbox import Limits, Sandbox
+from workers.sandbox.environment import safe_env
+from workers.tools import CommandPolicy, Toolbox, ToolResult
 
 
 @pytest.fixture
@@ -22,8 +26,30 @@ def root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def toolbox(root: Path) -> Toolbox:
-    return Toolbox(root, policy=CommandPolicy(), command_timeout=10, output_limit=2_000)
+def make_toolbox(root: Path, sandbox: Sandbox):  # type: ignore[no-untyped-def]
+    paths = task_paths(root)
+    sandbox.prepare(paths)
+
+    def make(**kwargs):  # type: ignore[no-untyped-def]
+        kwargs.setdefault("policy", CommandPolicy())
+        return Toolbox(root, sandbox=sandbox, paths=paths, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def toolbox(make_toolbox) -> Toolbox:  # type: ignore[no-untyped-def]
+    return make_toolbox(command_timeout=10, output_limit=2_000)
+
+
+def _running(marker: str) -> list[str]:
+    """Live processes on the host whose command line holds `marker` (zombies awaiting a reaper ignored)."""
+    listing = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True).stdout
+    return [line for line in listing.splitlines() if marker in line and not line.lstrip().startswith("Z")]
+
+
+def _marker() -> str:
+    return f"{100 + uuid.uuid4().int % 800}.{uuid.uuid4().int % 10**6}"
 
 
 def ok(result: ToolResult) -> str:
@@ -130,30 +156,25 @@ def test_bad_calls_come_back_as_errors(toolbox):
 
 def test_run_command_runs_in_the_checkout(toolbox, root):
     content = ok(toolbox.call("run_command", {"command": "pwd && ls"}))
-    assert content.startswith("exit code 0") and str(root.resolve()) in content and "README.md" in content
+    assert content.startswith("exit code 0") and "/workspace/repo" in content and "README.md" in content
     failed = error(toolbox.call("run_command", {"command": "echo oops >&2; exit 3"}))
     assert failed.startswith("exit code 3") and "oops" in failed
 
 
-def _live_members(pgid: int) -> list[str]:
-    """Processes still in the group, ignoring zombies awaiting a reaper (as in containers)."""
-    listing = subprocess.run(["ps", "-eo", "pid=,pgid=,stat="], capture_output=True, text=True).stdout
-    return [line for line in listing.splitlines()
-            if int(line.split()[1]) == pgid and not line.split()[2].startswith("Z")]
-
-
 def test_hanging_command_and_its_children_are_killed(toolbox):
-    result = toolbox.call("run_command", {"command": "echo started $$; sleep 100 & sleep 100", "timeout": 1})
+    marker = _marker()
+    result = toolbox.call("run_command", {"command": f"echo started; sleep {marker} & sleep {marker}", "timeout": 1})
     content = error(result)
     assert "killed after the 1s time limit" in content and "started" in content
-    pgid = int(content.split("started ")[1].split()[0])
-    assert _live_members(pgid) == []
+    assert _running(f"sleep {marker}") == []
 
 
 def test_background_leftovers_are_stopped_when_command_ends(toolbox):
-    content = ok(toolbox.call("run_command", {"command": "echo pg $$; sleep 100 &"}))
-    assert "were stopped" in content
-    assert _live_members(int(content.split("pg ")[1].split()[0])) == []
+    marker = _marker()
+    content = ok(toolbox.call("run_command", {"command": f"sleep {marker} & setsid sleep {marker} & echo bye"}))
+    assert "were stopped when it returned" in content and "bye" in content
+    assert _running(f"sleep {marker}") == []
+    assert "were stopped" not in ok(toolbox.call("run_command", {"command": "echo alone"}))
 
 
 def test_long_output_keeps_head_and_tail(toolbox):
@@ -162,23 +183,23 @@ def test_long_output_keeps_head_and_tail(toolbox):
     assert "bytes of output cut" in content and len(content) < 2_300
 
 
-def test_command_environment_is_an_allowlist(toolbox, root, monkeypatch):
+def test_command_environment_is_an_allowlist(make_toolbox, monkeypatch):
     for name in ("FORGECREW_GITHUB_TOKEN", "ANTHROPIC_API_KEY", "GITHUB_TOKEN", "GH_TOKEN",
                  "AWS_SECRET_ACCESS_KEY", "FORGECREW_DATABASE_URL"):
         monkeypatch.setenv(name, "leak-me")
-    fresh = Toolbox(root, policy=CommandPolicy(), env={"EXTRA_SETTING": "given"})
+    fresh = make_toolbox(env={"EXTRA_SETTING": "given"})
     content = ok(fresh.call("run_command", {"command": "env"}))
     assert "leak-me" not in content
     for prefix in ("FORGECREW_", "ANTHROPIC_", "GITHUB_TOKEN", "GH_TOKEN", "AWS_"):
         assert f"\n{prefix}" not in content
-    assert f"HOME={root.parent / 'home'}" in content and "CI=true" in content and "EXTRA_SETTING=given" in content
+    assert "HOME=/home/agent" in content and "CI=true" in content and "EXTRA_SETTING=given" in content
 
 
-def test_safe_env_is_reusable(tmp_path, monkeypatch):
+def test_safe_env_is_an_allowlist_plus_what_the_caller_adds(monkeypatch):
     monkeypatch.setenv("GH_TOKEN", "leak-me")
-    env = safe_env(tmp_path / "h", tmp_path / "t", {"PYTHONPATH": "src"})
+    env = safe_env("/home/agent", "/tmp", {"PYTHONPATH": "src"})
     assert set(env) >= {"PATH", "HOME", "TMPDIR", "LANG", "TERM", "CI", "PYTHONPATH"}
-    assert "GH_TOKEN" not in env and (tmp_path / "h").is_dir() and (tmp_path / "t").is_dir()
+    assert "GH_TOKEN" not in env and env["HOME"] == "/home/agent"
 
 
 @pytest.mark.parametrize("command", ["sudo ls", "cd src && git push origin main", "git -C . remote -v",
@@ -187,28 +208,31 @@ def test_denied_commands_are_refused(toolbox, command):
     assert "not allowed" in error(toolbox.call("run_command", {"command": command}))
 
 
-def test_allowlist_policy(root):
-    box = Toolbox(root, policy=CommandPolicy(allowed=("pytest", "git status")))
+def test_allowlist_policy(make_toolbox):
+    box = make_toolbox(policy=CommandPolicy(allowed=("pytest", "git status")))
     assert "not an allowed command" in error(box.call("run_command", {"command": "rm -rf src"}))
     assert "not an allowed command" in error(box.call("run_command", {"command": "git status; curl x"}))
-    assert "not allowed" in error(Toolbox(root, policy=CommandPolicy(allowed=("sudo",))).call(
+    assert "not allowed" in error(make_toolbox(policy=CommandPolicy(allowed=("sudo",))).call(
         "run_command", {"command": "sudo true"}))
     assert ok(box.call("run_command", {"command": "cd src && git status --short || true"}))
 
 
 def test_processes_ignoring_sigterm_are_killed(toolbox):
-    command = "trap '' TERM; echo pg $$; sleep 100 & sleep 100"
+    marker = _marker()
+    command = f"trap '' TERM; sleep {marker} & sleep {marker}"
     content = error(toolbox.call("run_command", {"command": command, "timeout": 0.5}))
     assert "killed" in content
-    assert _live_members(int(content.split("pg ")[1].split()[0])) == []
+    assert _running(f"sleep {marker}") == []
 
 
-def test_test_runner_kills_a_hanging_suite_and_reports_it(tmp_path: Path) -> None:
+def test_test_runner_kills_a_hanging_suite_and_reports_it(tmp_path: Path, sandbox: Sandbox) -> None:
     from workers.testrun import detect_test_command, run_tests
 
-    (tmp_path / "repo").mkdir()
-    (tmp_path / "repo" / "package.json").write_text('{"scripts": {"test": "node t.js"}}')
-    assert detect_test_command(tmp_path / "repo") == "npm test"
-    result = run_tests("echo starting; sleep 60 & sleep 60", tmp_path / "repo", tmp_path, timeout=1)
+    paths = task_paths(tmp_path / "repo")
+    (paths.checkout / "package.json").write_text('{"scripts": {"test": "node t.js"}}')
+    sandbox.prepare(paths)
+    assert detect_test_command(paths.checkout) == "npm test"
+    marker = _marker()
+    result = run_tests(f"echo starting; sleep {marker} & sleep {marker}", sandbox, paths, Limits(wall_seconds=1))
     assert result.timed_out and not result.passed and "starting" in result.output
-    assert "timed out" in result.headline()
+    assert "timed out" in result.headline() and _running(f"sleep {marker}") == []

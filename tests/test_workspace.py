@@ -12,15 +12,26 @@ from pathlib import Path
 import pytest
 
 from common.forge.base import PushRejected
-from tests.git_source import CREDENTIAL_ENV, FAKE_TOKEN, git
-from workers.workspace import (
-    CloneFailed,
-    WorkspaceManager,
-    branch_name,
-    changed_files,
-    commit_all,
-    push,
-)
+from common.forge.local import LocalForge
+from common.gitsafe import GitCredential
+from common.settings import Settings
+from tests.git_source import FAKE_TOKEN, git
+from workers.change import build_change
+from workers.workspace import CloneFailed, Workspace, WorkspaceManager, branch_name
+
+CREDENTIAL = GitCredential("https://github.com", "x-access-token", FAKE_TOKEN)
+BOT = ("forgecrew[bot]", "bot@example.com")
+
+
+def publish(workspace: Workspace, tmp_path: Path) -> str:
+    """Build the worker's commit and push it to the source (the local forge's acme/app) as publishing does."""
+    change = build_change(workspace, "change", author=BOT, contains_secret=lambda text: False)
+    assert change is not None
+    forge = LocalForge(Settings(database_url="sqlite://", local_forge_root=tmp_path / "forge"))
+    forge.push_branch("acme/app", source=change.git_dir, commit=change.commit, branch=workspace.branch,
+                      expected=workspace.remote_branch_sha)
+    workspace.record_push(change.commit)
+    return change.commit
 
 
 def test_mirror_is_created_once_then_fetched(manager, source, prepare):
@@ -42,7 +53,9 @@ def test_mirror_is_created_once_then_fetched(manager, source, prepare):
 def test_checkouts_are_independent(manager, prepare):
     one, two = prepare(1), prepare(2)
     (one.checkout / "only-in-one.txt").write_text("1")
-    sha = commit_all(one, "one", "bot", "bot@example.com")
+    git("add", "only-in-one.txt", cwd=one.checkout)
+    sha = subprocess.run(["git", "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-qm", "one"],
+                         cwd=one.checkout, check=True) and git("rev-parse", "HEAD", cwd=one.checkout)
 
     assert not (two.checkout / "only-in-one.txt").exists()
     assert sha not in git("log", "--all", "--format=%H", cwd=two.checkout)
@@ -79,7 +92,7 @@ def test_retried_task_is_prepared_from_scratch(prepare):
 def test_missing_repository_raises_clone_failed_naming_url(manager, tmp_path):
     url = (tmp_path / "nowhere" / "missing.git").as_uri()
     with pytest.raises(CloneFailed) as caught:
-        manager.prepare(1, "acme/missing", url, "forgecrew/run-1", git_env=CREDENTIAL_ENV)
+        manager.prepare(1, "acme/missing", url, "forgecrew/run-1", credential=CREDENTIAL)
     assert url in str(caught.value)
     assert "does not appear to be a git repository" in str(caught.value)
     assert FAKE_TOKEN not in str(caught.value)
@@ -88,66 +101,62 @@ def test_missing_repository_raises_clone_failed_naming_url(manager, tmp_path):
 def test_clone_url_with_credential_is_refused(manager):
     with pytest.raises(CloneFailed) as caught:
         manager.prepare(1, "acme/app", f"https://x-access-token:{FAKE_TOKEN}@github.com/acme/app.git",
-                        "forgecrew/run-1", git_env={})
+                        "forgecrew/run-1")
     assert FAKE_TOKEN not in str(caught.value)
-    assert "git_env" in str(caught.value)
+    assert "passes credentials to git itself" in str(caught.value)
 
 
-def test_credentials_from_git_env_never_reach_the_disk(manager, source, prepare):
-    workspace = prepare(3, git_env=CREDENTIAL_ENV)
+def test_credentials_never_reach_the_disk(manager, source, prepare, tmp_path):
+    workspace = prepare(3, credential=CREDENTIAL)
     (workspace.checkout / "change.txt").write_text("change\n")
-    commit_all(workspace, "change", "bot", "bot@example.com")
-    push(workspace, CREDENTIAL_ENV)
-    prepare(3, git_env=CREDENTIAL_ENV, start_from_branch=True)
+    publish(workspace, tmp_path)
+    prepare(3, credential=CREDENTIAL, start_from_branch=True)
 
     leaks = [path for path in manager.root.rglob("*")
              if path.is_file() and FAKE_TOKEN.encode() in path.read_bytes()]
     assert leaks == []
     for config in manager.root.rglob("config"):
-        assert "extraheader" not in config.read_text().lower()
+        assert "extraheader" not in config.read_text().lower() and "[credential" not in config.read_text()
 
 
-def test_commit_all_and_push_publish_the_branch(source, prepare):
+def test_publishing_builds_one_commit_of_the_checkouts_files(source, prepare, tmp_path):
     workspace = prepare(4, "forgecrew/issue-4-add-feature")
-    assert commit_all(workspace, "nothing", "bot", "bot@example.com") is None
+    assert build_change(workspace, "nothing", author=BOT, contains_secret=lambda text: False) is None
     (workspace.checkout / "feature.py").write_text("print('hi')\n")
-    (workspace.checkout / ".env").write_text("SECRET=1\n")
-    (workspace.checkout / "outside").symlink_to("/etc/hostname")
 
-    sha = commit_all(workspace, "Add feature", "forgecrew[bot]", "bot@example.com")
-    push(workspace, {})
+    sha = publish(workspace, tmp_path)
 
-    assert sha and source.rev("refs/heads/forgecrew/issue-4-add-feature") == sha
-    committed = git("show", "--name-only", "--format=", sha, cwd=workspace.checkout).split()
+    assert source.rev("refs/heads/forgecrew/issue-4-add-feature") == sha
+    committed = git("show", "--name-only", "--format=", sha, cwd=source.bare).split()
     assert committed == ["feature.py"]
-    assert git("log", "-1", "--format=%an <%ae>", cwd=workspace.checkout) == "forgecrew[bot] <bot@example.com>"
-    assert changed_files(workspace) == ["feature.py"]
+    assert git("log", "-1", "--format=%an <%ae>", sha, cwd=source.bare) == "forgecrew[bot] <bot@example.com>"
+    assert workspace.read_metadata()["remote_branch_sha"] == sha
 
 
-def test_push_after_retry_replaces_branch_and_lease_protects_others(source, prepare):
+def test_push_after_retry_replaces_branch_and_lease_protects_others(source, prepare, tmp_path):
     first = prepare(6)
     (first.checkout / "a.txt").write_text("a")
-    commit_all(first, "a", "bot", "bot@example.com")
-    push(first, {})
+    publish(first, tmp_path)
 
-    retry = prepare(6)  # a retried task starts again from the base and force-pushes
+    retry = prepare(6)  # a retried task starts again from the base and replaces the branch
     (retry.checkout / "b.txt").write_text("b")
-    sha = commit_all(retry, "b", "bot", "bot@example.com")
-    push(retry, {})
+    sha = publish(retry, tmp_path)
     assert source.rev("refs/heads/forgecrew/run-6") == sha
 
     source.commit("human.txt", "a person pushed meanwhile", branch="forgecrew/run-6")
     (retry.checkout / "c.txt").write_text("c")
-    commit_all(retry, "c", "bot", "bot@example.com")
     with pytest.raises(PushRejected, match="forgecrew/run-6"):
-        push(retry, {})
+        publish(retry, tmp_path)
 
 
-def test_follow_up_starts_from_existing_branch(source, prepare):
+def test_follow_up_starts_from_existing_branch(source, prepare, tmp_path):
     pushed = source.commit("earlier.txt", "earlier work", branch="forgecrew/issue-9-x")
     workspace = prepare(9, "forgecrew/issue-9-x", start_from_branch=True)
     assert workspace.head_sha == pushed
-    assert changed_files(workspace) == ["earlier.txt"]
+    (workspace.checkout / "later.txt").write_text("later\n")
+    change = build_change(workspace, "more", author=BOT, contains_secret=lambda text: False)
+    assert change is not None and change.parent == pushed
+    assert change.files == ["earlier.txt", "later.txt"]  # what the PR changes against its base
 
 
 def _task_dir(manager: WorkspaceManager, task_id: int, *, state: str | None, finished: datetime | None,
@@ -201,7 +210,7 @@ def test_branch_names_are_short_and_safe():
 
 def test_concurrent_tasks_share_one_mirror_safely(manager, source):
     def prepare_one(task_id: int) -> str:
-        return manager.prepare(task_id, "acme/app", source.url, f"forgecrew/run-{task_id}", git_env={}).head_sha
+        return manager.prepare(task_id, "acme/app", source.url, f"forgecrew/run-{task_id}").head_sha
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         heads = list(pool.map(prepare_one, range(1, 9)))

@@ -10,13 +10,13 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from common.db import Database
 from common.errors import ForgecrewError, LeaseLost
-from common.forge.base import Forge, ForgeError, IssueInfo, PullRequestInfo
+from common.forge.base import Forge, ForgeError, IssueComment, IssueInfo, PullRequestInfo
 from common.leases import Claim, load_fenced, release, renew
 from common.redact import Redactor
 from common.settings import Settings
 from common.specialties import SpecialtyProfile, StatusLabel, profiles
 from common.states import TaskState
-from common.transitions import transition
+from common.transitions import record_note, transition
 from workers.agent import Agent, AgentResult
 from workers.budget import Budget
 from workers.issue_notes import IssueNotes
@@ -25,8 +25,9 @@ from workers.prompts import repair_message, system_prompt, task_message
 from workers.publish import NothingToPublish, Published, PublishRequest, publish, tests_failing_advice
 from workers.repo_config import RepoConfig, instruction_files, load_repo_config
 from workers.runs import finish_run, start_run
+from workers.sandbox import Limits, Sandbox, SandboxPaths, limits_for, make_sandbox
+from workers.sandbox.factory import UNSANDBOXED_WARNING
 from workers.testrun import TestResult, detect_test_command, run_tests
-from workers.tools.sandbox import command_prefix
 from workers.tools.shell import CommandPolicy
 from workers.tools.toolbox import Toolbox
 from workers.transcript import Transcript
@@ -74,6 +75,7 @@ class Pipeline:
         self.agent: Agent | None = None
         self.last_result: AgentResult | None = None
         self.tests: TestResult | None = None
+        self.sandbox: Sandbox | None = None
 
     def run(self, held: Claim, should_stop: Callable[[], str | None] = lambda: None) -> Outcome:
         task = self._snapshot(held)
@@ -97,13 +99,15 @@ class Pipeline:
             if outcome.state == TaskState.FAILED:
                 self._fail(task, held, outcome.reason)
             finish_run(self.db, held, run_id, outcome=outcome.state, detail=self.redact(outcome.reason),
-                       agent=self.agent, tests=self.tests)
+                       agent=self.agent, tests=self.tests, sandbox=self.sandbox.name if self.sandbox else None)
         return outcome
 
     # -- the steps ---------------------------------------------------------------------------
 
     def _work(self, task: TaskSnapshot, held: Claim, should_stop: Callable[[], str | None]) -> Outcome:
-        self.sandbox = command_prefix(self.settings.command_sandbox)
+        self.sandbox = make_sandbox(self.settings)
+        if not self.sandbox.confined:
+            self._event(held, UNSANDBOXED_WARNING)
         self.forge = self.forge_factory()
         self.notes = IssueNotes(self.forge, self.redact, task.repo, task.issue_number)
         self.notes.label(StatusLabel.WORKING)
@@ -111,29 +115,56 @@ class Pipeline:
         branch = task.branch or branch_name(task.issue_number, issue.title, task_id=task.id)
         self._update(held, branch=branch)
         workspace = self._workspace(task, branch)
+        self.paths = SandboxPaths(workspace.checkout, workspace.home, workspace.tmp,
+                                  objects=workspace.mirror / "objects" if workspace.mirror else None,
+                                  name=task.repo.rsplit("/", 1)[-1])
+        self.sandbox.prepare(self.paths)
         config = self._repo_config(workspace)
+        self.profile = self._profile(task.specialty, config)
         test_command = config.test_command or detect_test_command(workspace.checkout)
         if config.setup_command:
             self._fence(held)
-            self._setup(config, workspace)
+            self._setup(config)
         result = self._agent_run(task, issue, workspace, config, test_command, should_stop)
-        tests = self._test_and_repair(held, workspace, test_command, config, result, should_stop)
+        tests = self._test_and_repair(held, test_command, config, result, should_stop)
         return self._publish(task, held, workspace, issue, tests)
 
     def _issue(self, task: TaskSnapshot) -> IssueInfo:
-        """Fresh issue text and comments from the forge; the stored copy when it has none."""
-        if task.issue_number is not None:
+        """The issue as it was when a trusted person started the work, with its writers' comments only.
+
+        Title and body are the stored copy from the trigger: text anyone adds later never reaches
+        the model. Comments are read fresh, and only those of people with write access are kept.
+        """
+        stored = IssueInfo(repo=task.repo, number=task.issue_number or 0, title=task.title, body=task.body)
+        if task.issue_number is None:
+            return stored
+        try:
+            fresh = self.forge.get_issue(task.repo, task.issue_number)
+        except ForgeError as exc:
+            log.info("task %s: issue comments not readable from the forge (%s)", task.id, exc)
+            return stored
+        trusted, left_out = self._trusted_comments(task.repo, fresh.comments)
+        return IssueInfo(repo=task.repo, number=task.issue_number, title=task.title, body=task.body,
+                         author=fresh.author, labels=fresh.labels, comments=trusted, url=fresh.url,
+                         comments_left_out=left_out)
+
+    def _trusted_comments(self, repo: str, comments: tuple[IssueComment, ...]) -> tuple[tuple[IssueComment, ...], int]:
+        """Comments by users with write access (asked once per author); the rest only counted."""
+        allowed: dict[str, bool] = {}
+        for author in {comment.author for comment in comments}:
             try:
-                return self.forge.get_issue(task.repo, task.issue_number)
+                allowed[author] = self.forge.has_write_access(repo, author)
             except ForgeError as exc:
-                log.info("task %s: issue not readable from the forge (%s); using the stored text", task.id, exc)
-        return IssueInfo(repo=task.repo, number=task.issue_number or 0, title=task.title, body=task.body)
+                log.info("cannot check %s's access to %s (%s); leaving their comments out", author, repo, exc)
+                allowed[author] = False
+        kept = tuple(comment for comment in comments if allowed[comment.author])
+        return kept, len(comments) - len(kept)
 
     def _workspace(self, task: TaskSnapshot, branch: str) -> Workspace:
         self.progress(f"cloning {task.repo} into a workspace on {branch}")
         try:
             workspace = self.workspaces.prepare(task.id, task.repo, self.forge.clone_url(task.repo), branch,
-                                                git_env=self.forge.git_env(task.repo))
+                                                credential=self.forge.git_credential(task.repo))
         except CloneFailed as exc:
             raise RunFailed(f"clone failed: {exc}") from None
         workspace.update_metadata(state="running", attempt=task.attempt)
@@ -145,16 +176,23 @@ class Pipeline:
         except ForgecrewError as exc:
             raise RunFailed(str(exc)) from None
 
-    def _setup(self, config: RepoConfig, workspace: Workspace) -> None:
-        self.progress(f"setup: {config.setup_command}")
-        result = run_tests(config.setup_command or "", workspace.checkout, workspace.path,
-                           timeout=config.test_timeout, sandbox=self.sandbox)
+    def _setup(self, config: RepoConfig) -> None:
+        network = config.setup_network or self.profile.setup_network
+        if network and not self.settings.sandbox_network:
+            self.progress("setup asked for network; FORGECREW_SANDBOX_NETWORK=false keeps it offline")
+        limits = self._limits(config.test_timeout, network=network)
+        self.progress(f"setup: {config.setup_command}" + (" (with user-mode network)" if limits.network else ""))
+        assert self.sandbox is not None
+        result = run_tests(config.setup_command or "", self.sandbox, self.paths, limits)
         if not result.passed:
             raise RunFailed(f"setup command failed: {result.headline()}\n\n{result.output[-2000:]}")
 
+    def _limits(self, wall_seconds: float, *, network: bool = False) -> Limits:
+        return limits_for(self.settings, self.profile, wall_seconds=wall_seconds, network=network)
+
     def _agent_run(self, task: TaskSnapshot, issue: IssueInfo, workspace: Workspace, config: RepoConfig,
                    test_command: str | None, should_stop: Callable[[], str | None]) -> AgentResult:
-        profile = self._profile(task.specialty, config)
+        profile = self.profile
         budget = Budget(self.settings.max_turns, self.settings.max_output_tokens,
                         self.settings.max_wall_seconds, self.settings.max_cost_usd)
         transcript = Transcript(workspace.transcript_path, self.redact)
@@ -163,7 +201,7 @@ class Pipeline:
                           specialty=profile.name, branch=workspace.branch, model=self.settings.model)
         self.agent = Agent(
             llm=self.llm_factory(),
-            toolbox=self._toolbox(workspace, profile, budget),
+            toolbox=self._toolbox(profile, budget),
             budget=budget,
             transcript=transcript,
             system=system_prompt(profile, repo=task.repo, branch=workspace.branch),
@@ -190,7 +228,7 @@ class Pipeline:
             raise RunFailed(result.summary)
         return result
 
-    def _test_and_repair(self, held: Claim, workspace: Workspace, test_command: str | None, config: RepoConfig,
+    def _test_and_repair(self, held: Claim, test_command: str | None, config: RepoConfig,
                          result: AgentResult, should_stop: Callable[[], str | None]) -> TestResult | None:
         if not test_command:
             self.progress("no test command found; skipping tests")
@@ -198,8 +236,9 @@ class Pipeline:
         for round_number in range(self.settings.repair_rounds + 1):
             self._move(held, TaskState.TESTING, f"running `{test_command}`")
             self.progress(f"tests: {test_command}")
-            self.tests = run_tests(test_command, workspace.checkout, workspace.path, timeout=config.test_timeout,
-                                   sandbox=self.sandbox)
+            assert self.sandbox is not None
+            self.tests = run_tests(test_command, self.sandbox, self.paths,
+                                   self._limits(config.test_timeout, network=self.profile.command_network))
             self.progress(f"tests: {self.tests.headline()}")
             if self.tests.passed or round_number == self.settings.repair_rounds:
                 return self.tests
@@ -246,13 +285,14 @@ class Pipeline:
         known = profiles(self.settings)
         return known.get(config.specialty or "") or known.get(specialty) or known["general"]
 
-    def _toolbox(self, workspace: Workspace, profile: SpecialtyProfile, budget: Budget) -> Toolbox:
-        """Tools under the specialty's command policy and time limit, never outlasting the run's budget."""
+    def _toolbox(self, profile: SpecialtyProfile, budget: Budget) -> Toolbox:
+        """Tools under the specialty's command policy and limits, never outlasting the run's budget."""
         policy = CommandPolicy(allowed=profile.allowed_commands,
                                denied=CommandPolicy().denied + profile.denied_commands)
-        return Toolbox(workspace.checkout, policy=policy, home=workspace.home, tmp=workspace.tmp,
-                       command_timeout=profile.command_timeout_seconds, time_left=budget.time_left,
-                       sandbox=self.sandbox)
+        assert self.sandbox is not None
+        return Toolbox(self.paths.checkout, sandbox=self.sandbox, paths=self.paths,
+                       limits=self._limits(profile.command_timeout_seconds, network=profile.command_network),
+                       policy=policy, command_timeout=profile.command_timeout_seconds, time_left=budget.time_left)
 
     def _snapshot(self, held: Claim) -> TaskSnapshot:
         with self.db.session() as session:
@@ -269,6 +309,11 @@ class Pipeline:
             row = load_fenced(session, held)
             for key, value in fields.items():
                 setattr(row, key, value)
+
+    def _event(self, held: Claim, detail: str) -> None:
+        """A note in the audit log that changes no state (e.g. that this run is unsandboxed)."""
+        with self.db.session() as session:
+            record_note(session, load_fenced(session, held), actor=held.owner, detail=detail[:1000])
 
     def _move(self, held: Claim, to_state: TaskState, detail: str) -> None:
         with self.db.session() as session:

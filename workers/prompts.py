@@ -7,6 +7,7 @@ from pathlib import Path
 
 from common.forge.base import IssueInfo
 from common.specialties import SpecialtyProfile
+from workers.repo_files import RepoFileRefused, read_text
 
 SYSTEM_TEMPLATE = """\
 You are forgecrew's {specialty} agent. You work alone in a checkout of the repository {repo} on \
@@ -48,10 +49,14 @@ def file_tree(checkout: Path, limit: int = TREE_LIMIT) -> str:
 
 
 def readme(checkout: Path) -> str:
+    """The README's start, read as untrusted input (no links followed, never more than README_LIMIT)."""
     for name in ("README.md", "README.rst", "README.txt", "README"):
-        path = checkout / name
-        if path.is_file() and not path.is_symlink():
-            return path.read_text(encoding="utf-8", errors="replace")[:README_LIMIT]
+        try:
+            text = read_text(checkout, name, limit=README_LIMIT, truncate=True)
+        except RepoFileRefused:
+            continue
+        if text is not None:
+            return text
     return ""
 
 
@@ -60,8 +65,12 @@ def task_message(issue: IssueInfo, checkout: Path, *, instructions: dict[str, st
     """The first user message: the issue and what the agent should know about the repository."""
     parts = [f"# Issue #{issue.number}: {issue.title}" if issue.number else f"# Task: {issue.title}",
              issue.body.strip() or "(no description)"]
-    if issue.comments:
-        parts.append("## Comments on the issue\n" + "\n\n".join(issue.comments))
+    if issue.comments or issue.comments_left_out:
+        shown = "\n\n".join(f"{comment.author}: {comment.body}" for comment in issue.comments)
+        note = (f"({issue.comments_left_out} comment(s) by people without write access to the repository "
+                "were left out.)") if issue.comments_left_out else ""
+        parts.append("## Comments on the issue (from people with write access)\n" + "\n\n".join(
+            part for part in (shown, note) if part))
     parts.append("## Repository files\n```\n" + file_tree(checkout) + "\n```")
     text = readme(checkout)
     if text:

@@ -12,7 +12,8 @@ from common.settings import Settings
 from common.specialties import TESTS_FAILING_LABEL
 from workers.llm import Usage
 from workers.testrun import TestResult
-from workers.workspace import Workspace, changed_files, commit_all, push
+from workers.change import build_change
+from workers.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -81,18 +82,21 @@ def tests_failing_advice(tests: TestResult, branch: str) -> str:
 
 def publish(forge: Forge, settings: Settings, workspace: Workspace, request: PublishRequest,
             redact: Redactor, *, fence: Callable[[], None]) -> Published:
-    """Commit, push (credentials fresh from the forge) and open or update the PR for the branch.
+    """Build the worker's own commit of the checkout, push it, and open or update the PR for the branch.
 
     `fence` raises LeaseLost when this worker no longer holds the task, so a fenced-out worker
     neither pushes nor touches the pull request.
     """
-    files = changed_files(workspace)
     message = f"{pr_title(request)}\n\n" + (f"Fixes #{request.issue_number}\n" if request.issue_number else "")
-    sha = commit_all(workspace, message, settings.bot_name, settings.bot_email, contains_secret=redact.contains)
-    if sha is None or not files:
+    change = build_change(workspace, message, author=(settings.bot_name, settings.bot_email),
+                          contains_secret=redact.contains)
+    if change is None:
         raise NothingToPublish("the agent made no changes to the repository")
+    files = change.files
     fence()
-    push(workspace, forge.git_env(request.repo))
+    forge.push_branch(request.repo, source=change.git_dir, commit=change.commit, branch=workspace.branch,
+                      expected=workspace.remote_branch_sha)
+    workspace.record_push(change.commit)
     fence()
     pr = forge.open_or_update_pr(
         request.repo, branch=workspace.branch, base=workspace.base_branch, title=redact(pr_title(request)),

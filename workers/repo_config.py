@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from common.errors import ForgecrewError
+from workers.repo_files import RepoFileRefused, read_text
 
+log = logging.getLogger(__name__)
 CONFIG_NAME = ".forgecrew.yml"
+CONFIG_LIMIT = 64 * 1024
 INSTRUCTION_FILES = ("AGENTS.md", "CLAUDE.md")
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
 
 
 class RepoConfigError(ForgecrewError):
@@ -25,30 +31,52 @@ class RepoConfig(BaseModel):
     instructions: str = Field("", description="Extra instructions for the agent.")
     specialty: str | None = Field(None, description="Overrides triage for this repository.")
     test_timeout: int = Field(900, gt=0, description="Seconds before the test run is killed.")
+    setup_network: bool = Field(False, description="Ask for user-mode network during setup_command (to install "
+                                "dependencies); it never reaches the worker's host or private networks.")
 
 
 def load_repo_config(checkout: Path) -> RepoConfig:
-    """The repo's settings; a missing file means defaults, a broken one is a clear error."""
-    path = checkout / CONFIG_NAME
-    if not path.is_file():
+    """The repo's settings; a missing file means defaults, a broken one a clear error that quotes none of it."""
+    try:
+        text = read_text(checkout, CONFIG_NAME, limit=CONFIG_LIMIT)
+    except RepoFileRefused as exc:
+        raise RepoConfigError(str(exc)) from None
+    if text is None:
         return RepoConfig()
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(text) or {}
         if not isinstance(data, dict):
             raise RepoConfigError(f"{CONFIG_NAME} must be a mapping of keys to values")
         return RepoConfig.model_validate(data)
     except yaml.YAMLError as exc:
-        raise RepoConfigError(f"{CONFIG_NAME} is not valid YAML: {exc}") from None
+        raise RepoConfigError(f"{CONFIG_NAME} is not valid YAML{_where(exc)}") from None
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{_location(e['loc'])}: {e['msg']}" for e in exc.errors())
         raise RepoConfigError(f"{CONFIG_NAME}: {problems}") from None
 
 
+def _where(exc: yaml.YAMLError) -> str:
+    """Line and column of a YAML error, and what was wrong in general terms (no quoted content)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = re.sub(r"(['\"]).*?\1", "…", str(getattr(exc, "problem", "") or ""))
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return where + (f": {problem}" if problem else "")
+
+
+def _location(loc: tuple[object, ...]) -> str:
+    """A key path for an error message; a key that is not a plain name is not repeated."""
+    return ".".join(str(part) if isinstance(part, int) or _KEY.match(str(part)) else "<key>" for part in loc)
+
+
 def instruction_files(checkout: Path, limit: int = 20_000) -> dict[str, str]:
-    """AGENTS.md / CLAUDE.md contents, trimmed, keyed by file name."""
+    """AGENTS.md / CLAUDE.md contents, trimmed, keyed by file name; a link or odd file is skipped."""
     found = {}
     for name in INSTRUCTION_FILES:
-        path = checkout / name
-        if path.is_file() and not path.is_symlink():
-            found[name] = path.read_text(encoding="utf-8", errors="replace")[:limit]
+        try:
+            text = read_text(checkout, name, limit=limit, truncate=True)
+        except RepoFileRefused as exc:
+            log.info("not reading %s: %s", name, exc)
+            continue
+        if text is not None:
+            found[name] = text
     return found

@@ -20,11 +20,12 @@ def start_run(db: Database, held: Claim) -> int:
 
 
 def finish_run(db: Database, held: Claim, run_id: int, *, outcome: str, detail: str, agent: Agent | None,
-               tests: TestResult | None) -> None:
+               tests: TestResult | None, sandbox: str | None = None) -> None:
     """Write what this run did, whatever its outcome, and add its usage to the task's totals."""
     with db.session() as session:
         run = session.get(TaskRun, run_id)
         run.finished_at, run.outcome, run.detail = utcnow(), outcome, detail[:4000]
+        run.sandbox = sandbox
         if tests:
             run.test_command, run.tests_passed = tests.command, tests.passed
         if agent is None:

@@ -19,20 +19,18 @@ refs: the mirror's pruning fetch would delete task branches, and `git push` in i
 mirror's remote. The one coupling left, objects borrowed through objects/info/alternates, is
 made safe by never pruning the mirror (gc.auto=0, gc.pruneExpire=never).
 
-Credentials never touch the disk: URLs are stored without them and `git_env` (for example
-GIT_CONFIG_* carrying an http.extraHeader) is passed only to the git subprocesses that talk
-to the forge: the mirror's fetch and the push.
+Credentials never touch the disk: URLs are stored without them, and the forge's credential
+reaches only the git command that fetches the mirror, through common.gitsafe's helper.
 
-The agent's commands run as the worker's user, so nothing on disk is trusted: every git command
-here goes through common.gitsafe (minimal environment, no hooks, no fsmonitor, no global
-config), and the mirror's and the checkout's config are written anew right before the worker's
-own git commands read them (`_update_mirror`, `secure_checkout`).
+The agent's commands run in a sandbox that sees the checkout (and the mirror's objects,
+read-only) but no mirror, no other task and nothing of this directory besides its own home and
+tmp. After `prepare` the worker never runs git in the checkout's .git again: what it publishes
+is built in a private repository of its own (workers/change.py).
 """
 
 from __future__ import annotations
 
 import fcntl
-import fnmatch
 import json
 import os
 import re
@@ -40,7 +38,7 @@ import shutil
 import stat
 import subprocess
 import unicodedata
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -49,12 +47,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from common.errors import ForgecrewError
-from common.forge.base import PushRejected
-from common.gitsafe import checkout_config, git_dir, mirror_config, restore_alternates, run_git, write_config
+from common.gitsafe import GitCredential, checkout_config, mirror_config, run_git, write_config
 
-DENIED_COMMIT_PATTERNS = (".env", ".env.*", "*.pem", "*.key", "id_rsa*", "id_ed25519*", "id_ecdsa*",
-                          ".netrc", ".git-credentials", ".pypirc")
-TEMPLATE_SUFFIXES = (".example", ".sample", ".template", ".dist")
 MIRROR_CONFIG = (("gc.auto", "0"), ("gc.pruneExpire", "never"), ("maintenance.auto", "false"))
 RUNNING = "running"
 _REPO_NAME = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
@@ -69,10 +63,6 @@ class GitFailed(ForgecrewError):
     """A local git command in a workspace failed; the message carries git's error."""
 
 
-class SecretInChange(ForgecrewError):
-    """The agent's change contains a configured secret; nothing was committed or pushed."""
-
-
 def scrub(text: str, secrets: list[str] | tuple[str, ...] = ()) -> str:
     """Remove URL userinfo and every known secret so a message can be logged or shown."""
     text = _USERINFO.sub(r"\1***@", text)
@@ -81,18 +71,9 @@ def scrub(text: str, secrets: list[str] | tuple[str, ...] = ()) -> str:
     return text
 
 
-def _secrets(git_env: Mapping[str, str]) -> list[str]:
-    values = set()
-    for value in git_env.values():
-        if len(value) >= 6:
-            values.add(value)
-        values.update(part for part in re.split(r"[\s:]+", value) if len(part) >= 8)
-    return sorted(values)
-
-
-def _git(args: list[str], cwd: Path | None = None, git_env: Mapping[str, str] | None = None,
-         extra_env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return run_git(args, cwd, env={**(git_env or {}), **(extra_env or {})})
+def _git(args: list[str], cwd: Path | None = None, credential: GitCredential | None = None,
+         extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return run_git(args, cwd, env=extra_env, credential=credential)
 
 
 def _git_ok(args: list[str], cwd: Path, **kwargs: Any) -> str:
@@ -123,7 +104,7 @@ def _locked(lock_path: Path, *, exclusive: bool, blocking: bool = True) -> Itera
 def _refuse_credentials(url: str) -> None:
     parts = urlsplit(url)
     if parts.password or (parts.scheme in ("http", "https") and parts.username):
-        raise CloneFailed(f"clone URL {scrub(url)} carries a credential; pass credentials in git_env instead")
+        raise CloneFailed(f"clone URL {scrub(url)} carries a credential; the forge passes credentials to git itself")
 
 
 def _utcnow() -> datetime:
@@ -187,6 +168,11 @@ class Workspace:
     def tmp(self) -> Path:
         return self.path / "tmp"
 
+    @property
+    def publish_dir(self) -> Path:
+        """The worker's private git directory, where it builds what it pushes (never visible to the agent)."""
+        return self.path / "publish.git"
+
     def read_metadata(self) -> dict[str, Any]:
         return json.loads(self.metadata_path.read_text())
 
@@ -198,6 +184,11 @@ class Workspace:
         partial.write_text(json.dumps(data, indent=2, sort_keys=True))
         os.replace(partial, self.metadata_path)
         return data
+
+    def record_push(self, sha: str) -> None:
+        """The branch on the forge is now at `sha`: the lease for the next push."""
+        self.remote_branch_sha = sha
+        self.update_metadata(remote_branch_sha=sha, pushed_at=_utcnow().isoformat())
 
     def mark_finished(self, state: str = "finished", *, now: datetime | None = None) -> None:
         """Record the end of the run; from then on gc may remove the directory after retention."""
@@ -221,16 +212,16 @@ class WorkspaceManager:
         return self.tasks / str(int(task_id))
 
     def prepare(self, task_id: int, repo: str, clone_url: str, branch: str, *,
-                git_env: Mapping[str, str], base: str | None = None,
+                credential: GitCredential | None = None, base: str | None = None,
                 start_from_branch: bool = False) -> Workspace:
         """Fetch the mirror, then give the task a fresh checkout on `branch` (replacing any old one)."""
         _refuse_credentials(clone_url)
         if _git(["check-ref-format", "--branch", branch]).returncode != 0:
             raise ValueError(f"not a valid branch name: {branch!r}")
         mirror = self.mirror_path(repo)
-        self._update_mirror(mirror, clone_url, git_env)
+        self._update_mirror(mirror, clone_url, credential)
         task_dir = self.task_dir(task_id)
-        for leftover in ("repo", "home", "tmp"):  # earlier runs' transcripts stay: one file, appended
+        for leftover in ("repo", "home", "tmp", "publish.git"):  # earlier runs' transcripts stay: one file
             _force_rmtree(task_dir / leftover)
         (task_dir / "home").mkdir(parents=True)
         (task_dir / "tmp").mkdir()
@@ -280,18 +271,18 @@ class WorkspaceManager:
                     removed.append(entry)
         return removed
 
-    def _update_mirror(self, mirror: Path, clone_url: str, git_env: Mapping[str, str]) -> None:
+    def _update_mirror(self, mirror: Path, clone_url: str, credential: GitCredential | None) -> None:
         """Create the mirror on first use, else fetch it; both under the exclusive lock."""
         with _locked(_lock_path(mirror), exclusive=True):
             if (mirror / "HEAD").is_file():
                 write_config(mirror, mirror_config(clone_url, MIRROR_CONFIG))  # whatever a task wrote there
-                _remote(["fetch", "--quiet", "--prune", "--prune-tags", "origin"], mirror, clone_url, git_env)
+                _remote(["fetch", "--quiet", "--prune", "--prune-tags", "origin"], mirror, clone_url, credential)
                 return
             partial = mirror.with_name(mirror.name + ".partial")
             _force_rmtree(partial)
             _force_rmtree(mirror)
             partial.parent.mkdir(parents=True, exist_ok=True)
-            _remote(["clone", "--quiet", "--bare", clone_url, str(partial)], partial.parent, clone_url, git_env)
+            _remote(["clone", "--quiet", "--bare", clone_url, str(partial)], partial.parent, clone_url, credential)
             write_config(partial, mirror_config(clone_url, MIRROR_CONFIG))
             partial.rename(mirror)
 
@@ -318,11 +309,11 @@ def _lock_path(mirror: Path) -> Path:
     return mirror.with_name(mirror.name + ".lock")
 
 
-def _remote(args: list[str], cwd: Path, url: str, git_env: Mapping[str, str]) -> None:
+def _remote(args: list[str], cwd: Path, url: str, credential: GitCredential | None) -> None:
     """Run a git command that talks to the forge; failures become CloneFailed naming the URL."""
-    result = _git(args, cwd, git_env=git_env)
+    result = _git(args, cwd, credential=credential)
     if result.returncode != 0:
-        detail = scrub(result.stderr.strip(), _secrets(git_env))
+        detail = scrub(result.stderr.strip(), [credential.password] if credential else [])
         raise CloneFailed(f"git {args[0]} of {scrub(url)} failed: {detail}")
 
 
@@ -356,90 +347,3 @@ def _workspace(task_dir: Path, meta: dict[str, Any]) -> Workspace:
         repo=meta.get("repo", ""), clone_url=meta.get("clone_url", ""), base_sha=meta.get("base_sha", ""),
         remote_branch_sha=meta.get("remote_branch_sha"),
     )
-
-
-
-def _commit_refused(checkout: Path, path: str) -> bool:
-    """Secrets by name, and symlinks leading out of the checkout, never go into a commit."""
-    name = path.rsplit("/", 1)[-1]
-    if any(fnmatch.fnmatch(name, pattern) for pattern in DENIED_COMMIT_PATTERNS):
-        return not name.endswith(TEMPLATE_SUFFIXES)
-    target = checkout / path
-    if target.is_symlink():
-        resolved = target.resolve()
-        return resolved != checkout.resolve() and checkout.resolve() not in resolved.parents
-    return False
-
-
-def secure_checkout(workspace: Workspace) -> None:
-    """Undo what the agent may have done to .git before the worker's own git reads it.
-
-    The config is written anew (no planted filter, proxy, alias or pager) and the borrowed
-    objects point at the mirror again; a .git replaced by a link or file is refused.
-    """
-    dot_git = git_dir(workspace.checkout)
-    write_config(dot_git, checkout_config(workspace.clone_url))
-    if workspace.mirror is not None:
-        restore_alternates(dot_git, workspace.mirror / "objects")
-
-
-def commit_all(workspace: Workspace, message: str, author_name: str, author_email: str, *,
-               contains_secret: Callable[[str], bool] = lambda text: False) -> str | None:
-    """Commit everything the agent changed except refused files; None when nothing changed.
-
-    Raises SecretInChange, leaving nothing staged, when the change holds a configured secret.
-    """
-    checkout = workspace.checkout
-    secure_checkout(workspace)
-    _git_ok(["add", "--all"], checkout)
-    staged = _git_ok(["diff", "--cached", "--name-only", "--no-renames", "-z"], checkout).split("\0")
-    refused = [path for path in staged if path and _commit_refused(checkout, path)]
-    if refused:
-        _git_ok(["reset", "--quiet", "--", *refused], checkout, extra_env={"GIT_LITERAL_PATHSPECS": "1"})
-    leaking = _leaking(checkout, [path for path in staged if path and path not in refused], contains_secret)
-    if leaking:
-        _git_ok(["reset", "--quiet"], checkout)
-        raise SecretInChange(f"the change would publish a configured secret (in {', '.join(leaking[:5])}); "
-                             "nothing was committed or pushed")
-    if _git(["diff", "--cached", "--quiet"], checkout).returncode == 0:
-        head = _rev(checkout, "HEAD")
-        return head if head != workspace.head_sha else None
-    identity = {"GIT_AUTHOR_NAME": author_name, "GIT_AUTHOR_EMAIL": author_email,
-                "GIT_COMMITTER_NAME": author_name, "GIT_COMMITTER_EMAIL": author_email}
-    _git_ok(["commit", "--quiet", "--no-verify", "-m", message], checkout, extra_env=identity)
-    return _rev(checkout, "HEAD")
-
-
-def _leaking(checkout: Path, paths: list[str], contains_secret: Callable[[str], bool]) -> list[str]:
-    """Staged paths whose change holds a secret: one diff for all, one per path only on a hit."""
-    literal = {"GIT_LITERAL_PATHSPECS": "1"}
-    if not paths or not contains_secret(_git_ok(["diff", "--cached", "--text"], checkout)):
-        return []
-    return [path for path in paths
-            if contains_secret(_git_ok(["diff", "--cached", "--text", "--", path], checkout, extra_env=literal))]
-
-
-def push(workspace: Workspace, git_env: Mapping[str, str], force: bool = True) -> None:
-    """Push HEAD to the task branch at the recorded clone URL; a refusal raises PushRejected."""
-    secure_checkout(workspace)
-    ref = f"refs/heads/{workspace.branch}"
-    args = ["push", "--quiet", "--no-verify"]
-    if force:
-        args.append(f"--force-with-lease={ref}:{workspace.remote_branch_sha or ''}")
-    result = _git([*args, workspace.clone_url, f"HEAD:{ref}"], workspace.checkout, git_env=git_env)
-    if result.returncode != 0:
-        detail = scrub(result.stderr.strip(), _secrets(git_env))
-        raise PushRejected(f"push of {workspace.branch} to {scrub(workspace.clone_url)} was rejected: {detail}")
-    workspace.remote_branch_sha = _rev(workspace.checkout, "HEAD")
-    workspace.update_metadata(remote_branch_sha=workspace.remote_branch_sha, pushed_at=_utcnow().isoformat())
-
-
-def changed_files(workspace: Workspace) -> list[str]:
-    """Paths that differ from the base branch (committed, uncommitted, untracked), as commit_all would publish."""
-    checkout = workspace.checkout
-    secure_checkout(workspace)
-    merge_base = _git(["merge-base", "HEAD", f"refs/remotes/origin/{workspace.base_branch}"], checkout)
-    base = merge_base.stdout.strip() if merge_base.returncode == 0 else workspace.base_sha
-    tracked = _git_ok(["diff", "--name-only", "--no-renames", "-z", base], checkout).split("\0")
-    untracked = _git_ok(["ls-files", "--others", "--exclude-standard", "-z"], checkout).split("\0")
-    return sorted({path for path in tracked + untracked if path and not _commit_refused(checkout, path)})

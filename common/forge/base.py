@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from pathlib import Path
+
 from common.errors import ForgecrewError
+from common.gitsafe import GitCredential
 from common.specialties import StatusLabel
 
 
@@ -18,6 +21,12 @@ class PushRejected(ForgeError):
 
 
 @dataclass(frozen=True)
+class IssueComment:
+    author: str
+    body: str
+
+
+@dataclass(frozen=True)
 class IssueInfo:
     repo: str  # owner/name
     number: int
@@ -25,8 +34,9 @@ class IssueInfo:
     body: str
     author: str = ""
     labels: tuple[str, ...] = ()
-    comments: tuple[str, ...] = ()  # "login: text", oldest first, bots' own comments left out
+    comments: tuple[IssueComment, ...] = ()  # oldest first, bots' own comments left out
     url: str = ""
+    comments_left_out: int = 0  # comments not shown to the model (their authors lack write access)
 
 
 @dataclass(frozen=True)
@@ -48,8 +58,16 @@ class Forge(Protocol):
         """URL git clones and pushes with; never contains a credential."""
         ...
 
-    def git_env(self, repo: str) -> dict[str, str]:
-        """Extra environment for git commands on `repo` (credentials live only here)."""
+    def git_credential(self, repo: str) -> GitCredential | None:
+        """What git needs to fetch `repo` (None: nothing), handed to git only through a file descriptor."""
+        ...
+
+    def push_branch(self, repo: str, *, source: Path, commit: str, branch: str, expected: str | None) -> None:
+        """Point `branch` at `commit` (from the git directory `source`) if it is still at `expected`.
+
+        `expected` None means the branch must not exist yet. Raises PushRejected otherwise. The
+        forge runs nothing that a repository could have planted (hooks, config commands).
+        """
         ...
 
     def default_branch(self, repo: str) -> str: ...

@@ -1,8 +1,7 @@
-"""GitHub adapter of the forge port, on PyGithub; credentials travel only in headers and env vars."""
+"""GitHub adapter of the forge port, on PyGithub; git gets the token only through a credential helper's fd."""
 
 from __future__ import annotations
 
-import base64
 import logging
 import threading
 import time
@@ -21,7 +20,8 @@ from github.PullRequest import PullRequest
 from github.Repository import Repository
 
 from common.errors import SettingsError
-from common.forge.base import ForgeError, IssueInfo, PullRequestInfo
+from common.forge.base import ForgeError, IssueComment, IssueInfo, PullRequestInfo, PushRejected
+from common.gitsafe import GitCredential, run_git
 from common.settings import Settings
 from common.specialties import StatusLabel
 
@@ -313,21 +313,22 @@ class GitHubForge:
             raise SettingsError("FORGECREW_CLONE_URL_TEMPLATE must not contain a credential; forgecrew adds one")
         return url
 
-    def git_env(self, repo: str) -> dict[str, str]:
-        """An Authorization header for the clone host only, passed as env config (no file, no URL)."""
-        env = {"GIT_TERMINAL_PROMPT": "0"}
+    def git_credential(self, repo: str) -> GitCredential | None:
+        """The token (fresh for an App) for the clone host only; None for a file:// mirror."""
         parts = urlsplit(self.clone_url(repo))
         if parts.scheme not in ("http", "https"):
-            return env
-        basic = base64.b64encode(f"x-access-token:{self.token()}".encode()).decode()
-        env.update({
-            "GIT_CONFIG_COUNT": "2",
-            "GIT_CONFIG_KEY_0": f"http.{parts.scheme}://{parts.netloc}/.extraHeader",
-            "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}",
-            "GIT_CONFIG_KEY_1": "credential.helper",  # no helper may store or replace the header
-            "GIT_CONFIG_VALUE_1": "",
-        })
-        return env
+            return None
+        return GitCredential(f"{parts.scheme}://{parts.netloc}", "x-access-token", self.token())
+
+    def push_branch(self, repo: str, *, source: Path, commit: str, branch: str, expected: str | None) -> None:
+        """`git push --force-with-lease` of the worker's own commit; no hook runs on our side."""
+        ref = f"refs/heads/{branch}"
+        credential = self.git_credential(repo)
+        url = self.clone_url(repo)
+        done = run_git(["--git-dir", str(source), "push", "--quiet", "--no-verify",
+                        f"--force-with-lease={ref}:{expected or ''}", url, f"{commit}:{ref}"], credential=credential)
+        if done.returncode != 0:
+            raise PushRejected(f"push of {branch} to {repo} was rejected: {self._scrub(done.stderr.strip())}")
 
     def default_branch(self, repo: str) -> str:
         with self._errors("reading the repository", repo,
@@ -337,7 +338,7 @@ class GitHubForge:
     def get_issue(self, repo: str, number: int) -> IssueInfo:
         with self._errors(f"reading issue #{number}", repo, not_found=self._missing_issue(repo, number)):
             issue = self._repo(repo).get_issue(number)
-            comments = tuple(f"{c.user.login}: {c.body or ''}" for c in issue.get_comments()
+            comments = tuple(IssueComment(c.user.login, c.body or "") for c in issue.get_comments()
                              if c.user is not None and not self._is_bot(c.user.login, c.user.type))
             return IssueInfo(
                 repo=repo, number=number, title=issue.title, body=issue.body or "",

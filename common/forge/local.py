@@ -21,8 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from common.forge.base import ForgeError, IssueInfo, PullRequestInfo
-from common.gitsafe import run_git
+from common.forge.base import ForgeError, IssueComment, IssueInfo, PullRequestInfo, PushRejected
+from common.gitsafe import GitCredential, run_git
 from common.settings import Settings
 from common.specialties import StatusLabel
 
@@ -94,8 +94,28 @@ class LocalForge:
     def clone_url(self, repo: str) -> str:
         return str(self.bare_path(repo).resolve())
 
-    def git_env(self, repo: str) -> dict[str, str]:
-        return {"GIT_TERMINAL_PROMPT": "0"}
+    def git_credential(self, repo: str) -> GitCredential | None:
+        return None
+
+    def push_branch(self, repo: str, *, source: Path, commit: str, branch: str, expected: str | None) -> None:
+        """The forge side fetches the commit from the worker's git directory, then moves the branch if unmoved.
+
+        Nothing runs inside the bare repository: no receive-pack, so no hook of its own or of
+        anyone else; the ref moves only with compare-and-swap, like --force-with-lease.
+        """
+        bare = self._existing(repo)
+        incoming = f"refs/forgecrew-incoming/{os.getpid()}-{commit[:12]}"
+        try:
+            _git("--git-dir", str(bare), "fetch", "--quiet", "--no-tags", "--no-write-fetch-head", str(source),
+                 f"+{commit}:{incoming}")
+            old = expected or "0" * 40
+            moved = run_git(["--git-dir", str(bare), "update-ref", "-m", "forgecrew push", f"refs/heads/{branch}",
+                             commit, old])
+            if moved.returncode != 0:
+                raise PushRejected(f"push of {branch} to {repo} was rejected: the branch is no longer at "
+                                   f"{expected or 'nothing'} (someone else pushed to it)")
+        finally:
+            run_git(["--git-dir", str(bare), "update-ref", "-d", incoming])
 
     def default_branch(self, repo: str) -> str:
         path = self._existing(repo)
@@ -103,7 +123,7 @@ class LocalForge:
 
     def get_issue(self, repo: str, number: int) -> IssueInfo:
         record = self.issue_record(repo, number)
-        comments = tuple(f"{c['author']}: {c['body']}" for c in record["comments"]
+        comments = tuple(IssueComment(c["author"], c["body"]) for c in record["comments"]
                          if c["author"] != self.bot_name and not c["author"].endswith("[bot]"))
         return IssueInfo(repo=repo, number=number, title=record["title"], body=record["body"],
                          author=record["author"], labels=tuple(record["labels"]), comments=comments,

@@ -66,9 +66,9 @@ def run(ctx: click.Context, repo: str, issue: int | None, title: str | None, bod
     """
     from workers.llm import LLMClient
     from workers.pipeline import Pipeline
-    from workers.tools.sandbox import make_undumpable
+    from workers.sandbox import make_sandbox, make_undumpable
 
-    make_undumpable()  # the agent's commands run as this user: keep them out of our /proc files
+    make_undumpable()  # our /proc files hold the keys: closed to other processes of this user
 
     if issue is None and not title:
         raise click.UsageError("give --issue N, or --title (and optionally --body)")
@@ -79,6 +79,7 @@ def run(ctx: click.Context, repo: str, issue: int | None, title: str | None, bod
         raise click.UsageError(f"{path} is a local repository, which has no issues: describe the work with "
                                "--title and --body instead of --issue")
     settings.require("anthropic_api_key", purpose="the agent calls the Anthropic Messages API")
+    make_sandbox(settings)  # no sandbox on this host: say so before touching the forge or the database
     if local_source:
         settings = settings.model_copy(update={"forge": "local", "local_forge_root": settings.local_forge_root.absolute()})
         repo = import_local_repo(settings, path)

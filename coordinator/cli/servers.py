@@ -19,13 +19,15 @@ from coordinator.cli import cli, fails_cleanly, settings_from
 
 
 def guard_agent_host(settings: Settings) -> None:
-    """Before running agents: a sandbox that cannot work stops us now, and our /proc is closed to them.
+    """Before running agents: no working sandbox stops us now, and our /proc is closed to other processes.
 
-    The flag is inherited by forked children (Celery's pool), so one call covers the worker.
+    The sandbox is probed here (a command run the way every command runs), so a host without
+    bubblewrap or user namespaces refuses to start instead of failing every task. The
+    undumpable flag is inherited by forked children (Celery's pool), so one call covers them.
     """
-    from workers.tools.sandbox import command_prefix, make_undumpable
+    from workers.sandbox import make_sandbox, make_undumpable
 
-    command_prefix(settings.command_sandbox)  # COMMAND_SANDBOX=namespaces on a host that cannot: say so now
+    make_sandbox(settings)
     make_undumpable()
 
 
@@ -54,7 +56,7 @@ def coordinator(ctx: click.Context, host: str, port: int, no_reconciler: bool) -
     import uvicorn
 
     from coordinator.app import create_app
-    from workers.tools.sandbox import make_undumpable
+    from workers.sandbox import make_undumpable
 
     settings = settings_from(ctx)
     check_database(settings)

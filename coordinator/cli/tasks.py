@@ -75,6 +75,12 @@ def show_task(ctx: click.Context, task_id: int, as_json: bool) -> None:
     click.echo(f"{'usage:':<16}in {usage['input_tokens']} out {usage['output_tokens']} "
                f"cache-read {usage['cache_read_tokens']} cache-write {usage['cache_write_tokens']} "
                f"cost {usage['cost_usd'] if usage['cost_usd'] is not None else 'n/a'}")
+    if data["runs"]:
+        click.echo("runs:")
+    for run in data["runs"]:
+        sandbox = run["sandbox"] or "-"
+        click.echo(f"  attempt {run['attempt']}  {run['outcome'] or 'running':<9} sandbox {sandbox:<10} "
+                   f"{run['worker']}" + ("  (commands ran UNSANDBOXED)" if sandbox == "none" else ""))
     click.echo("events:")
     for event in data["events"]:
         click.echo(f"  {event['at']}  {event['from_state'] or '-':>9} -> {event['to_state']:<9} "

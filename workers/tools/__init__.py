@@ -1,8 +1,7 @@
 """The agent's tools, confined to the task's checkout: files, search and shell commands."""
 
 from workers.tools.paths import PathRefused, ToolError
-from workers.tools.shell import CommandPolicy, CommandRefused, CommandResult, run_command, safe_env
+from workers.tools.shell import CommandPolicy, CommandRefused
 from workers.tools.toolbox import ToolResult, Toolbox
 
-__all__ = ["CommandPolicy", "CommandRefused", "CommandResult", "PathRefused", "ToolError", "ToolResult",
-           "Toolbox", "run_command", "safe_env"]
+__all__ = ["CommandPolicy", "CommandRefused", "PathRefused", "ToolError", "ToolResult", "Toolbox"]

@@ -5,14 +5,15 @@ from __future__ import annotations
 import copy
 import math
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from workers.sandbox import CommandResult, Limits, Sandbox, SandboxError, SandboxPaths
 from workers.tools import files
 from workers.tools.paths import ToolError
-from workers.tools.shell import CommandPolicy, run_command, safe_env, truncate_middle
+from workers.tools.shell import CommandPolicy, truncate_middle
 
 _TYPES: dict[str, type | tuple[type, ...]] = {"string": str, "integer": int, "boolean": bool,
                                               "number": (int, float)}
@@ -58,32 +59,41 @@ SCHEMAS = [
             path=_prop("string", "Directory or file to search, relative to the repository root. Default '.'."),
             glob=_prop("string", "Only files matching this glob, e.g. '*.py'.")),
     _schema("run_command", "Run a bash command in the repository root (tests, builds, git status/diff/log). "
-            "No network credentials are available; the command is killed at its time limit.", ["command"],
+            "It runs in a sandbox: no credentials, usually no network, nothing outside the repository but a "
+            "read-only system, /tmp and $HOME; it is stopped at its time, memory, process and output limits, "
+            "and processes it leaves running are stopped when it returns.", ["command"],
             command=_prop("string", "The bash command line."),
             timeout=_prop("number", "Seconds before the command is killed; at most the configured limit.")),
 ]
 
 
 class Toolbox:
-    """Tools confined to one checkout; `call` never raises for a failure the model can react to."""
+    """Tools confined to one checkout; `call` never raises for a failure the model can react to.
 
-    def __init__(self, root: Path, *, policy: CommandPolicy | None = None, command_timeout: float = 120,
+    File tools run in the worker on paths resolved inside the checkout; `search` and
+    `run_command` run in the sandbox, like the repository's setup and tests.
+    """
+
+    def __init__(self, root: Path, *, sandbox: Sandbox, paths: SandboxPaths | None = None,
+                 limits: Limits | None = None, policy: CommandPolicy | None = None, command_timeout: float = 120,
                  output_limit: int = 20_000, env: Mapping[str, str] | None = None,
-                 home: Path | None = None, tmp: Path | None = None, sandbox: Sequence[str] = (),
                  time_left: Callable[[], float] = lambda: math.inf) -> None:
         self.root = Path(root).resolve()
-        self.sandbox = tuple(sandbox)
+        self.sandbox = sandbox
+        self.paths = paths or SandboxPaths(self.root, self.root.parent / "home", self.root.parent / "tmp",
+                                           name=self.root.name)
+        self.limits = limits or Limits()
         self.policy = policy or CommandPolicy()
         self.command_timeout = command_timeout
         self.time_left = time_left  # the run's remaining wall time caps every command
         self.output_limit = output_limit
-        self.env = safe_env(home or self.root.parent / "home", tmp or self.root.parent / "tmp", env)
+        self.env = dict(env or {})
         self._handlers: dict[str, Callable[..., ToolResult]] = {
             "list_files": lambda **a: ToolResult(files.list_files(self.root, **a)),
             "read_file": lambda **a: ToolResult(files.read_file(self.root, limit=self.output_limit, **a)),
-            "write_file": lambda **a: ToolResult(files.write_file(self.root, **a)),
+            "write_file": lambda **a: ToolResult(files.write_file(self.root, adopt=self.sandbox.adopt, **a)),
             "edit_file": lambda **a: ToolResult(files.edit_file(self.root, **a)),
-            "search": lambda **a: ToolResult(files.search(self.root, timeout=self._limit(None), **a)),
+            "search": lambda **a: ToolResult(files.search(self.root, run=self._in_sandbox, **a)),
             "run_command": self._run_command,
         }
 
@@ -101,25 +111,26 @@ class Toolbox:
             result = handler(**arguments)
         except ToolError as exc:
             return ToolResult(str(exc), True)
+        except SandboxError as exc:
+            return ToolResult(f"{name} could not run: {exc}", True)
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             return ToolResult(f"{name} failed: {exc}", True)
         return ToolResult(truncate_middle(result.content, self.output_limit), result.is_error)
+
+    def _in_sandbox(self, command: str, timeout: float | None = None) -> CommandResult:
+        return self._run(command, self._limit(timeout))
+
+    def _run(self, command: str, limit: float) -> CommandResult:
+        room = max(self.output_limit - 300, 200)  # leaves space for the status lines around the output
+        return self.sandbox.run(command, self.paths, self.limits.with_wall(limit), keep=room, env=self.env)
 
     def _run_command(self, command: str, timeout: float | None = None) -> ToolResult:
         self.policy.check(command)
         if timeout is not None and timeout <= 0:
             raise ToolError("timeout must be a positive number of seconds")
         limit = self._limit(timeout)
-        room = max(self.output_limit - 300, 200)  # leaves space for the status lines around the output
-        result = run_command(command, cwd=self.root, env=self.env, timeout=limit, output_limit=room,
-                             sandbox=self.sandbox)
-        output = result.output or "(no output)"
-        if result.timed_out:
-            return ToolResult(f"command killed after the {limit:g}s time limit (its whole process group was "
-                              f"stopped); output so far:\n{output}", True)
-        note = "\n[background processes still running when the command ended were stopped]"
-        status = f"exit code {result.exit_code}" if result.exit_code >= 0 else f"killed by signal {-result.exit_code}"
-        return ToolResult(f"{status}\n{output}" + (note if result.stopped_leftovers else ""), result.exit_code != 0)
+        result = self._run(command, limit)
+        return ToolResult(describe(result, limit), not result.ok)
 
     def _limit(self, requested: float | None) -> float:
         """The command's time limit: what the model asked for, within the specialty's and the run's."""
@@ -127,6 +138,28 @@ class Toolbox:
         if left <= 0:
             raise ToolError("the run's time budget (FORGECREW_MAX_WALL_SECONDS) is spent; call finish")
         return min(requested or self.command_timeout, self.command_timeout, left)
+
+
+def describe(result: CommandResult, wall: float = 0) -> str:
+    """The observation the model gets: how the command ended, its output, and any limit it met."""
+    output = result.output or "(no output)"
+    if result.timed_out:
+        return (f"command killed after the {wall or result.seconds:g}s time limit (every process it started was "
+                f"stopped); output so far:\n{output}")
+    if result.output_exceeded:
+        status = "command stopped"
+    elif result.exit_code is not None and result.exit_code > 128:
+        status = f"exit code {result.exit_code} (killed by signal {result.exit_code - 128})"
+    elif result.exit_code is not None and result.exit_code < 0:
+        status = f"killed by signal {-result.exit_code}"
+    else:
+        status = f"exit code {result.exit_code}"
+    notes = []
+    if result.limit:
+        notes.append(f"[sandbox limit: {result.limit}]")
+    if result.stopped_leftovers:
+        notes.append("[processes it left running in the background were stopped when it returned]")
+    return f"{status}\n{output}" + "".join(f"\n{note}" for note in notes)
 
 
 def _validated(name: str, args: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -1,0 +1,200 @@
+"""The change forgecrew publishes, built by the worker itself from the files of the checkout.
+
+The agent's commits, index, refs and object store are not trusted: it could have committed a
+token, planted objects, or rewritten history. The worker ignores all of it. In a private git
+directory next to the checkout (never visible to the sandbox), with its own index and object
+store borrowing only the host mirror's objects, it stages the checkout's files over the
+commit the run started from, writes the tree, and scans everything that differs from that
+commit: refused paths (.env, keys, credentials), links leading out of the repository, nested
+repositories, oversized files, configured secrets and known token shapes in added lines. A
+change that trips the scan is refused, naming the file and never quoting the secret. Only
+then is the commit made, as the bot identity, with the run's commit as its only parent.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import posixpath
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.errors import ForgecrewError
+from common.gitsafe import base_env, run_git, write_config
+from common.redact import TOKEN_PATTERNS
+from workers.workspace import GitFailed, Workspace
+
+DENIED_PATTERNS = (".env", ".env.*", "*.pem", "*.key", "id_rsa*", "id_ed25519*", "id_ecdsa*", "id_dsa*",
+                   ".netrc", ".git-credentials", ".pypirc", ".npmrc", "credentials.json")
+TEMPLATE_SUFFIXES = (".example", ".sample", ".template", ".dist")
+MAX_FILE_BYTES = 50 * 1024 * 1024
+LINK_MODE, GITLINK_MODE = "120000", "160000"
+
+
+class ChangeRefused(ForgecrewError):
+    """The change holds something forgecrew never publishes; nothing was committed or pushed."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: str
+    status: str  # A, M, D, T
+    mode: str  # the new mode ("000000" when deleted)
+    blob: str  # the new blob
+    old_blob: str
+
+
+@dataclass(frozen=True)
+class Change:
+    commit: str
+    parent: str
+    files: list[str]  # every path the branch changes against the base branch, deleted ones included
+    git_dir: Path  # where the commit lives (the worker's private repository)
+
+
+def build_change(workspace: Workspace, message: str, *, author: tuple[str, str],
+                 contains_secret: Callable[[str], bool]) -> Change | None:
+    """The worker's own commit of the checkout's files over the run's start; None when nothing changed."""
+    git = _PrivateGit(workspace)
+    parent = workspace.head_sha
+    git.ok("read-tree", parent)
+    git.ok("add", "--all", "--", ".")
+    tree = git.ok("write-tree").strip()
+    if tree == git.ok("rev-parse", f"{parent}^{{tree}}").strip():
+        return None
+    entries = list(_entries(git.ok("diff-tree", "-r", "-z", "--no-renames", "--raw", parent, tree)))
+    problems = _refused_paths(entries) + _refused_content(git, entries, contains_secret)
+    if problems:
+        raise ChangeRefused("forgecrew did not publish the change: " + "; ".join(problems[:10])
+                            + (f"; and {len(problems) - 10} more" if len(problems) > 10 else ""))
+    name, email = author
+    identity = {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email,
+                "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email}
+    commit = git.ok("commit-tree", tree, "-p", parent, "-m", message, env=identity).strip()
+    git.ok("update-ref", f"refs/heads/{workspace.branch}", commit)  # a ref, so any git can fetch it
+    base = workspace.base_sha or parent
+    files = git.ok("diff-tree", "-r", "-z", "--no-renames", "--name-only", base, tree).split("\0")
+    return Change(commit, parent, sorted(path for path in files if path), git.git_dir)
+
+
+class _PrivateGit:
+    """Git on the checkout's files with a git directory, index and object store of the worker's own."""
+
+    def __init__(self, workspace: Workspace) -> None:
+        self.git_dir = workspace.publish_dir
+        self.cwd = workspace.checkout
+        self.env = {"GIT_DIR": str(self.git_dir), "GIT_WORK_TREE": str(workspace.checkout),
+                    "GIT_INDEX_FILE": str(self.git_dir / "index"), "GIT_LITERAL_PATHSPECS": "1"}
+        if not (self.git_dir / "HEAD").is_file():
+            self.git_dir.parent.mkdir(parents=True, exist_ok=True)
+            done = run_git(["init", "--quiet", "--bare", str(self.git_dir)])
+            if done.returncode != 0:
+                raise GitFailed(f"git init of {self.git_dir} failed: {done.stderr.strip()}")
+        write_config(self.git_dir, [("core.repositoryformatversion", "0"), ("core.bare", "false"),
+                                    ("core.filemode", "true"), ("core.symlinks", "true"),
+                                    ("core.autocrlf", "false"), ("gc.auto", "0")])
+        info = self.git_dir / "objects" / "info"
+        info.mkdir(parents=True, exist_ok=True)
+        if workspace.mirror is not None:
+            (info / "alternates").write_text(f"{workspace.mirror / 'objects'}\n")
+
+    def ok(self, *args: str, env: dict[str, str] | None = None) -> str:
+        result = run_git(list(args), self.cwd, env={**self.env, **(env or {})})
+        if result.returncode != 0:
+            raise GitFailed(f"git {args[0]} failed while building the change: {result.stderr.strip()[:500]}")
+        return result.stdout
+
+    def blobs(self, shas: list[str]) -> Iterator[tuple[str, bytes]]:
+        """Each blob's content, in order, from one `git cat-file --batch`."""
+        process = subprocess.Popen(["git", "cat-file", "--batch"], env={**base_env(), **self.env}, cwd=self.cwd,
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert process.stdin is not None and process.stdout is not None
+        try:
+            process.stdin.write("".join(f"{sha}\n" for sha in shas).encode())
+            process.stdin.close()
+            for sha in shas:
+                header = process.stdout.readline().split()
+                size = int(header[2]) if len(header) == 3 else 0
+                data = process.stdout.read(size) if size else b""
+                process.stdout.read(1)  # the newline after each object
+                yield sha, data
+        finally:
+            process.stdout.close()
+            process.wait()
+
+
+def _entries(raw: str) -> Iterator[Entry]:
+    """Parse `diff-tree --raw -z`: ':old_mode new_mode old_sha new_sha status\\0path\\0' per change."""
+    fields = raw.split("\0")
+    for meta, path in zip(fields[0::2], fields[1::2]):
+        if not meta.startswith(":"):
+            continue
+        _, new_mode, old_sha, new_sha, status = meta[1:].split()
+        yield Entry(path, status[0], new_mode, new_sha, old_sha)
+
+
+def _refused_paths(entries: list[Entry]) -> list[str]:
+    problems = []
+    for entry in entries:
+        if entry.status == "D":
+            continue
+        name = posixpath.basename(entry.path)
+        if any(fnmatch.fnmatch(name, pattern) for pattern in DENIED_PATTERNS) and not name.endswith(TEMPLATE_SUFFIXES):
+            problems.append(f"{entry.path} is a file forgecrew never publishes (secrets and keys belong elsewhere)")
+        elif entry.mode == GITLINK_MODE:
+            problems.append(f"{entry.path} is a nested git repository, not part of this one")
+    return problems
+
+
+def _refused_content(git: _PrivateGit, entries: list[Entry], contains_secret: Callable[[str], bool]) -> list[str]:
+    """Links out of the repository, oversized files, and secrets or token shapes in what was added."""
+    wanted = [entry for entry in entries if entry.status != "D" and entry.mode != GITLINK_MODE]
+    old = {entry.old_blob for entry in wanted if entry.status == "M" and entry.mode != LINK_MODE}
+    shas = list(dict.fromkeys([*(entry.blob for entry in wanted), *(sha for sha in old if set(sha) != {"0"})]))
+    sizes = dict(_sizes(git, shas))
+    big = [entry for entry in wanted if sizes.get(entry.blob, 0) > MAX_FILE_BYTES]
+    problems = [f"{entry.path} is {sizes[entry.blob] // (1024 * 1024)} MB, over the "
+                f"{MAX_FILE_BYTES // (1024 * 1024)} MB forgecrew publishes" for entry in big]
+    readable = [sha for sha in shas if sizes.get(sha, 0) <= MAX_FILE_BYTES]
+    contents = dict(git.blobs(readable))
+    for entry in wanted:
+        if entry in big:
+            continue
+        data = contents.get(entry.blob, b"")
+        if entry.mode == LINK_MODE:
+            if _leaves_repository(entry.path, data.decode("utf-8", "replace")):
+                problems.append(f"{entry.path} is a symbolic link leading out of the repository")
+            continue
+        added = _added_text(data, contents.get(entry.old_blob, b"") if entry.status == "M" else b"")
+        if contains_secret(added):
+            problems.append(f"{entry.path} holds one of forgecrew's own secrets")
+        elif TOKEN_PATTERNS.search(added):
+            problems.append(f"{entry.path} holds something shaped like an access token or API key")
+    return problems
+
+
+def _sizes(git: _PrivateGit, shas: list[str]) -> Iterator[tuple[str, int]]:
+    if not shas:
+        return
+    listing = subprocess.run(["git", "cat-file", "--batch-check"], input="".join(f"{sha}\n" for sha in shas),
+                             env={**base_env(), **git.env}, cwd=git.cwd, capture_output=True, text=True)
+    for line in listing.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[2].isdigit():
+            yield parts[0], int(parts[2])
+
+
+def _added_text(new: bytes, old: bytes) -> str:
+    """The lines of `new` that `old` does not have: what this change adds (base content is not ours to judge)."""
+    if not old:
+        return new.decode("utf-8", "replace")
+    before = set(old.splitlines())
+    return b"\n".join(line for line in new.splitlines() if line not in before).decode("utf-8", "replace")
+
+
+def _leaves_repository(path: str, target: str) -> bool:
+    if target.startswith("/"):
+        return True
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
+    return resolved == ".." or resolved.startswith("../")

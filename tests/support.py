@@ -89,10 +89,11 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float = 30, interval: flo
 class Process:
     """A forgecrew server process started by a test, stopped with SIGTERM at the end."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, prefix: list[str] | None = None) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        self.popen = subprocess.Popen([sys.executable, "-m", "coordinator.cli", *args], env=env,
+        self.prefixed = bool(prefix)  # e.g. tests/unprivileged.prefix: signals go to the whole group
+        self.popen = subprocess.Popen([*(prefix or []), sys.executable, "-m", "coordinator.cli", *args], env=env,
                                       stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def log(self) -> str:
@@ -103,7 +104,10 @@ class Process:
 
     def stop(self, timeout: float = 20) -> int:
         if self.alive():
-            self.popen.terminate()
+            if self.prefixed:
+                os.killpg(self.popen.pid, 15)
+            else:
+                self.popen.terminate()
             try:
                 self.popen.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -123,10 +127,11 @@ def start_coordinator(env: dict[str, str], tmp: Path) -> tuple[Process, str]:
     return proc, url
 
 
-def start_worker(env: dict[str, str], tmp: Path, specialty: str, *extra: str) -> Process:
+def start_worker(env: dict[str, str], tmp: Path, specialty: str, *extra: str,
+                 prefix: list[str] | None = None) -> Process:
     name = f"{specialty}-{uuid.uuid4().hex[:6]}"
     proc = Process(["worker", "--specialty", specialty, "--hostname", f"{name}@test", *extra], env,
-                   tmp / f"worker-{name}.log")
+                   tmp / f"worker-{name}.log", prefix=prefix)
     with _stopped_on_failure(proc):
         wait_for(lambda: " ready." in proc.log() or not proc.alive(), timeout=60, what=f"worker {name} ready")
         assert proc.alive(), proc.log()

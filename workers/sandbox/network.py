@@ -182,7 +182,10 @@ class UserNetwork:
         if self.slirp.poll() is None:
             return "no answer in time"
         assert self.slirp.stderr is not None
-        return self.slirp.stderr.read().decode(errors="replace").strip()[-500:] or f"exit {self.slirp.returncode}"
+        text = self.slirp.stderr.read().decode(errors="replace").strip()[-500:] or f"exit {self.slirp.returncode}"
+        if "/dev/net/tun" in text:
+            text += " (the worker's user must be able to open /dev/net/tun, mode 0666 as udev makes it)"
+        return text
 
     def close(self) -> None:
         if self._exit_write >= 0:

@@ -44,7 +44,7 @@ def test_issue_becomes_a_pull_request_with_passing_tests(forge_settings: Setting
     states = [e.to_state for e in task.events]
     assert states[-3:] == ["running", "testing", "pr_open"]
     [run] = task.runs
-    assert run.outcome == "pr_open" and run.tests_passed and run.turns == 4
+    assert run.outcome == "pr_open" and run.tests_passed and run.turns == 4 and run.sandbox == "bubblewrap"
     assert task.input_tokens > 0 and task.output_tokens > 0
     assert task.cache_write_tokens > 0 and task.cache_read_tokens > 0  # system and tools re-read from the cache
     assert task.cost_usd is not None and task.cost_usd > 0
@@ -208,3 +208,33 @@ def test_missing_forge_setting_fails_the_task_cleanly(forge_settings: Settings, 
     assert outcome.state == "failed" and "FORGECREW_GITHUB_TOKEN" in outcome.reason
     task = load(db, task_id)
     assert task.state == "failed" and task.lease_owner is None and task.runs[0].outcome == "failed"
+
+
+def test_an_unsandboxed_run_is_recorded_loudly_and_still_leaves_nothing_running(
+        forge_settings: Settings, db: Database, forge: LocalForge, model: FakeAnthropic) -> None:
+    """COMMAND_SANDBOX=none is the operator's choice; the task's record says so, and daemons still die."""
+    import uuid
+
+    from tests.cli_support import show_task
+
+    mark = f"{100 + uuid.uuid4().int % 800}.{uuid.uuid4().int % 10**6}"
+    seen: list[str] = []
+
+    def after_the_daemon(request: Any) -> Any:
+        seen.append(last_tool_result(request))
+        return fixing_script()[0]
+
+    model.add(tool_use("run_command", {"command": f"setsid sleep {mark} & (sleep {mark} &); echo started"}),
+              after_the_daemon, *fixing_script()[1:])
+    settings = forge_settings.model_copy(update={"command_sandbox": "none"})
+    task_id = make_task(db, repo=REPO, issue_number=1, title=ISSUE_TITLE, body=ISSUE_BODY)
+    outcome = run_task(settings, db, forge, task_id)
+    assert outcome.state == "pr_open", outcome.reason
+    assert "started" in seen[0] and "were stopped when it returned" in seen[0]
+    listing = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True).stdout
+    assert [line for line in listing.splitlines() if f"sleep {mark}" in line and not line.startswith("Z")] == []
+    task = load(db, task_id)
+    assert task.runs[0].sandbox == "none"
+    assert any("UNSANDBOXED" in (event.detail or "") for event in task.events)
+    shown = show_task(settings, task_id)
+    assert "sandbox none" in shown and "(commands ran UNSANDBOXED)" in shown

@@ -55,11 +55,18 @@ def _step(directory: int, name: str, relative: str, extra: int) -> int:
     except FileNotFoundError:
         return -1
     except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.EMLINK):
+        if exc.errno in (errno.ELOOP, errno.EMLINK, errno.ENOTDIR) and _is_link(directory, name):
             raise RepoFileRefused(f"{relative} in the repository is (or lies under) a symbolic link; forgecrew reads "
                                   "only regular files there") from None
-        if exc.errno == errno.ENOTDIR:
+        if exc.errno == errno.ENOTDIR:  # a file where a directory was expected: not there
             return -1
         raise RepoFileRefused(f"{relative} in the repository cannot be read ({exc.strerror})") from None
     finally:
         os.close(directory)
+
+
+def _is_link(directory: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=directory, follow_symlinks=False).st_mode)
+    except OSError:
+        return False

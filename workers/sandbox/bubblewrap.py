@@ -24,8 +24,9 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from workers.sandbox.base import MB, CommandResult, Limits, SandboxError, SandboxPaths, SandboxUnavailable, limit_hint
@@ -83,41 +84,46 @@ class BubblewrapSandbox:
 
     def run(self, command: str, paths: SandboxPaths, limits: Limits, *, keep: int = 20_000,
             env: dict[str, str] | None = None) -> CommandResult:
-        status = StatusPipe()
-        network = self._network(limits)
         files = {"/etc/passwd": PASSWD, "/etc/group": GROUP}
-        if network:
+        if limits.network:
             files["/etc/resolv.conf"] = RESOLV_CONF
         if _alternates_intact(paths):  # git in the checkout reads the shared objects where they are inside
             files[f"{self.inside(paths)}/.git/objects/info/alternates"] = f"{OBJECTS}\n".encode()
-        info, block = (os.pipe(), os.pipe()) if network else (None, None)
+        with StatusPipe() as status, data_fds(list(files.values())) as fds, self._networking(limits) as net:
+            argv = self._argv(command, paths, limits, dict(zip(files, fds)), status.write_fd, net.bwrap_args)
+            finished = run_process(argv, cwd=Path("/"), env=self._env(env), timeout=limits.wall_seconds,
+                                   keep=keep, max_bytes=limits.output_mb * MB,
+                                   pass_fds=[*fds, status.write_fd, *net.fds], started_hook=net.hook)
+            return result_of(finished, status.read(), limits)
+
+    @contextmanager
+    def _networking(self, limits: Limits) -> Iterator[_Networking]:
+        """Nothing for an offline command; else bwrap's info and block pipes and the hook that links it up."""
+        if not limits.network:
+            yield _Networking()
+            return
+        network = UserNetwork(NetworkTools.find(),
+                              [*ALWAYS_BLOCKED, *host_networks(), *self.config.blocked_networks])
+        info_read, info_write = os.pipe()
+        block_read, block_write = os.pipe()
         try:
-            with data_fds(list(files.values())) as fds:
-                argv = self._argv(command, paths, limits, dict(zip(files, fds)), status.write_fd,
-                                  network_fds=(info[1], block[0]) if info and block else None)
-                hook = (_network_hook(network, info[0], block[1], staged=bool(self.config.run_as))
-                        if network and info and block else None)
-                passed = [*fds, status.write_fd, *((info[1], block[0]) if info and block else ())]
-                finished = run_process(argv, cwd=Path("/"), env=self._env(env), timeout=limits.wall_seconds,
-                                       keep=keep, max_bytes=limits.output_mb * MB, pass_fds=passed,
-                                       started_hook=hook)
+            yield _Networking(["--info-fd", str(info_write), "--block-fd", str(block_read)], (info_write, block_read),
+                              _network_hook(network, info_read, block_write, staged=bool(self.config.run_as)))
         finally:
-            for fd in (*(info or ()), *(block or ())):
+            for fd in (info_read, info_write, block_read, block_write):
                 _close_quietly(fd)
-            if network:
-                network.close()
-        return result_of(finished, status.read(), limits)
+            network.close()
 
     # -- building the command line ----------------------------------------------------------------
-    def _argv(self, command: str, paths: SandboxPaths, limits: Limits, files: dict[str, int], status_fd: int, *,
-              network_fds: tuple[int, int] | None) -> list[str]:
+    def _argv(self, command: str, paths: SandboxPaths, limits: Limits, files: dict[str, int], status_fd: int,
+              network_args: list[str]) -> list[str]:
         inside = str(self.inside(paths))
         sources = self._sources(paths)
         args = [*self._prefix(paths), self.bwrap,
                 "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net",
                 "--unshare-cgroup-try", "--uid", str(INSIDE_UID), "--gid", str(INSIDE_UID),
                 "--hostname", "sandbox", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
-        if not network_fds:
+        if not network_args:
             # no namespaces inside (a kernel's user-namespace code is much of its attack surface); with
             # network, slirp4netns must join the sandbox's own user namespace, which this nests away
             args.append("--disable-userns")
@@ -128,8 +134,7 @@ class BubblewrapSandbox:
             args += ["--ro-bind", sources["objects"], OBJECTS]
         for destination, fd in files.items():
             args += ["--ro-bind-data", str(fd), destination]
-        if network_fds:
-            args += ["--info-fd", str(network_fds[0]), "--block-fd", str(network_fds[1])]
+        args += network_args
         args += ["--remount-ro", "/", "--chdir", inside, "--",
                  "bash", "--noprofile", "--norc", "-c", script(limits, status_fd), "sandbox", command]
         return args
@@ -203,11 +208,14 @@ class BubblewrapSandbox:
                                  for root in self._visible if str(root) != "/etc")]
         return os.pathsep.join(dict.fromkeys([*keep, *STANDARD_PATH]))
 
-    def _network(self, limits: Limits) -> UserNetwork | None:
-        if not limits.network:
-            return None
-        blocked = [*ALWAYS_BLOCKED, *host_networks(), *self.config.blocked_networks]
-        return UserNetwork(NetworkTools.find(), blocked)
+
+@dataclass
+class _Networking:
+    """What a command needs for its network: bwrap arguments, the fds they name, the hook after start."""
+
+    bwrap_args: list[str] = field(default_factory=list)
+    fds: tuple[int, ...] = ()
+    hook: Callable[[subprocess.Popen[bytes]], None] | None = None
 
 
 def _network_hook(network: UserNetwork, info_read: int, block_write: int, *,

@@ -78,6 +78,15 @@ class StatusPipe:
     def __init__(self) -> None:
         self.read_fd, self.write_fd = os.pipe()
 
+    def __enter__(self) -> StatusPipe:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close_writer()
+        if self.read_fd >= 0:
+            os.close(self.read_fd)
+            self.read_fd = -1
+
     def close_writer(self) -> None:
         if self.write_fd >= 0:
             os.close(self.write_fd)
@@ -93,6 +102,7 @@ class StatusPipe:
             return None
         finally:
             os.close(self.read_fd)
+            self.read_fd = -1
         try:
             return int(text[0]), int(text[1])
         except (IndexError, ValueError):

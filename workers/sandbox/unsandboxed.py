@@ -102,15 +102,15 @@ class UnsandboxedRunner:
 
     def run(self, command: str, paths: SandboxPaths, limits: Limits, *, keep: int = 20_000,
             env: dict[str, str] | None = None) -> CommandResult:
-        status = StatusPipe()
         lifeline_read, lifeline_write = os.pipe()  # the write end stays here, closed on exec elsewhere
-        argv = [sys.executable, "-I", "-S", "-c", REAPER, str(status.write_fd), str(lifeline_read),
-                script(limits, None, processes=False), command]
         try:
-            finished = run_process(argv, cwd=paths.checkout, env=safe_env(str(paths.home), str(paths.tmp), env),
-                                   timeout=limits.wall_seconds, keep=keep, max_bytes=limits.output_mb * MB,
-                                   pass_fds=[status.write_fd, lifeline_read])
+            with StatusPipe() as status:
+                argv = [sys.executable, "-I", "-S", "-c", REAPER, str(status.write_fd), str(lifeline_read),
+                        script(limits, None, processes=False), command]
+                finished = run_process(argv, cwd=paths.checkout, env=safe_env(str(paths.home), str(paths.tmp), env),
+                                       timeout=limits.wall_seconds, keep=keep, max_bytes=limits.output_mb * MB,
+                                       pass_fds=[status.write_fd, lifeline_read])
+                return result_of(finished, status.read(), limits)
         finally:
             os.close(lifeline_read)
             os.close(lifeline_write)
-        return result_of(finished, status.read(), limits)

@@ -13,7 +13,7 @@ import selectors
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +110,8 @@ class StatusPipe:
 
 
 def run_process(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], timeout: float, keep: int,
-                max_bytes: int, pass_fds: Sequence[int] = (), started_hook: object = None) -> Finished:
+                max_bytes: int, pass_fds: Sequence[int] = (),
+                started_hook: Callable[[subprocess.Popen[bytes]], None] | None = None) -> Finished:
     """Run `argv` in its own process group; stop the group at `timeout` or past `max_bytes` of output.
 
     `started_hook(process)` runs right after the start (the network setup uses it); whatever it
@@ -124,7 +125,7 @@ def run_process(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], timeo
     assert process.stdout is not None
     stopped = False
     try:
-        if callable(started_hook):
+        if started_hook is not None:
             started_hook(process)
         with selectors.DefaultSelector() as selector:
             selector.register(process.stdout, selectors.EVENT_READ)

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -20,6 +20,7 @@ from pydantic_settings import (
 )
 
 from common.errors import SettingsError
+from common.home import StateHome, default_home
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,9 @@ DEFAULT_CONFIG_FILE = "forgecrew.toml"
 NOT_SETTINGS = {CONFIG_FILE_VARIABLE, "FORGECREW_FIXTURES"}
 NOT_SETTINGS_PREFIXES = ("FORGECREW_TEST_",)
 PLACEHOLDER_SECRETS = {"changeme", "changethis", "secret", "password", "xxx", "todo"}
+
+# Secrets `forgecrew up` generates into HOME/secrets when unset; every command reads them back.
+GENERATED_SECRETS = ("webhook_secret", "api_token", "flower_password")
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -82,10 +86,17 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
 
-    database_url: str = Field("sqlite:///forgecrew.db", description="SQLAlchemy URL of the state database.")
-    broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker (Redis or RabbitMQ).")
+    home: Path = Field(default_factory=default_home, description="State folder of single-host mode: the "
+                       "default database, embedded broker, workspaces, local forge and generated secrets "
+                       "(default $XDG_DATA_HOME/forgecrew or ~/.local/share/forgecrew).")
+    database_url: str = Field("", description="SQLAlchemy URL of the state database (default: SQLite in HOME).")
+    broker_url: str = Field("", description="Celery broker, Redis or RabbitMQ (default: the embedded broker "
+                            "`forgecrew up` runs on a unix socket in HOME).")
     webhook_secret: SecretStr | None = Field(None, description="GitHub webhook secret for HMAC-SHA256.")
     api_token: SecretStr | None = Field(None, description="Bearer token for the REST API.")
+    flower_user: str = Field("forgecrew", min_length=1, description="Flower's basic-auth user.")
+    flower_password: SecretStr | None = Field(None, description="Flower's basic-auth password (`up` generates "
+                                              "one when unset; `forgecrew flower` requires it).")
     repo_allowlist: CommaList = Field(default_factory=list, description="owner/name patterns, shell wildcards.")
     trusted_associations: CommaList = Field(
         default_factory=lambda: ["OWNER", "MEMBER", "COLLABORATOR"],
@@ -94,7 +105,7 @@ class Settings(BaseSettings):
     max_webhook_bytes: int = Field(25 * 1024 * 1024, gt=0, description="GitHub caps payloads at 25 MB.")
 
     forge: Literal["github", "local"] = Field("github", description="Where branches and PRs go.")
-    local_forge_root: Path = Field(Path("forge"), description="Bare repos of the local forge.")
+    local_forge_root: Path = Field(Path(), description="Bare repos of the local forge (default: HOME/forge).")
     github_token: SecretStr | None = Field(None, description="Personal or installation token.")
     github_app_id: int | None = Field(None, description="GitHub App id, instead of a token.")
     github_app_private_key: SecretStr | None = Field(None, description="PEM text or a path to it.")
@@ -137,7 +148,8 @@ class Settings(BaseSettings):
     sandbox_open_files: int = Field(1024, gt=0, description="Open files of each process of a command.")
     sandbox_output_mb: int = Field(16, gt=0, description="Output of one command read before it is stopped, MB.")
 
-    workspace_root: Path = Field(Path("workspaces"), description="Mirrors and per-task checkouts.")
+    workspace_root: Path = Field(Path(), description="Mirrors and per-task checkouts (default: "
+                                 "HOME/workspaces).")
     workspace_retention_days: float = Field(7.0, ge=0, description="Age before gc removes a task dir.")
 
     lease_seconds: int = Field(120, ge=2, description="A running task's lease; heartbeats renew it.")
@@ -150,6 +162,35 @@ class Settings(BaseSettings):
     default_soft_time_limit: int = Field(3600, gt=0, description="Seconds before a task is asked to stop.")
     default_time_limit: int = Field(3900, gt=0, description="Seconds before a task is killed.")
     specialties: list[SpecialtyConfig] = Field(default_factory=list, description="Extra specialties.")
+
+    @model_validator(mode="after")
+    def _home_defaults(self) -> Settings:
+        """Unset locations fall back to the state folder; generated secrets are read back from it."""
+        home = StateHome(self.home)
+        self.home = home.root
+        if not self.database_url:
+            self.database_url = home.database_url
+        if not self.broker_url:
+            self.broker_url = home.broker_url
+        if self.local_forge_root == Path():
+            self.local_forge_root = home.forge
+        if self.workspace_root == Path():
+            self.workspace_root = home.workspaces
+        for name in GENERATED_SECRETS:
+            if getattr(self, name) is None:
+                stored = home.stored_secret(name)
+                if stored:
+                    setattr(self, name, SecretStr(stored))
+        return self
+
+    @property
+    def state_home(self) -> StateHome:
+        return StateHome(self.home)
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        """True when the broker is the one `forgecrew up` starts in HOME, not one the operator runs."""
+        return self.broker_url == self.state_home.broker_url
 
     @field_validator("repo_allowlist", "trusted_associations", "fallback_models", "sandbox_read_only_paths",
                      "sandbox_blocked_networks", mode="before")
@@ -182,7 +223,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"{cidr!r} is not a network (write it like 203.0.113.0/24)") from None
         return value
 
-    @field_validator("webhook_secret", "api_token")
+    @field_validator("webhook_secret", "api_token", "flower_password")
     @classmethod
     def _no_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:

@@ -9,7 +9,7 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
-from common.celery_app import message_id, send_run
+from common.celery_app import message_id, send_run, task_label
 from common.db import Database, db_now
 from common.models import Task
 from common.states import TaskState
@@ -35,16 +35,17 @@ class Dispatcher:
             if task is None or task.state not in SENDABLE:
                 return False
             specialty, number = task.specialty, task.dispatch_count + 1
-        if not self.send(task_id, specialty, number):
+            label = task_label(task.repo, task.issue_number, specialty, task_id)
+        if not self.send(task_id, specialty, number, label=label):
             return False
         self.record_sent(task_id, number, actor=actor, note=note)
         return True
 
-    def send(self, task_id: int, specialty: str, number: int) -> bool:
+    def send(self, task_id: int, specialty: str, number: int, *, label: str | None = None) -> bool:
         """Publish send `number` of the task (its message id); False, logged, when the broker is down."""
         try:
             send_run(self.celery, self.db.settings, task_id=task_id, specialty=specialty,
-                     message=message_id(task_id, number))
+                     message=message_id(task_id, number), label=label)
         except BROKER_ERRORS as exc:
             log.warning("broker unreachable (%s: %s); task %s stays unsent until the reconciler "
                         "resends it", type(exc).__name__, exc, task_id)

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Row, Select, or_, select, update
 from sqlalchemy.orm import Session
 
-from common.celery_app import message_id
+from common.celery_app import message_id, task_label
 from common.db import Database, db_now
 from common.leases import release
 from common.models import Task, TaskRun
@@ -87,7 +87,8 @@ class Reconciler:
         """Send tasks whose send failed, requeued runs, and queued tasks whose message was lost."""
         with self.db.session() as session:
             now = now or db_now(session)
-            columns = (Task.id, Task.state, Task.specialty, Task.dispatched_at, Task.dispatch_count)
+            columns = (Task.id, Task.state, Task.specialty, Task.dispatched_at, Task.dispatch_count, Task.repo,
+                       Task.issue_number)
             seen = {row.id: row for row in session.execute(self._unsent(now, *columns))}
         try:
             chosen, held = self._choose(seen.values())
@@ -148,7 +149,9 @@ class Reconciler:
         """
         reserved = self._reserve(now, batch, seen)
         for index, (task_id, number, previous) in enumerate(reserved):
-            if not self.dispatcher.send(task_id, seen[task_id].specialty, number):
+            row = seen[task_id]
+            if not self.dispatcher.send(task_id, row.specialty, number,
+                                        label=task_label(row.repo, row.issue_number, row.specialty, task_id)):
                 self._give_back(reserved[index:])
                 return False
             self.dispatcher.record_sent(task_id, number, actor=ACTOR, note=batch[task_id])

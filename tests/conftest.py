@@ -29,6 +29,14 @@ PG_ADMIN = os.environ.get("FORGECREW_TEST_PG", "postgresql://postgres@127.0.0.1:
 REDIS_URL = os.environ.get("FORGECREW_TEST_REDIS", "redis://127.0.0.1:6379")
 
 
+@pytest.fixture(autouse=True)
+def state_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test (and every process it starts) gets its own FORGECREW_HOME, never the user's."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("FORGECREW_HOME", str(home))
+    return home
+
+
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database, migrated, dropped at the end of the session."""

@@ -15,11 +15,11 @@ log = logging.getLogger(__name__)
 
 
 def execute(runtime: WorkerRuntime, task_id: int, *, worker: str) -> str:
-    """Returns a short word for Flower's result column: skipped, or the state the run ended in."""
+    """Returns Flower's result column: how the run ended, e.g. `pr_open local://local/calc/pull/1`."""
     db, settings = runtime.db, runtime.settings
     held = claim(db, task_id, worker)
     if held is None:
-        return "skipped"
+        return "skipped: not claimable (finished, cancelled, or held by another worker)"
     log.info("task %s: attempt %s claimed by %s", task_id, held.attempt, worker)
     with db.session() as session:
         installation_id = session.get(Task, task_id).installation_id
@@ -27,6 +27,7 @@ def execute(runtime: WorkerRuntime, task_id: int, *, worker: str) -> str:
         pipeline = Pipeline(settings, db, lambda: make_forge(settings, installation_id),
                             llm_factory=lambda: LLMClient.from_settings(settings),
                             progress=lambda message: log.info("task %s: %s", task_id, message))
-        outcome = pipeline.run(held, should_stop=lambda: "lost the task's lease" if beat.lost.is_set() else None)
+        outcome = pipeline.run(held, should_stop=beat.stop_reason)
     log.info("task %s: %s %s", task_id, outcome.state, outcome.reason)
-    return outcome.state
+    ended = outcome.pr.url if outcome.pr else outcome.reason
+    return f"{outcome.state} {ended}".strip()

@@ -94,6 +94,8 @@ class Settings(BaseSettings):
                             "`forgecrew up` runs on a unix socket in HOME).")
     webhook_secret: SecretStr | None = Field(None, description="GitHub webhook secret for HMAC-SHA256.")
     api_token: SecretStr | None = Field(None, description="Bearer token for the REST API.")
+    metrics_token: SecretStr | None = Field(None, description="Bearer token /metrics requires when set; "
+                                            "unset, /metrics is open (it carries counts, no repository names).")
     flower_user: str = Field("forgecrew", min_length=1, description="Flower's basic-auth user.")
     flower_password: SecretStr | None = Field(None, description="Flower's basic-auth password (`up` generates "
                                               "one when unset; `forgecrew flower` requires it).")
@@ -223,7 +225,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"{cidr!r} is not a network (write it like 203.0.113.0/24)") from None
         return value
 
-    @field_validator("webhook_secret", "api_token", "flower_password")
+    @field_validator("webhook_secret", "api_token", "flower_password", "metrics_token")
     @classmethod
     def _no_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:

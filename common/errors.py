@@ -31,3 +31,28 @@ class TaskNotFound(ForgecrewError):
 
 class LeaseLost(ForgecrewError):
     """This worker no longer holds the task's lease; it must stop touching the task."""
+
+
+class TaskCancelled(LeaseLost):
+    """Someone cancelled the task while this worker ran it: stop, write nothing, publish nothing."""
+
+
+class TaskConflict(ForgecrewError):
+    """The task (or its issue) is in a state that does not allow what was asked; the message says why."""
+
+    def __init__(self, message: str, *, task_id: int | None = None, state: str | None = None) -> None:
+        self.task_id = task_id
+        self.state = state
+        super().__init__(message)
+
+
+class InvalidRequest(ForgecrewError, ValueError):
+    """The request itself is wrong (unknown specialty, malformed repository name, nothing to do)."""
+
+
+class DeliveryNotFound(ForgecrewError):
+    """No stored webhook delivery has the id that was asked for."""
+
+    def __init__(self, delivery_id: str) -> None:
+        self.delivery_id = delivery_id
+        super().__init__(f"no webhook delivery with id {delivery_id!r}")

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import update
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from common.db import Database, db_now
-from common.errors import LeaseLost, TaskNotFound
-from common.models import Task
+from common.errors import LeaseLost, TaskCancelled, TaskNotFound
+from common.models import Task, TaskEvent
 from common.states import LEASED_STATES, TaskState
 from common.transitions import transition
 
@@ -78,15 +80,34 @@ def renew(db: Database, held: Claim) -> None:
             .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=db.settings.lease_seconds))
         )
         if result.rowcount != 1:
-            raise LeaseLost(f"task {held.task_id}: lease {held.token} held by {held.owner} is gone")
+            raise cancellation(session, held.task_id) or LeaseLost(
+                f"task {held.task_id}: lease {held.token} held by {held.owner} is gone")
 
 
 def load_fenced(session, held: Claim) -> Task:  # type: ignore[no-untyped-def]
     """The task row, locked, if and only if this claim still holds it."""
     task = session.get(Task, held.task_id, with_for_update=True)
     if task is None or task.lease_owner != held.owner or task.lease_token != held.token:
-        raise LeaseLost(f"task {held.task_id}: lease {held.token} of {held.owner} was taken over")
+        raise cancellation(session, held.task_id) or LeaseLost(
+            f"task {held.task_id}: lease {held.token} of {held.owner} was taken over")
     return task
+
+
+def cancellation(session: Session, task_id: int) -> TaskCancelled | None:
+    """The error a worker stops with when the task was cancelled (who and why), else None.
+
+    A cancel clears the lease, so every fenced write of the worker fails; this tells that apart
+    from a takeover, so the worker records its run as cancelled instead of lost.
+    """
+    task = session.get(Task, task_id)
+    if task is None or task.state != TaskState.CANCELLED.value:
+        return None
+    event = session.scalars(select(TaskEvent).where(TaskEvent.task_id == task_id,
+                                                    TaskEvent.to_state == TaskState.CANCELLED.value)
+                            .order_by(TaskEvent.id.desc()).limit(1)).first()
+    who = event.actor if event else "someone"
+    why = f": {event.detail}" if event and event.detail else ""
+    return TaskCancelled(f"cancelled by {who}{why}")
 
 
 def release(task: Task) -> None:
@@ -98,14 +119,20 @@ def _clear_lease(task: Task) -> None:
     task.lease_expires_at = None
 
 
+# How often stop_reason() asks the database itself, between the background renewals.
+POLL_SECONDS = 1.0
+
+
 class Heartbeat:
-    """Renews a lease in a background thread; `lost` is set once the lease is gone."""
+    """Renews a lease in a background thread; `lost` is set once the lease is gone, `reason` says why."""
 
     def __init__(self, db: Database, held: Claim, interval: float | None = None) -> None:
         self.db = db
         self.held = held
         self.interval = interval or max(db.settings.lease_seconds / 3, 0.5)
         self.lost = threading.Event()
+        self.reason: str | None = None
+        self._polled = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{held.task_id}", daemon=True)
 
@@ -117,13 +144,31 @@ class Heartbeat:
         self._stop.set()
         self._thread.join(timeout=self.interval + 5)
 
+    def stop_reason(self) -> str | None:
+        """Why the run must stop (e.g. "cancelled by cli:ana: wrong repo"), or None: the agent's should_stop.
+
+        Between the background renewals it asks the database itself, at most every POLL_SECONDS,
+        so a cancel stops the agent at its next step rather than at the next heartbeat.
+        """
+        if not self.lost.is_set() and time.monotonic() - self._polled >= POLL_SECONDS:
+            self._polled = time.monotonic()
+            self._renew()
+        return self.reason if self.lost.is_set() else None
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            try:
-                renew(self.db, self.held)
-            except LeaseLost as exc:
-                log.warning("%s", exc)
-                self.lost.set()
+            if not self._renew():
                 return
-            except Exception:  # a database blip: keep trying until the lease runs out
-                log.exception("heartbeat for task %s failed; retrying", self.held.task_id)
+
+    def _renew(self) -> bool:
+        """One renewal; False once the lease is gone for good."""
+        try:
+            renew(self.db, self.held)
+        except LeaseLost as exc:
+            log.warning("task %s: %s", self.held.task_id, exc)
+            self.reason = str(exc)
+            self.lost.set()
+            return False
+        except Exception:  # a database blip: keep trying until the lease runs out
+            log.exception("heartbeat for task %s failed; retrying", self.held.task_id)
+        return True

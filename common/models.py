@@ -179,3 +179,5 @@ class WebhookDelivery(Base):
     outcome: Mapped[str] = mapped_column(Text, default="received")
     task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id", ondelete="SET NULL"))
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # the parsed JSON body, so `forgecrew webhook replay` can run it through intake again
+    payload: Mapped[str | None] = mapped_column(Text)

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from common.models import Task, TaskEvent, TaskRun
+from common.transcript_calls import tool_calls_by_run
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -41,8 +42,10 @@ def event_dict(event: TaskEvent) -> dict[str, Any]:
     }
 
 
-def run_dict(run: TaskRun) -> dict[str, Any]:
+def run_dict(run: TaskRun, tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One run; `tool_calls` come from its transcript (common.transcript_calls), empty when not at hand."""
     return {
+        "id": run.id, "test_command": run.test_command, "tool_calls": tool_calls or [],
         "attempt": run.attempt, "kind": run.kind, "worker": run.worker, "model": run.model,
         "outcome": run.outcome, "detail": run.detail, "turns": run.turns, "tests_passed": run.tests_passed,
         "input_tokens": run.input_tokens, "output_tokens": run.output_tokens,
@@ -57,7 +60,10 @@ def task_detail(task: Task) -> dict[str, Any]:
     data["body"] = task.body
     data["summary"] = task.summary
     data["events"] = [event_dict(event) for event in task.events]
-    data["runs"] = [run_dict(run) for run in task.runs]
+    # every run of a task appends to one transcript; a run still going has no path of its own yet
+    transcript = next((run.transcript_path for run in reversed(task.runs) if run.transcript_path), None)
+    calls = tool_calls_by_run(transcript)
+    data["runs"] = [run_dict(run, calls.get(run.id)) for run in task.runs]
     data["usage"] = {
         "input_tokens": task.input_tokens,
         "output_tokens": task.output_tokens,

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from celery.exceptions import SoftTimeLimitExceeded
 
 from common.db import Database
-from common.errors import ForgecrewError, LeaseLost
+from common.errors import ForgecrewError, LeaseLost, TaskCancelled
 from common.forge.base import Forge, ForgeError, IssueComment, IssueInfo, PullRequestInfo
-from common.leases import Claim, load_fenced, release, renew
+from common.leases import Claim, cancellation, load_fenced, release, renew
 from common.redact import Redactor
 from common.settings import Settings
 from common.specialties import SpecialtyProfile, StatusLabel, profiles
@@ -34,6 +34,8 @@ from workers.transcript import Transcript
 from workers.workspace import CloneFailed, Workspace, WorkspaceManager, branch_name
 
 log = logging.getLogger(__name__)
+# A run's outcome when someone cancelled its task mid-run (the task itself is already cancelled).
+CANCELLED = TaskState.CANCELLED.value
 
 
 class RunFailed(ForgecrewError):
@@ -86,8 +88,8 @@ class Pipeline:
             with self.workspaces.hold(task.id):  # `workspaces gc` on this host leaves the directory alone
                 outcome = self._work(task, held, should_stop)
         except LeaseLost as exc:
-            log.warning("task %s: %s; leaving it to the new holder", task.id, exc)
-            return Outcome("lease_lost", str(exc))
+            outcome = self._stopped(task, exc)
+            return outcome
         except (ForgecrewError, NothingToPublish) as exc:  # known failures, incl. settings and model
             outcome = Outcome(TaskState.FAILED.value, str(exc))
         except SoftTimeLimitExceeded:
@@ -318,6 +320,20 @@ class Pipeline:
     def _move(self, held: Claim, to_state: TaskState, detail: str) -> None:
         with self.db.session() as session:
             transition(session, load_fenced(session, held), to_state, actor=held.owner, detail=detail)
+
+    def _stopped(self, task: TaskSnapshot, exc: LeaseLost) -> Outcome:
+        """The run lost its task: cancelled (the workspace is kept for inspection) or taken over."""
+        if not isinstance(exc, TaskCancelled):
+            with self.db.session() as session:
+                exc = cancellation(session, task.id) or exc
+        if not isinstance(exc, TaskCancelled):
+            log.warning("task %s: %s; leaving it to the new holder", task.id, exc)
+            return Outcome("lease_lost", str(exc))
+        self.progress(f"stopped: {exc}")
+        if (self.workspaces.task_dir(task.id) / "metadata.json").exists():
+            # from now on `workspaces gc` counts the retention, so the directory stays to be looked at
+            self.workspaces.load(task.id).mark_finished("cancelled")
+        return Outcome(CANCELLED, str(exc))
 
     def _fail(self, task: TaskSnapshot, held: Claim, reason: str) -> None:
         reason = self.redact(reason)

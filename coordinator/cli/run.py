@@ -97,7 +97,7 @@ def run(ctx: click.Context, repo: str, issue: int | None, title: str | None, bod
     with Heartbeat(db, held) as beat:
         pipeline = Pipeline(settings, db, lambda: forge, llm_factory=lambda: LLMClient.from_settings(settings),
                             progress=lambda message: click.echo(f"[task {task_id}] {message}"))
-        outcome = pipeline.run(held, should_stop=lambda: "lost the task's lease" if beat.lost.is_set() else None)
+        outcome = pipeline.run(held, should_stop=beat.stop_reason)
     db.dispose()
     if outcome.state != TaskState.PR_OPEN:
         click.echo(f"forgecrew: task {task_id} {outcome.state}: {outcome.reason}", err=True)

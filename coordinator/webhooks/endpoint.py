@@ -112,6 +112,7 @@ def _handle(services: Services, delivery_id: str, event: str, action: str | None
             payload: dict[str, Any]) -> Outcome:
     with services.db.session() as session:
         row = _delivery_row(delivery_id, event, action, payload)
+        row.payload = json.dumps(payload)  # kept for `forgecrew webhook replay`
         _insert_delivery(session, row)
         delivery = Delivery(services.settings, session, delivery_id, event, action, payload)
         if (delivery.sender.get("type") == "Bot") or delivery.sender.get("login", "").endswith("[bot]"):

@@ -11,6 +11,9 @@ from fastapi import FastAPI
 
 from common.settings import Settings
 from coordinator import health
+from coordinator.agents import WorkerWatcher
+from coordinator.api import api_router
+from coordinator.metrics import endpoint as metrics
 from coordinator.services import build_services
 from coordinator.webhooks import endpoint
 
@@ -23,6 +26,7 @@ def create_app(settings: Settings, *, run_reconciler: bool = True) -> FastAPI:
     if not settings.repo_allowlist:
         log.warning("FORGECREW_REPO_ALLOWLIST is empty: every webhook will be ignored")
     services = build_services(settings)
+    watcher = WorkerWatcher(services.celery)  # worker heartbeats, for /api/v1/agents and /metrics
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -32,10 +36,12 @@ def create_app(settings: Settings, *, run_reconciler: bool = True) -> FastAPI:
             thread = threading.Thread(target=services.reconciler.loop, args=(stop,), name="reconciler",
                                       daemon=True)
             thread.start()
+        watcher.start()
         try:
             yield
         finally:
             stop.set()
+            watcher.stop()
             if thread:
                 thread.join(timeout=10)
             services.db.dispose()
@@ -44,4 +50,8 @@ def create_app(settings: Settings, *, run_reconciler: bool = True) -> FastAPI:
     app.state.services = services
     app.include_router(endpoint.api)
     app.include_router(health.api)
+    app.state.worker_watcher = watcher
+    app.state.metrics_registry = metrics.make_registry(services.db, services.celery, watcher)
+    app.include_router(metrics.api)
+    app.include_router(api_router())
     return app

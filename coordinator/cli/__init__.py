@@ -58,7 +58,7 @@ def cli(log_level: str) -> None:
 
 def main() -> None:
     """The console script: every failure, usage errors included, is one line on stderr."""
-    from coordinator.cli import db, run, servers, tasks, workspaces  # noqa: F401  (registers commands)
+    from coordinator.cli import db, ops, run, servers, status, tasks, webhook, workspaces  # noqa: F401  (registers commands)
 
     try:
         status = cli.main(standalone_mode=False)

@@ -1,0 +1,1 @@
+"""Prometheus /metrics: figures read from the database and the broker at scrape time."""

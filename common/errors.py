@@ -56,3 +56,7 @@ class DeliveryNotFound(ForgecrewError):
     def __init__(self, delivery_id: str) -> None:
         self.delivery_id = delivery_id
         super().__init__(f"no webhook delivery with id {delivery_id!r}")
+
+
+class BrokerUnavailable(ForgecrewError):
+    """The Celery broker could not be reached; the message names the error."""

@@ -38,7 +38,7 @@ import shutil
 import stat
 import subprocess
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -251,15 +251,20 @@ class WorkspaceManager:
         workspace.mirror = self.mirror_path(workspace.repo) if workspace.repo else None
         return workspace
 
-    def gc(self, retention: timedelta, active_task_ids: set[int], now: datetime | None = None) -> list[Path]:
+    def gc(self, retention: timedelta, active_task_ids: set[int], now: datetime | None = None,
+           progress: Callable[[int, int], None] | None = None) -> list[Path]:
         """Remove task directories idle past `retention`; never one active in the database or held.
 
         The database and the run's lock decide, not metadata.json: a worker that died mid-run left
         "running" there, and its directory must go once the task ended or moved elsewhere.
+        `progress(n, total)` is called as the n-th entry is examined, for a long run's progress display.
         """
         now = now or _utcnow()
         removed = []
-        for entry in sorted(self.tasks.iterdir()) if self.tasks.is_dir() else []:
+        entries = sorted(self.tasks.iterdir()) if self.tasks.is_dir() else []
+        for done, entry in enumerate(entries, 1):
+            if progress:
+                progress(done, len(entries))
             if not entry.is_dir() or not entry.name.isdigit() or int(entry.name) in active_task_ids:
                 continue
             with _locked(self._hold_path(int(entry.name)), exclusive=True, blocking=False) as free:

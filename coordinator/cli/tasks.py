@@ -1,8 +1,8 @@
-"""`forgecrew tasks list|show`: read the state database."""
+"""`forgecrew tasks list|show`: read the state database (retry and cancel live in cli/ops.py)."""
 
 from __future__ import annotations
 
-import json
+from typing import Any
 
 import click
 from sqlalchemy import select
@@ -14,6 +14,7 @@ from common.models import Task
 from common.serialize import task_detail, task_summary
 from common.states import TaskState
 from coordinator.cli import cli, fails_cleanly, settings_from
+from coordinator.cli.output import dollars, echo_json, print_table
 
 
 @cli.group()
@@ -25,7 +26,7 @@ def tasks() -> None:
 @click.option("--state", type=click.Choice([s.value for s in TaskState]), help="Only this state.")
 @click.option("--repo", help="Only this owner/name.")
 @click.option("--specialty", help="Only this specialty.")
-@click.option("--limit", default=100, show_default=True)
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1), help="At most this many.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @click.pass_context
 @fails_cleanly
@@ -41,13 +42,12 @@ def list_tasks(ctx: click.Context, state: str | None, repo: str | None, specialt
         rows = [task_summary(task) for task in session.scalars(query)]
     db.dispose()
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        echo_json(rows)
         return
-    click.echo(f"{'ID':>5}  {'STATE':<9} {'SPECIALTY':<9} {'ATT':>3}  {'REPO#ISSUE':<32} TITLE")
-    for row in rows:
-        where = f"{row['repo']}#{row['issue_number']}" if row["issue_number"] else row["repo"]
-        click.echo(f"{row['id']:>5}  {row['state']:<9} {row['specialty']:<9} {row['attempt']:>3}  "
-                   f"{where:<32} {row['title'][:60]}")
+    print_table(["ID", "STATE", "SPECIALTY", "ATT", "REPO#ISSUE", "TITLE"],
+                [(row["id"], row["state"], row["specialty"], row["attempt"],
+                  f"{row['repo']}#{row['issue_number']}" if row["issue_number"] else row["repo"],
+                  row["title"][:60]) for row in rows], right=["ID", "ATT"])
 
 
 @tasks.command("show")
@@ -56,7 +56,7 @@ def list_tasks(ctx: click.Context, state: str | None, repo: str | None, specialt
 @click.pass_context
 @fails_cleanly
 def show_task(ctx: click.Context, task_id: int, as_json: bool) -> None:
-    """One task with its events (the audit log) and token usage."""
+    """The audit log of one task: transitions, and each run's tool calls, tests, tokens and cost."""
     db = Database(settings_from(ctx))
     with db.session() as session:
         task = session.get(Task, task_id, options=[selectinload(Task.events), selectinload(Task.runs)])
@@ -65,23 +65,43 @@ def show_task(ctx: click.Context, task_id: int, as_json: bool) -> None:
         data = task_detail(task)
     db.dispose()
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        echo_json(data)
         return
     for key in ("id", "repo", "issue_number", "title", "specialty", "triage_reason", "state", "attempt",
                 "branch", "pr_url", "failure_reason", "lease_owner"):
         if data[key] not in (None, ""):
             click.echo(f"{key + ':':<16}{data[key]}")
-    usage = data["usage"]
-    click.echo(f"{'usage:':<16}in {usage['input_tokens']} out {usage['output_tokens']} "
-               f"cache-read {usage['cache_read_tokens']} cache-write {usage['cache_write_tokens']} "
-               f"cost {usage['cost_usd'] if usage['cost_usd'] is not None else 'n/a'}")
-    if data["runs"]:
-        click.echo("runs:")
-    for run in data["runs"]:
-        sandbox = run["sandbox"] or "-"
-        click.echo(f"  attempt {run['attempt']}  {run['outcome'] or 'running':<9} sandbox {sandbox:<10} "
-                   f"{run['worker']}" + ("  (commands ran UNSANDBOXED)" if sandbox == "none" else ""))
-    click.echo("events:")
+    click.echo(f"{'usage:':<16}{_usage(data['usage'])}")
+    click.echo("transitions:")
     for event in data["events"]:
         click.echo(f"  {event['at']}  {event['from_state'] or '-':>9} -> {event['to_state']:<9} "
                    f"{event['actor']}: {event['detail']}")
+    if data["runs"]:
+        click.echo("runs:")
+    for run in data["runs"]:
+        _show_run(run)
+
+
+def _usage(usage: dict[str, Any]) -> str:
+    return (f"in {usage['input_tokens']} out {usage['output_tokens']} cache-read {usage['cache_read_tokens']} "
+            f"cache-write {usage['cache_write_tokens']} cost {dollars(usage['cost_usd'])}")
+
+
+def _show_run(run: dict[str, Any]) -> None:
+    sandbox = run["sandbox"] or "-"
+    click.echo(f"  attempt {run['attempt']}  {run['outcome'] or 'running':<9} sandbox {sandbox:<10} "
+               f"{run['worker']}" + ("  (commands ran UNSANDBOXED)" if sandbox == "none" else ""))
+    click.echo(f"    {run['started_at']} .. {run['finished_at'] or 'now'}  model {run['model'] or '-'}  "
+               f"turns {run['turns']}  {_usage(run)}")
+    if run["detail"]:
+        click.echo(f"    detail: {run['detail'].splitlines()[0][:200]}")
+    if run["test_command"]:
+        verdict = {True: "passed", False: "failed", None: "not run"}[run["tests_passed"]]
+        click.echo(f"    tests: `{run['test_command']}` {verdict}")
+    if run["transcript"]:
+        click.echo(f"    transcript: {run['transcript']}")
+    if run["tool_calls"]:
+        click.echo(f"    tool calls ({len(run['tool_calls'])}):")
+    for call in run["tool_calls"]:
+        mark = "  [error]" if call["is_error"] else ""
+        click.echo(f"      {call['name']:<12} {call['argument']}{mark}")

@@ -174,3 +174,16 @@ class RedisServer:
         if self.popen and self.popen.poll() is None:
             self.popen.terminate()
             self.popen.wait(timeout=10)
+
+
+def children_of(pid: int) -> list[int]:
+    """Process ids whose parent is `pid`, read from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found

@@ -31,7 +31,8 @@ def one_line(stderr: str) -> str:
 
 @pytest.mark.parametrize("command", [["worker", "--specialty", "backend"], ["up", "--port", "0"]])
 @pytest.mark.parametrize("env,named", [
-    ({"FORGECREW_ANTHROPIC_API_KEY": "sk-ant-x"},
+    # FORGE named: `up` with only an Anthropic key and no forge chosen runs on the local forge (test_up.py)
+    ({"FORGECREW_ANTHROPIC_API_KEY": "sk-ant-x", "FORGECREW_FORGE": "github"},
      "FORGECREW_GITHUB_TOKEN, or FORGECREW_GITHUB_APP_ID and FORGECREW_GITHUB_APP_PRIVATE_KEY, must be set"),
     ({"FORGECREW_ANTHROPIC_API_KEY": "sk-ant-x", "FORGECREW_GITHUB_APP_ID": "1"},
      "FORGECREW_GITHUB_TOKEN, or FORGECREW_GITHUB_APP_PRIVATE_KEY, must be set"),

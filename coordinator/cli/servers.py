@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import sys
 
 import click
 from sqlalchemy import text
 
+from common.broker_check import wait_for_broker
 from common.celery_app import make_celery
 from common.db import Database
 from common.errors import SettingsError
@@ -29,6 +28,20 @@ def guard_agent_host(settings: Settings) -> None:
 
     make_sandbox(settings)
     make_undumpable()
+
+
+def quiet_root_warning() -> None:
+    """Drop Celery's superuser warning, printed on every start as root, and only that warning.
+
+    Its concern is pickle, which forgecrew never accepts (JSON only), and agent commands never run
+    as root: the sandbox runs them as FORGECREW_SANDBOX_UID. Celery has no setting for it.
+    """
+    import warnings
+
+    from celery.exceptions import SecurityWarning
+
+    warnings.filterwarnings("ignore", message="You're running the worker with superuser privileges",
+                            category=SecurityWarning)
 
 
 def check_database(settings: Settings) -> None:
@@ -89,6 +102,8 @@ def worker(ctx: click.Context, specialties: tuple[str, ...], concurrency: int | 
         raise click.BadParameter(f"unknown specialty {', '.join(unknown)}; known: {', '.join(known)}",
                                  param_hint="--specialty")
     check_database(settings)
+    wait_for_broker(settings)  # bounded at start; once running, Celery reconnects for ever
+    quiet_root_warning()
     app = make_celery(settings)
     register_tasks(app, WorkerRuntime(settings))
     app.worker_main([
@@ -109,10 +124,14 @@ def reconcile(ctx: click.Context, once: bool) -> None:
 
     from coordinator.services import build_services
 
-    services = build_services(settings_from(ctx))
+    settings = settings_from(ctx)
+    wait_for_broker(settings)  # a round that cannot send must not pass for a successful one
+    services = build_services(settings)
     if once:
         report = services.reconciler.run_once()
         click.echo(f"resent {report.resent} requeued {report.requeued} failed {report.failed}")
+        if report.broker_error:
+            raise SettingsError(f"the round stopped early: {report.broker_error}; check FORGECREW_BROKER_URL")
         return
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -125,89 +144,15 @@ def reconcile(ctx: click.Context, once: bool) -> None:
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5555, show_default=True, type=int)
+@click.option("--no-auth", is_flag=True, help="No basic auth: only behind a proxy that authenticates.")
 @click.pass_context
 @fails_cleanly
-def flower(ctx: click.Context, host: str, port: int) -> None:
-    """Flower dashboard on the broker's events (the URL goes by environment, not argv)."""
-    settings = settings_from(ctx)
-    env = {**os.environ, "CELERY_BROKER_URL": settings.broker_url}
-    argv = [sys.executable, "-m", "celery", "flower", f"--address={host}", f"--port={port}"]
-    os.execvpe(argv[0], argv, env)
-
-
-@cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--concurrency", "-c", type=int, help="Agent tasks at once.")
-@click.option("--grace", default=30.0, show_default=True, type=click.FloatRange(min=0),
-              help="Seconds the children get to stop before their process groups are killed.")
-@click.pass_context
-@fails_cleanly
-def up(ctx: click.Context, host: str, port: int, concurrency: int | None, grace: float) -> None:
-    """Everything on one host: migrate, then a worker for every queue and the coordinator."""
-    from common import migrate
+def flower(ctx: click.Context, host: str, port: int, no_auth: bool) -> None:
+    """Flower dashboard on the broker's events, behind basic auth, its state kept in HOME."""
+    from coordinator.flower import run_flower
 
     settings = settings_from(ctx)
-    settings.require("webhook_secret", purpose="the coordinator verifies every GitHub webhook with it")
-    settings.require_worker()
-    guard_agent_host(settings)
-    migrate.upgrade(settings)
-    worker_argv = ["worker", "--specialty", ",".join(queue_names(settings))]
-    if concurrency:
-        worker_argv += ["--concurrency", str(concurrency)]
-    children = [
-        start_child([sys.executable, "-m", "coordinator.cli", *worker_argv]),
-        start_child([sys.executable, "-m", "coordinator.cli", "coordinator", "--host", host, "--port", str(port)]),
-    ]
-    sys.exit(supervise(children, grace=grace))
-
-
-def start_child(argv: list[str]) -> subprocess.Popen[bytes]:
-    """A child leading its own process group, so stopping the group stops all it started."""
-    return subprocess.Popen(argv, process_group=0)
-
-
-def supervise(children: list[subprocess.Popen[bytes]], grace: float = 30) -> int:
-    """Wait for SIGINT/SIGTERM or a child's exit, then stop every child's group; return an exit status."""
-    import threading
-
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.is_set() and all(child.poll() is None for child in children):
-        stop.wait(0.5)
-    failed = [child for child in children if child.poll() not in (None, 0)]
-    stop_groups(children, grace)
-    if failed:
-        click.echo(f"forgecrew: a child process exited with status {failed[0].returncode}; stopped the rest",
-                   err=True)
-        return 1
-    return 0
-
-
-def stop_groups(children: list[subprocess.Popen[bytes]], grace: float) -> None:
-    """SIGTERM each child's whole group (worker pool processes, git, agents' helpers), SIGKILL what is left.
-
-    A group is killed once its leader has exited or the grace period is over: whatever is still
-    in it then was left behind, and would otherwise outlive `forgecrew up`.
-    """
-    import time
-
-    for child in children:
-        _signal_group(child.pid, signal.SIGTERM)  # even if the leader exited: its group may live on
-    deadline = time.monotonic() + grace
-    for child in children:
-        try:
-            child.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-    for child in children:
-        _signal_group(child.pid, signal.SIGKILL)
-        child.wait()
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass  # the group is empty
+    if not no_auth:
+        settings.require("flower_password", purpose="Flower is behind basic auth (FORGECREW_FLOWER_USER, default "
+                                                    "forgecrew); or pass --no-auth behind an authenticating proxy")
+    sys.exit(run_flower(settings, host=host, port=port, auth=not no_auth))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field
 
 from common.states import TaskState
 
@@ -95,7 +95,7 @@ class TaskPage(BaseModel):
 
 
 class SubmitRequest(BaseModel):
-    """Work started without a webhook: an existing issue, or a title and body of its own."""
+    """Work started without a webhook: an existing issue, or a title and body of its own (one is needed)."""
 
     repo: str = Field(pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$", description="owner/name")
     issue: int | None = Field(None, gt=0, description="Issue number; its title and body are used.")
@@ -104,12 +104,6 @@ class SubmitRequest(BaseModel):
     specialty: str | None = Field(None, description="Skip triage and use this queue.")
     requested_by: str = Field("api", min_length=1, max_length=100,
                               description="Recorded in the audit log as who asked.")
-
-    @model_validator(mode="after")
-    def _issue_or_title(self) -> SubmitRequest:
-        if self.issue is None and not self.title:
-            raise ValueError("give an issue number, or a title (and body) for work without an issue")
-        return self
 
 
 class CancelRequest(BaseModel):

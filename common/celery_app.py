@@ -94,6 +94,9 @@ def make_celery(settings: Settings) -> Celery:
         task_soft_time_limit=settings.default_soft_time_limit,
         task_time_limit=max(settings.default_time_limit, settings.default_soft_time_limit + 30),
         broker_connection_retry_on_startup=True,
+        # A running worker reconnects for ever (Celery's default gives up after 100 tries): a broker
+        # restart must not stop it. The start is bounded by common.broker_check.wait_for_broker.
+        broker_connection_max_retries=None,
         broker_connection_timeout=settings.dispatch_timeout_seconds,
         broker_transport_options=_transport_options(settings, visibility),
         # AMQP heartbeats: RabbitMQ and the worker each notice a dead connection within about

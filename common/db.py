@@ -9,20 +9,19 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from common.database_url import check_database_url, normalise_url
+from common.errors import SettingsError
 from common.settings import Settings
 
-
-def normalise_url(url: str) -> str:
-    """Let users write postgresql:// and still get psycopg 3 (the only driver we ship)."""
-    if url.startswith("postgres://"):
-        url = "postgresql://" + url[len("postgres://"):]
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
-    return url
+__all__ = ["Database", "db_now", "make_engine", "normalise_url"]
 
 
 def make_engine(settings: Settings) -> Engine:
     """An engine whose transactions lock what they must on both PostgreSQL and SQLite."""
+    try:
+        check_database_url(settings.database_url)  # settings built by model_copy skip the validator
+    except ValueError as exc:
+        raise SettingsError(f"FORGECREW_DATABASE_URL: {exc}") from None
     url = normalise_url(settings.database_url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})

@@ -6,11 +6,17 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.util import CommandError
 
 from common.db import normalise_url
+from common.errors import ForgecrewError
 from common.settings import Settings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class MigrationRefused(ForgecrewError):
+    """Alembic refused the revision asked for (or the one the database is at); the message says which."""
 
 
 def alembic_config(settings: Settings) -> Config:
@@ -21,7 +27,23 @@ def alembic_config(settings: Settings) -> Config:
 
 
 def upgrade(settings: Settings, revision: str = "head") -> None:
-    command.upgrade(alembic_config(settings), revision)
+    config = alembic_config(settings)
+    try:
+        command.upgrade(config, revision)
+    except CommandError as exc:
+        raise MigrationRefused(f"cannot upgrade the database to {revision!r}: {_one_line(exc)} "
+                               f"(revisions: {', '.join(known_revisions(config))}, head)") from None
+
+
+def known_revisions(config: Config) -> list[str]:
+    """The revisions shipped, oldest first."""
+    from alembic.script import ScriptDirectory
+
+    return [script.revision for script in reversed(list(ScriptDirectory.from_config(config).walk_revisions()))]
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
 
 
 def downgrade(settings: Settings, revision: str) -> None:

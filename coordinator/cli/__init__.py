@@ -43,11 +43,14 @@ def settings_from(ctx: click.Context) -> Settings:
     return ctx.obj
 
 
-QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2")  # anthropic vendors httpx as httpx2
+# anthropic vendors httpx as httpx2; alembic would log its context on every start of every command
+QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "alembic")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 @click.group()
-@click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
+@click.option("--log-level", default="INFO", show_default=True, type=click.Choice(LOG_LEVELS, case_sensitive=False),
+              help="Python logging level.")
 def cli(log_level: str) -> None:
     """forgecrew: AI coding agents that turn GitHub issues into pull requests."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

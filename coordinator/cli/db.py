@@ -20,8 +20,10 @@ def db() -> None:
 def upgrade(ctx: click.Context, revision: str) -> None:
     """Apply migrations up to REVISION (default: head)."""
     settings = settings_from(ctx)
+    before = migrate.current_revision(settings)
     migrate.upgrade(settings, revision)
-    click.echo(f"database at {migrate.current_revision(settings)}")
+    after = migrate.current_revision(settings)
+    click.echo(f"database at {after}" + (" (unchanged)" if after == before else f" (was {before or 'empty'})"))
 
 
 @db.command()

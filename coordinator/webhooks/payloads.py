@@ -1,0 +1,118 @@
+"""The shape of the payload fields forgecrew reads, checked before any handler runs.
+
+A validly signed delivery with a wrong shape (`repository` a string, `"number": "abc"`, a dict as
+the title) is answered 400 and recorded as rejected, instead of failing deep in a handler. Fields
+forgecrew does not read are not checked; handlers keep reading the payload itself.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import parse_qs
+
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
+
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+
+
+class MalformedPayload(ValueError):
+    """The body is no JSON object, or a field forgecrew reads has the wrong type; the message says which."""
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Account(_Part):
+    login: StrictStr = ""
+    type: StrictStr | None = None
+
+
+class Repository(_Part):
+    full_name: StrictStr
+
+
+class Installation(_Part):
+    id: StrictInt
+
+
+class Label(_Part):
+    name: StrictStr = ""
+
+
+class Issue(_Part):
+    number: StrictInt
+    title: StrictStr | None = None
+    body: StrictStr | None = None
+    state: StrictStr | None = None
+    labels: list[Label] | None = None
+    author_association: StrictStr | None = None
+    user: Account | None = None
+    pull_request: dict[str, Any] | None = None
+
+
+class Branch(_Part):
+    ref: StrictStr
+
+
+class PullRequest(_Part):
+    number: StrictInt
+    merged: StrictBool | None = None
+    head: Branch | None = None
+    body: StrictStr | None = None
+    title: StrictStr | None = None
+
+
+class Envelope(_Part):
+    """The top level of every event forgecrew handles."""
+
+    action: StrictStr | None = None
+    repository: Repository | None = None
+    sender: Account | None = None
+    installation: Installation | None = None
+    issue: Issue | None = None
+    pull_request: PullRequest | None = None
+    label: Label | None = None
+    number: StrictInt | None = None
+    hook_id: StrictInt | None = None
+
+
+def parse_body(body: bytes, content_type: str | None) -> dict[str, Any]:
+    """The payload of a JSON or form-encoded (`payload=<json>`) delivery, checked against Envelope."""
+    text = _json_text(body, content_type)
+    try:
+        payload = json.loads(text)
+    except RecursionError:
+        raise MalformedPayload("malformed JSON (nested too deeply)") from None
+    except ValueError as exc:
+        raise MalformedPayload(f"malformed JSON ({exc})") from None
+    if not isinstance(payload, dict):
+        raise MalformedPayload("malformed JSON (payload is not a JSON object)")
+    check_shape(payload)
+    return payload
+
+
+def check_shape(payload: dict[str, Any]) -> None:
+    """Raise MalformedPayload naming the first fields whose type is wrong."""
+    try:
+        Envelope.model_validate(payload)
+    except ValidationError as exc:
+        problems = [f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()[:3]]
+        raise MalformedPayload("unexpected payload shape (" + "; ".join(problems) + ")") from None
+    except RecursionError:
+        raise MalformedPayload("unexpected payload shape (nested too deeply)") from None
+
+
+def _json_text(body: bytes, content_type: str | None) -> str | bytes:
+    """GitHub sends JSON as the body, or (the webhook's other content type) form-encoded as `payload`."""
+    if (content_type or "").split(";")[0].strip().lower() != FORM_CONTENT_TYPE:
+        return body
+    try:
+        fields = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=True)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise MalformedPayload(f"malformed form body ({exc})") from None
+    values = fields.get("payload")
+    if not values or len(values) != 1:
+        raise MalformedPayload("form-encoded delivery without exactly one `payload` field")
+    return values[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ def echo_json(data: Any) -> None:
 
 def stdout() -> Console:
     """A console on the current stdout (so click's test runner captures it too); no colour when piped."""
-    return Console(file=click.get_text_stream("stdout"), highlight=False)
+    return Console(file=sys.stdout, highlight=False)
 
 
 def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None,

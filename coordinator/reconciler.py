@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -25,6 +26,10 @@ log = logging.getLogger(__name__)
 ACTOR = "reconciler"
 # Sends reserved per transaction: short locks, and a down broker stops the round early.
 RESEND_BATCH = 50
+# Finished tasks' workspaces are looked for at most this often: a walk of the directory is not free.
+WORKSPACE_GC_SECONDS = 3600.0
+# A task in these states needs its workspace no more; pr_open keeps it, a follow-up may come.
+FINISHED_STATES = (TaskState.DONE, TaskState.CANCELLED, TaskState.FAILED)
 
 
 @dataclass
@@ -32,6 +37,8 @@ class Report:
     resent: list[int] = field(default_factory=list)
     requeued: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
+    workspaces_removed: list[str] = field(default_factory=list)
+    broker_error: str | None = None  # why the round stopped sending early, if it did
 
 
 class Reconciler:
@@ -41,13 +48,32 @@ class Reconciler:
         self.db = db
         self.dispatcher = dispatcher
         self.settings = db.settings
+        self.next_workspace_gc = 0.0  # time.monotonic() of the next workspace collection
 
     def run_once(self, now: datetime | None = None) -> Report:
         """One round; `now` defaults to the database's clock, the one leases are set by."""
         report = Report()
         self._reap(now, report)
         self._resend(now, report)
+        self._collect_workspaces(report)
         return report
+
+    def _collect_workspaces(self, report: Report) -> None:
+        """Remove this host's workspaces of finished tasks past WORKSPACE_RETENTION_DAYS, at most hourly.
+
+        Only done, cancelled and failed tasks lose theirs (`forgecrew workspaces gc` run by hand also
+        takes pr_open ones); a directory a run holds is never removed (WorkspaceManager.gc).
+        """
+        if time.monotonic() < self.next_workspace_gc:
+            return
+        self.next_workspace_gc = time.monotonic() + WORKSPACE_GC_SECONDS
+        from workers.workspace import WorkspaceManager
+
+        with self.db.session() as session:
+            keep = set(session.scalars(select(Task.id).where(Task.state.not_in([s.value for s in FINISHED_STATES]))))
+        retention = timedelta(days=self.settings.workspace_retention_days)
+        removed = WorkspaceManager(self.settings.workspace_root).gc(retention, keep)
+        report.workspaces_removed.extend(str(path) for path in removed)
 
     def _reap(self, now: datetime | None, report: Report) -> None:
         """Leases that ran out mean the worker died or hung: retry, or fail after max attempts."""
@@ -94,11 +120,13 @@ class Reconciler:
             chosen, held = self._choose(seen.values())
         except BROKER_ERRORS as exc:
             log.warning("cannot look into the broker (%s: %s); resending next round", type(exc).__name__, exc)
+            report.broker_error = f"cannot look into the broker ({type(exc).__name__}: {exc})"
             return
         self._confirm_held(held, seen)
         for start in range(0, len(chosen), RESEND_BATCH):
             batch = dict(chosen[start:start + RESEND_BATCH])
             if not self._send_batch(now, batch, seen, report):
+                report.broker_error = "the broker refused a send (see the warning logged)"
                 return
 
     def _unsent(self, now: datetime, *columns: Any) -> Select[Any]:
@@ -188,5 +216,7 @@ class Reconciler:
                 if report.resent or report.requeued or report.failed:
                     log.info("reconciler: resent %s, requeued %s, failed %s",
                              report.resent, report.requeued, report.failed)
+                if report.workspaces_removed:
+                    log.info("reconciler: removed %d finished workspace(s)", len(report.workspaces_removed))
             except Exception:
                 log.exception("reconciler round failed; trying again next round")

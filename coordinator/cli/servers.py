@@ -9,7 +9,6 @@ import click
 from sqlalchemy import text
 
 from common.broker_check import wait_for_broker
-from common.broker_check import wait_for_broker
 from common.celery_app import make_celery
 from common.db import Database
 from common.errors import SettingsError
@@ -29,20 +28,6 @@ def guard_agent_host(settings: Settings) -> None:
 
     make_sandbox(settings)
     make_undumpable()
-
-
-def quiet_root_warning() -> None:
-    """Drop Celery's superuser warning, printed on every start as root, and only that warning.
-
-    Its concern is pickle, which forgecrew never accepts (JSON only), and agent commands never run
-    as root: the sandbox runs them as FORGECREW_SANDBOX_UID. Celery has no setting for it.
-    """
-    import warnings
-
-    from celery.exceptions import SecurityWarning
-
-    warnings.filterwarnings("ignore", message="You're running the worker with superuser privileges",
-                            category=SecurityWarning)
 
 
 def quiet_root_warning() -> None:

@@ -22,7 +22,7 @@ def workspaces() -> None:
 
 
 @workspaces.command()
-@click.option("--days", type=float, help="Retention in days (default: FORGECREW_WORKSPACE_RETENTION_DAYS).")
+@click.option("--days", type=click.FloatRange(min=0), help="Retention in days (default: FORGECREW_WORKSPACE_RETENTION_DAYS).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was removed as a JSON object.")
 @click.pass_context
 @fails_cleanly

@@ -10,11 +10,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, BackgroundTasks, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from common.models import WebhookDelivery
+from common.models import WebhookDelivery, utcnow
 from coordinator.services import Services
+from coordinator.webhooks.payloads import MalformedPayload, parse_body
 from coordinator.webhooks.router import Delivery, Outcome
 from coordinator.webhooks.signature import verify
 
@@ -23,6 +25,8 @@ api = APIRouter()
 
 
 DELIVERY_ID_CONSTRAINT = "uq_webhook_deliveries_delivery_id"
+# Outcome of a delivery refused before any handler ran; its redelivery (same id) is handled afresh.
+REJECTED = "rejected: "
 
 
 class BodyTooLarge(Exception):
@@ -88,13 +92,10 @@ def process_delivery(services: Services, headers: dict[str, str], body: bytes) -
     if not event or not delivery_id:
         return Answer(400, {"error": "X-GitHub-Event and X-GitHub-Delivery headers are required"})
     try:
-        payload = json.loads(body)
-        if not isinstance(payload, dict):
-            raise ValueError("payload is not a JSON object")
-    except ValueError as exc:
-        outcome = Outcome(f"rejected: malformed JSON ({exc})")
-        _record_only(services, delivery_id, event, None, {}, outcome)
-        return Answer(400, {"error": f"malformed JSON payload: {exc}"})
+        payload = parse_body(body, headers.get("content-type"))
+    except MalformedPayload as exc:
+        _record_only(services, delivery_id, event, None, {}, Outcome(f"{REJECTED}{exc}"))
+        return Answer(400, {"error": str(exc)})
     action = payload.get("action") if isinstance(payload.get("action"), str) else None
     try:
         outcome = _handle(services, delivery_id, event, action, payload)
@@ -111,9 +112,8 @@ def process_delivery(services: Services, headers: dict[str, str], body: bytes) -
 def _handle(services: Services, delivery_id: str, event: str, action: str | None,
             payload: dict[str, Any]) -> Outcome:
     with services.db.session() as session:
-        row = _delivery_row(delivery_id, event, action, payload)
+        row = _claim_delivery(session, _delivery_row(delivery_id, event, action, payload))
         row.payload = json.dumps(payload)  # kept for `forgecrew webhook replay`
-        _insert_delivery(session, row)
         delivery = Delivery(services.settings, session, delivery_id, event, action, payload)
         if (delivery.sender.get("type") == "Bot") or delivery.sender.get("login", "").endswith("[bot]"):
             outcome = Outcome(f"ignored: sent by bot {delivery.sender.get('login')}")
@@ -127,11 +127,30 @@ def _record_only(services: Services, delivery_id: str, event: str, action: str |
                  payload: dict[str, Any], outcome: Outcome) -> None:
     try:
         with services.db.session() as session:
-            row = _delivery_row(delivery_id, event, action, payload)
+            row = _claim_delivery(session, _delivery_row(delivery_id, event, action, payload))
             row.outcome = outcome.description
-            _insert_delivery(session, row)
     except DuplicateDelivery:
         pass
+
+
+def _claim_delivery(session: Session, row: WebhookDelivery) -> WebhookDelivery:
+    """The row to record this delivery on: a new one, or the row of its earlier copy that was rejected.
+
+    A rejected delivery ran no handler, so its redelivery (GitHub's "Redeliver", or a sender that
+    fixed its payload) is no duplicate: it takes that row over, locked, so two redeliveries racing
+    end with one handled and one duplicate.
+    """
+    rejected = session.scalars(
+        select(WebhookDelivery)
+        .where(WebhookDelivery.delivery_id == row.delivery_id, WebhookDelivery.outcome.startswith(REJECTED))
+        .with_for_update()
+    ).first()
+    if rejected is None:
+        _insert_delivery(session, row)
+        return row
+    rejected.event, rejected.action, rejected.repo, rejected.sender = row.event, row.action, row.repo, row.sender
+    rejected.outcome, rejected.task_id, rejected.received_at = "received", None, utcnow()
+    return rejected
 
 
 def _insert_delivery(session: Session, row: WebhookDelivery) -> None:

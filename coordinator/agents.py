@@ -28,6 +28,7 @@ DEFAULT_FREQ = 2.0
 # A worker that has been gone this long is forgotten, so the registry stays small.
 FORGET_SECONDS = 3600.0
 RECONNECT_SECONDS = 2.0
+STOP_CHECK_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class WorkerWatcher:
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         if self._receiver is not None:
-            self._receiver.should_stop = True  # the consume loop checks it every second
+            self._receiver.should_stop = True  # the consume loop checks it between drains
         if self._thread is not None:
             self._thread.join(timeout=timeout)
 
@@ -117,8 +118,10 @@ class WorkerWatcher:
             self._receiver = receiver
             if self._stop.is_set():
                 return
-            # wakeup asks every worker for a heartbeat now, so a fresh coordinator knows them at once
-            receiver.capture(limit=None, timeout=None, wakeup=True)
+            # wakeup asks every worker for a heartbeat now, so a fresh coordinator knows them at once;
+            # should_stop is checked between drains, so stop() takes at most STOP_CHECK_SECONDS
+            for _ in receiver.consume(limit=None, timeout=None, safety_interval=STOP_CHECK_SECONDS, wakeup=True):
+                pass
 
 
 def inspect_queues(celery: Celery, *, timeout: float, expected: int | None = None) -> dict[str, list[str]]:

@@ -275,3 +275,30 @@ def test_worker_figures_stay_exact_across_a_worker_restart(forge_settings: Setti
     again = scrape_url(other_url)
     for name in ("forgecrew_runs_total", "forgecrew_tokens_total", "forgecrew_run_duration_seconds_count"):
         assert series(again, name) == series(second, name)
+
+
+def test_the_same_figures_on_sqlite(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """`forgecrew up` keeps its state in SQLite: durations are computed there with julianday()."""
+    from common import migrate
+
+    settings = make_settings(database_url=f"sqlite:///{tmp_path / 'state.db'}")
+    migrate.upgrade(settings)
+    sqlite = Database(settings)
+    task_id = make_task(sqlite, issue_number=1)
+    end_task(sqlite, task_id, "failed", after=90.5)
+    add_run(sqlite, task_id, outcome="failed", seconds=30.25, detail="model error: gave up", tokens=(10, 2, 0, 0))
+    with sqlite.session() as session:
+        session.add(WebhookDelivery(delivery_id="d-1", event="issues", outcome="task 1 created (backend)"))
+    with TestClient(create_app(settings, run_reconciler=False)) as client:
+        samples = parse(client.get("/metrics").text)
+    sqlite.dispose()
+    assert value(samples, "forgecrew_database_up") == 1
+    assert value(samples, "forgecrew_tasks", state="failed", specialty="backend") == 1
+    ended = {"specialty": "backend", "state": "failed"}
+    assert value(samples, "forgecrew_task_duration_seconds_sum", **ended) == pytest.approx(90.5, abs=0.01)
+    assert value(samples, "forgecrew_task_duration_seconds_bucket", le="60.0", **ended) == 0
+    assert value(samples, "forgecrew_task_duration_seconds_bucket", le="300.0", **ended) == 1
+    ran = {"specialty": "backend", "outcome": "failed"}
+    assert value(samples, "forgecrew_run_duration_seconds_sum", **ran) == pytest.approx(30.25, abs=0.01)
+    assert value(samples, "forgecrew_model_errors_total", specialty="backend", model="claude-sonnet-4-6") == 1
+    assert value(samples, "forgecrew_webhook_deliveries_total", event="issues", outcome="task_created") == 1

@@ -110,7 +110,8 @@ def _worker(node: str, queues: list[str], stats: dict[str, Any], active: list[di
     return {
         "name": node,
         "queues": queues,
-        "pool": implementation.rsplit(":", 1)[-1].removesuffix("TaskPool").lower() or None,
+        # "celery.concurrency.prefork:TaskPool" -> prefork (or thread, solo, eventlet...)
+        "pool": implementation.split(":", 1)[0].rsplit(".", 1)[-1] or None,
         "concurrency": pool.get("max-concurrency"),
         "pid": stats.get("pid"),
         "uptime_seconds": stats.get("uptime"),

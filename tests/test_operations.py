@@ -21,6 +21,7 @@ from common.models import Task, TaskRun
 from common.settings import Settings
 from common.states import TaskState
 from common.transitions import transition
+from coordinator import cluster
 from coordinator.dispatch import Dispatcher
 from coordinator.operations import Operations
 from tests.conftest import settings_env
@@ -159,7 +160,7 @@ def test_cancel_stops_a_running_worker_at_its_next_step(make_settings: Callable[
         bare = forge.create_repo(REPO, write_sample(tmp_path / "sample"))
         forge.create_issue(REPO, 1, ISSUE_TITLE, ISSUE_BODY)
         read, *rest = fixing_script()
-        model.add(dataclasses.replace(read, delay=4), *rest)  # the first reply takes a while
+        model.add(dataclasses.replace(read, delay=10), *rest)  # the first reply takes a while
         ops = ops_for(settings)
         queued_first = ops.submit(repo=REPO, issue=None, title="never run", specialty="backend",
                                   requested_by="test")
@@ -167,6 +168,13 @@ def test_cancel_stops_a_running_worker_at_its_next_step(make_settings: Callable[
         processes.append(start_worker(settings_env(settings), tmp_path, "backend"))
         task_id = ops.submit(repo=REPO, issue=1, title=None, specialty="backend", requested_by="test")["id"]
         wait_for(lambda: len(model.message_requests) == 1, timeout=90, what="the agent's first model call")
+        # while it runs, the ops views see the worker and its task
+        [worker] = cluster.workers(ops.celery, db)
+        assert worker["queues"] == ["backend"] and worker["pool"] == "prefork" and worker["concurrency"] == 2
+        assert [job["task_id"] for job in worker["active"]] == [task_id] and worker["last_heartbeat"]
+        backend = cluster.status_report(settings, db, ops.celery)["specialties"][0]
+        assert (backend["name"], backend["workers"], backend["running"], backend["queue_depth"]) == (
+            "backend", 1, 1, 0)
 
         ops.cancel(task_id, actor="cli:ana", reason="wrong approach")
         revoked = ops.celery.control.inspect(timeout=2).revoked() or {}

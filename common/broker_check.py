@@ -37,6 +37,10 @@ def wait_for_broker(settings: Settings, timeout: float | None = None) -> None:
         if attempts == 1:
             log.debug("waiting up to %gs for the broker at %s (%s)", timeout, _shown(settings), reason)
         time.sleep(min(RETRY_INTERVAL, left))
+    if settings.uses_embedded_broker:
+        raise SettingsError(f"no broker answers on {settings.state_home.broker_socket} (the default, embedded broker "
+                            f"that `forgecrew up` runs in FORGECREW_HOME={settings.home}): start `forgecrew up`, "
+                            "or set FORGECREW_BROKER_URL to your Redis or RabbitMQ")
     raise SettingsError(f"cannot reach the broker at FORGECREW_BROKER_URL={_shown(settings)} within {timeout:g}s "
                         f"({reason}); is it running?")
 

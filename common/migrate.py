@@ -27,6 +27,8 @@ def alembic_config(settings: Settings) -> Config:
 
 
 def upgrade(settings: Settings, revision: str = "head") -> None:
+    if settings.database_url == settings.state_home.database_url:
+        settings.state_home.ensure()  # the default SQLite file lives in HOME, which may not exist yet
     config = alembic_config(settings)
     try:
         command.upgrade(config, revision)
@@ -54,6 +56,8 @@ def current_revision(settings: Settings) -> str | None:
     from alembic.runtime.migration import MigrationContext
     from sqlalchemy import create_engine
 
+    if settings.database_url == settings.state_home.database_url and not settings.state_home.database.exists():
+        return None  # the default database is made by the first upgrade; do not create HOME to read it
     engine = create_engine(normalise_url(settings.database_url))
     try:
         with engine.connect() as connection:

@@ -160,3 +160,38 @@ def test_a_worker_killed_mid_task_under_up_is_replaced_and_the_task_finishes_onc
         assert len(owners) == 2, owners  # the new worker process, not the dead one
     finally:
         assert cluster.up.stop(timeout=60) == 0, cluster.up.log()[-3000:]
+
+
+def run_cli(*args: str, env: dict[str, str]) -> "subprocess.CompletedProcess[str]":
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "coordinator.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+def test_commands_without_up_say_to_start_it(tmp_path: Path) -> None:
+    """A worker on the defaults, before any `up` made HOME: one line that names what to do."""
+    home = tmp_path / "never-up"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FORGECREW_")}
+    env.update(FORGECREW_HOME=str(home), FORGECREW_FORGE="local", FORGECREW_ANTHROPIC_API_KEY=DEFAULT_KEY,
+               FORGECREW_BROKER_START_TIMEOUT_SECONDS="0.5")
+    done = run_cli("worker", "--specialty", "backend", env=env)
+    assert done.returncode != 0 and "start `forgecrew up`" in done.stderr and not home.exists()
+    assert run_cli("db", "current", env=env).stdout.startswith("empty") and not home.exists()
+    assert run_cli("db", "upgrade", env=env).returncode == 0
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700 and (home / "forgecrew.db").is_file()
+    done = run_cli("worker", "--specialty", "backend", env=env)  # the database exists now; the broker does not
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode != 0 and len(lines) == 1 and "no broker answers on" in lines[0], done.stderr
+    assert "start `forgecrew up`" in lines[0]
+
+
+def test_a_second_up_on_the_same_home_is_refused(tmp_path: Path, model: FakeAnthropic) -> None:
+    home = tmp_path / "home"
+    cluster = start_up(tmp_path, home, zero_setup_env(home, model))
+    try:
+        done = run_cli("up", "--port", str(free_port()), env=zero_setup_env(home, model))
+        assert done.returncode != 0 and "another `forgecrew up`" in done.stderr, done.stderr
+        assert cluster.up.alive() and httpx.get(f"{cluster.url}/readyz", timeout=5).status_code == 200
+    finally:
+        assert cluster.up.stop(timeout=60) == 0

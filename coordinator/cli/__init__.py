@@ -59,10 +59,16 @@ def cli(log_level: str) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def load_commands() -> click.Group:
+    """The `forgecrew` group with every command registered (each module adds its own on import)."""
+    from coordinator.cli import db, ops, run, servers, status, tasks, up, webhook, workspaces  # noqa: F401
+
+    return cli
+
+
 def main() -> None:
     """The console script: every failure, usage errors included, is one line on stderr."""
-    from coordinator.cli import db, ops, run, servers, status, tasks, webhook, workspaces  # noqa: F401  (registers commands)
-
+    load_commands()
     try:
         status = cli.main(standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:

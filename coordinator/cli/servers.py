@@ -46,6 +46,10 @@ def quiet_root_warning() -> None:
 
 def check_database(settings: Settings) -> None:
     """Fail at start, not at the first task, when the database is unreachable or unmigrated."""
+    home = settings.state_home
+    if settings.database_url == home.database_url and not home.database.exists():
+        raise SettingsError(f"no state database in FORGECREW_HOME={home.root} yet: start `forgecrew up` there "
+                            "first (or run `forgecrew db upgrade`), or set FORGECREW_DATABASE_URL")
     db = Database(settings)
     try:
         with db.session() as session:

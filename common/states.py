@@ -29,7 +29,8 @@ TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     # a follow-up on an open PR runs the agent again on the same branch
     S.PR_OPEN: frozenset({S.DONE, S.QUEUED, S.CANCELLED, S.FAILED}),
     S.DONE: frozenset(),
-    S.FAILED: frozenset({S.QUEUED}),
+    # failed -> done: a follow-up failed, but the pull request it left open was merged after all
+    S.FAILED: frozenset({S.QUEUED, S.DONE}),
     S.CANCELLED: frozenset({S.QUEUED}),
 }
 

@@ -11,7 +11,7 @@ from common.db import Database
 from common.settings import Settings
 from coordinator.dispatch import Dispatcher
 from coordinator.reconciler import Reconciler
-from coordinator.webhooks import issues, ping
+from coordinator.webhooks import issues, lifecycle, ping
 from coordinator.webhooks.router import Router
 
 
@@ -28,7 +28,7 @@ class Services:
 def webhook_router() -> Router:
     """Every webhook concern, combined in one place."""
     router = Router()
-    for module in (ping, issues):
+    for module in (ping, issues, lifecycle):
         router.include(module.router)
     return router
 

@@ -115,10 +115,7 @@ def _handle(services: Services, delivery_id: str, event: str, action: str | None
         row = _claim_delivery(session, _delivery_row(delivery_id, event, action, payload))
         row.payload = json.dumps(payload)  # kept for `forgecrew webhook replay`
         delivery = Delivery(services.settings, session, delivery_id, event, action, payload)
-        if (delivery.sender.get("type") == "Bot") or delivery.sender.get("login", "").endswith("[bot]"):
-            outcome = Outcome(f"ignored: sent by bot {delivery.sender.get('login')}")
-        else:
-            outcome = services.router.dispatch(delivery)
+        outcome = services.router.dispatch(delivery)  # which ignores bots, but where a handler welcomes them
         row.outcome, row.task_id = outcome.description, outcome.task_id
         return outcome
 

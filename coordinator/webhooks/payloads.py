@@ -46,6 +46,7 @@ class Issue(_Part):
     title: StrictStr | None = None
     body: StrictStr | None = None
     state: StrictStr | None = None
+    state_reason: StrictStr | None = None
     labels: list[Label] | None = None
     author_association: StrictStr | None = None
     user: Account | None = None
@@ -54,6 +55,7 @@ class Issue(_Part):
 
 class Branch(_Part):
     ref: StrictStr
+    repo: Repository | None = None  # None when the fork it came from was deleted
 
 
 class PullRequest(_Part):

@@ -26,7 +26,7 @@ from coordinator.dispatch import Dispatcher
 from coordinator.operations import Operations
 from tests.conftest import settings_env
 from tests.factories import make_task
-from tests.fakes.anthropic_server import DEFAULT_KEY, FakeAnthropic, tool_use
+from tests.fakes.anthropic_server import DEFAULT_KEY, FakeAnthropic
 from tests.sample_repo import ISSUE_BODY, ISSUE_TITLE, fixing_script, write_sample
 from tests.support import Process, start_worker, wait_for
 from workers.workspace import WorkspaceManager

@@ -47,7 +47,8 @@ def test_run_on_a_local_repository_opens_a_local_pr(project: Path, tmp_path: Pat
     fetch = next(line for line in done.stdout.splitlines() if line.startswith("see the change: "))
     diff = subprocess.run(fetch.removeprefix("see the change: "), shell=True, capture_output=True, text=True)
     assert "+    return a + b" in diff.stdout, diff.stderr
-    bare = tmp_path / "forge" / "local" / "calc.git"
+    state = tmp_path / ".local" / "share" / "forgecrew"  # the default FORGECREW_HOME of this $HOME, not the cwd
+    bare = state / "forge" / "local" / "calc.git"
     branches = git("--git-dir", str(bare), "branch", "--list", "forgecrew/*", cwd=tmp_path)
     assert "forgecrew/run-1-add-subtracts" in branches
     [listed] = json.loads(forgecrew(["tasks", "list", "--json"], cwd=tmp_path).stdout)
@@ -59,7 +60,8 @@ def test_run_on_a_local_repository_opens_a_local_pr(project: Path, tmp_path: Pat
     assert all({"from_state", "to_state", "actor", "detail", "at"} <= set(e) for e in shown["events"])
     assert shown["usage"]["input_tokens"] > 0 and shown["usage"]["cache_read_tokens"] > 0
     assert shown["runs"][0]["tests_passed"] is True
-    workspace = tmp_path / "workspaces" / "tasks" / "1"
+    workspace = state / "workspaces" / "tasks" / "1"
+    assert not (tmp_path / "forge").exists() and not (tmp_path / "forgecrew.db").exists()
     assert (workspace / "transcript.jsonl").is_file()
     gc = forgecrew(["workspaces", "gc", "--days", "0"], cwd=tmp_path)
     assert gc.returncode == 0 and "1 workspace(s) removed" in gc.stdout

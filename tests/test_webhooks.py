@@ -363,3 +363,81 @@ def test_the_request_path_never_calls_github(make_settings, db: Database) -> Non
     finally:
         github.close()
     assert github.count == 0
+
+
+def _wrong_shape(change: str) -> bytes:
+    """A labelled issue whose JSON parses but holds the wrong type where forgecrew reads."""
+    data = labeled_issue("forgecrew:backend")
+    if change == "repository":
+        data["repository"] = "Codertocat/Hello-World"
+    elif change == "number":
+        data["issue"]["number"] = "abc"
+    elif change == "title":
+        data["issue"]["title"] = {"text": "a dict as the title"}
+    elif change == "labels":
+        data["issue"]["labels"] = "forgecrew"
+    elif change == "deep":
+        return json.dumps(data).encode()[:-1] + b', "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    return json.dumps(data).encode()
+
+
+@pytest.mark.parametrize("change,reason", [
+    ("repository", "repository: Input should be a valid dictionary"),
+    ("number", "issue.number: Input should be a valid integer"),
+    ("title", "issue.title: Input should be a valid string"),
+    ("labels", "issue.labels: Input should be a valid list"),
+    ("deep", "nested too deeply"),
+])
+def test_a_signed_delivery_of_the_wrong_shape_is_400_and_its_redelivery_is_handled(
+        client: TestClient, db: Database, change: str, reason: str) -> None:
+    broken = post(client, "issues", _wrong_shape(change), delivery=f"shape-{change}")
+    assert broken.status_code == 400, broken.text
+    assert reason in broken.json()["error"]
+    row = delivery(db, f"shape-{change}")
+    assert row.outcome.startswith("rejected: ") and reason in row.outcome
+    assert post(client, "issues", _wrong_shape(change), delivery=f"shape-{change}").status_code == 400  # again
+    fixed = post(client, "issues", labeled_issue("forgecrew:backend"), delivery=f"shape-{change}")
+    assert fixed.status_code == 202, fixed.text  # the same id, now well formed: handled, no duplicate
+    [task] = tasks(db)
+    assert delivery(db, f"shape-{change}").task_id == task.id
+    assert post(client, "issues", labeled_issue("forgecrew:backend"),
+                delivery=f"shape-{change}").json()["status"] == "duplicate"
+
+
+def test_a_malformed_json_delivery_can_be_redelivered(client: TestClient, db: Database) -> None:
+    assert post(client, "issues", b'{"action": "labeled", ', delivery="truncated").status_code == 400
+    assert post(client, "issues", labeled_issue(), delivery="truncated").status_code == 202
+    assert len(tasks(db)) == 1
+
+
+def _form(data: dict[str, Any]) -> bytes:
+    from urllib.parse import urlencode
+
+    return urlencode({"payload": json.dumps(data)}).encode()
+
+
+def _post_form(client: TestClient, body: bytes, delivery_id: str, *, signed: bytes | None = None):  # type: ignore[no-untyped-def]
+    sent = headers("issues", body if signed is None else signed, delivery=delivery_id)
+    sent["Content-Type"] = "application/x-www-form-urlencoded"
+    return client.post("/webhooks/github", content=body, headers=sent)
+
+
+def test_a_form_encoded_delivery_is_handled_like_json(client: TestClient, db: Database, settings: Settings) -> None:
+    """GitHub's other content type: `payload=<urlencoded JSON>`, signed over the raw body."""
+    body = _form(labeled_issue("forgecrew:frontend"))
+    response = _post_form(client, body, "form-1")
+    assert response.status_code == 202, response.text
+    [task] = tasks(db)
+    assert (task.repo, task.issue_number, task.specialty) == ("Codertocat/Hello-World", 1, "frontend")
+    assert len(queued_messages(settings, "frontend")) == 1
+    assert _post_form(client, body, "form-1").json()["status"] == "duplicate"
+
+
+def test_a_form_encoded_delivery_is_verified_on_its_raw_body(client: TestClient, db: Database) -> None:
+    data = labeled_issue()
+    signed_json = json.dumps(data).encode()  # a signature over the decoded payload is not GitHub's
+    assert _post_form(client, _form(data), "form-sig", signed=signed_json).status_code == 401
+    assert _post_form(client, b"payload=%7B%22action", "form-bad").status_code == 400
+    assert delivery(db, "form-bad").outcome.startswith("rejected: malformed JSON")
+    assert _post_form(client, b"other=1", "form-empty").status_code == 400
+    assert tasks(db) == []

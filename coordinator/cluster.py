@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import Celery
-from kombu.transport.redis import Channel as RedisChannel
 from sqlalchemy import func, select, text
 
 from common.db import Database, db_now
@@ -21,7 +20,9 @@ from common.models import Task
 from common.settings import Settings
 from common.specialties import queue_names
 from common.states import LEASED_STATES, TaskState
+from coordinator.agents import inspect_queues
 from coordinator.dispatch import BROKER_ERRORS
+from coordinator.metrics.broker import queue_depths as broker_queue_depths
 
 # Seconds to wait for workers' replies to a broadcast; a live worker answers in milliseconds.
 INSPECT_TIMEOUT = 1.5
@@ -53,38 +54,17 @@ def broker_health(app: Celery, timeout: float) -> str:
 
 def queue_depths(app: Celery, queues: Iterable[str]) -> dict[str, int | None]:
     """Messages waiting in each queue (not those a worker holds); None where the broker cannot say."""
-    with app.connection_for_write() as connection:
-        channel = connection.default_channel
-        if isinstance(channel, RedisChannel):
-            with channel.conn_or_acquire() as client:
-                # kombu keeps one list per priority step; LLEN of each, as the messages there wait
-                return {queue: sum(client.llen(key) for key in {channel._q_for_pri(queue, step)
-                                                                  for step in channel.priority_steps})
-                        for queue in queues}
-        return {queue: _amqp_depth(connection, queue) for queue in queues}
-
-
-def _amqp_depth(connection: Any, queue: str) -> int | None:
-    """A passive declare reads the count without creating or consuming; None if the queue is absent."""
-    channel = connection.channel()
-    try:
-        return int(channel.queue_declare(queue=queue, passive=True).message_count)
-    except Exception:  # not declared yet (no worker ever started for it), or not an AMQP broker
-        return None
-    finally:
-        try:
-            channel.close()
-        except Exception:
-            pass
+    names = list(queues)
+    known = broker_queue_depths(app, names, timeout=INSPECT_TIMEOUT)
+    return {name: known.get(name) for name in names}
 
 
 def consumers(app: Celery, timeout: float = INSPECT_TIMEOUT) -> dict[str, list[str]]:
     """{worker node: queues it consumes}, from the workers that answered within `timeout`."""
     try:
-        replies = app.control.inspect(timeout=timeout).active_queues() or {}
+        return inspect_queues(app, timeout=timeout)
     except BROKER_ERRORS as exc:
         raise BrokerUnavailable(f"cannot reach the broker to ask the workers: {first_line(exc)}") from None
-    return {node: sorted(q.get("name", "") for q in queues or []) for node, queues in replies.items()}
 
 
 def workers(app: Celery, db: Database, timeout: float = INSPECT_TIMEOUT) -> list[dict[str, Any]]:

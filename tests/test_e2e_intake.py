@@ -14,7 +14,8 @@ from common.db import Database
 from common.models import Task, WebhookDelivery
 from common.settings import Settings
 from tests.conftest import settings_env
-from tests.support import Process, RedisServer, headers, labeled_issue, start_coordinator, start_worker, wait_for
+from tests.support import (Process, RedisServer, children_of, headers, labeled_issue, start_coordinator, start_worker,
+                           wait_for)
 
 pytestmark = pytest.mark.integration
 # Workers refuse to start without a forge and a model; these tests only need the task to start.
@@ -127,18 +128,6 @@ def test_broker_down_then_up_loses_nothing(make_settings, db: Database, tmp_path
         for proc in processes:
             proc.stop()
         broker.stop()
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def descendants_of(pid: int) -> list[int]:

@@ -107,8 +107,8 @@ def test_a_pr_closed_unmerged_cancels_its_task(client: TestClient, db: Database)
     task_id = task_with_pr(db)
     assert post(client, "pull_request", pr_closed(merged=False), "close-1").status_code == 200
     assert state_of(db, task_id) == "cancelled"
-    assert last_event(db, task_id)[1:] == ("cancelled", "webhook:close-1", "pull request #7 closed unmerged by "
-                                           "Codertocat")
+    detail = "pull request #7 closed unmerged by Codertocat"
+    assert last_event(db, task_id)[1:] == ("cancelled", "webhook:close-1", detail)
 
 
 @pytest.mark.parametrize("change", [

@@ -18,6 +18,7 @@ import redis
 
 from common.errors import ForgecrewError
 from common.home import StateHome
+from coordinator.supervisor import arm_death_signal
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_SECONDS = 15.0
@@ -90,8 +91,11 @@ class EmbeddedBroker:
         config = self.home.broker_dir / "server.conf"
         config.write_text(server_config(self.home), encoding="utf-8")
         config.chmod(0o600)
+        # started before `up` runs any thread, so preexec_fn is safe; the death signal stops the
+        # server (flushing its append-only file) if `up` is killed without a chance to stop it
         self.process = subprocess.Popen([str(self.binary), str(config)], stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, process_group=0)
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, process_group=0,
+                                        preexec_fn=arm_death_signal)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from typing import IO
 
 RESTART_DELAY_SECONDS = 1.0
+# Set in each child's environment: the pid of the `up` that must outlive it (see die_with_supervisor).
+SUPERVISOR_VARIABLE = "FORGECREW_SUPERVISOR_PID"
+PR_SET_PDEATHSIG = 1
 # A child that dies this soon after starting, this many times in a row, is broken, not unlucky.
 QUICK_EXIT_SECONDS = 20.0
 MAX_QUICK_EXITS = 3
@@ -65,7 +68,7 @@ class Supervisor:
         return self._pump(name, process.stdout)
 
     def start(self, child: Child) -> None:
-        env = {**(child.env or os.environ), "PYTHONUNBUFFERED": "1"}
+        env = {**(child.env or os.environ), "PYTHONUNBUFFERED": "1", SUPERVISOR_VARIABLE: str(os.getpid())}
         child.process = subprocess.Popen(list(child.argv), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, process_group=0)
         child.started_at = time.monotonic()
@@ -143,6 +146,33 @@ class Supervisor:
         for child in self.children:
             for pump in child.pumps:
                 pump.join(timeout=2)
+
+
+def die_with_supervisor(environ: dict[str, str] | None = None) -> None:
+    """In a child of `up`: get SIGTERM when `up` dies, even by SIGKILL, instead of running on orphaned.
+
+    Each child leads its own process group (so Ctrl-C reaches only `up`, which stops them in
+    order); without this, killing `up` itself would leave the whole cluster running.
+    """
+    environ = os.environ if environ is None else environ
+    expected = environ.pop(SUPERVISOR_VARIABLE, None)
+    if not expected:
+        return
+    arm_death_signal()
+    if os.getppid() != int(expected):  # `up` died before the death signal was armed
+        sys.exit(1)
+
+
+def arm_death_signal() -> None:
+    """Ask Linux to SIGTERM this process when its parent dies (a no-op elsewhere).
+
+    Safe to call between fork and exec (Popen's preexec_fn) as long as no other thread runs.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,8 @@ from tests.support import SECRET
 
 
 def forgecrew(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "coordinator.cli", *args], env={"PATH": "/usr/bin:/bin", **env},
+    return subprocess.run([sys.executable, "-m", "coordinator.cli", *args], env={"PATH": "/usr/bin:/bin",
+                          "FORGECREW_HOME": os.environ["FORGECREW_HOME"], **env},
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 

@@ -63,7 +63,8 @@ def test_cli_db_upgrade_on_sqlite(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    env = {"FORGECREW_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}", "PATH": "/usr/bin:/bin"}
+    env = {"FORGECREW_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}", "PATH": "/usr/bin:/bin",
+           "FORGECREW_HOME": str(tmp_path / "home")}
     done = subprocess.run([sys.executable, "-m", "coordinator.cli", "db", "upgrade"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

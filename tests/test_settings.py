@@ -106,6 +106,7 @@ def test_cli_reports_a_broken_config_file_in_one_line(tmp_path: Path) -> None:
     config.write_text("lease_secs = 5\n")
     done = subprocess.run([sys.executable, "-m", "coordinator.cli", "tasks", "list"],
                           env={"PATH": "/usr/bin:/bin", "FORGECREW_CONFIG": str(config),
+                               "FORGECREW_HOME": str(tmp_path / "home"),
                                "FORGECREW_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"},
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode != 0

@@ -195,3 +195,21 @@ def test_a_second_up_on_the_same_home_is_refused(tmp_path: Path, model: FakeAnth
         assert cluster.up.alive() and httpx.get(f"{cluster.url}/readyz", timeout=5).status_code == 200
     finally:
         assert cluster.up.stop(timeout=60) == 0
+
+
+def test_children_stop_when_up_itself_is_killed(tmp_path: Path, model: FakeAnthropic) -> None:
+    """SIGKILL gives `up` no chance to stop anything: its children must notice on their own."""
+    home = tmp_path / "home"
+    cluster = start_up(tmp_path, home, zero_setup_env(home, model))
+    children = children_of(cluster.up.popen.pid)
+    assert len(children) >= 4, children  # broker, coordinator, reconciler, worker, Flower
+    cluster.up.popen.kill()
+    cluster.up.popen.wait()
+    alive = lambda: [pid for pid in children if Path(f"/proc/{pid}").exists()  # noqa: E731
+                     and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()]
+    try:
+        wait_for(lambda: not alive(), timeout=60, what="up's children to stop after up was killed")
+    finally:
+        for pid in alive():
+            os.killpg(pid, signal.SIGKILL)
+        cluster.up.stop()

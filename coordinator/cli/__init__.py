@@ -68,6 +68,9 @@ def load_commands() -> click.Group:
 
 def main() -> None:
     """The console script: every failure, usage errors included, is one line on stderr."""
+    from coordinator.supervisor import die_with_supervisor
+
+    die_with_supervisor()
     load_commands()
     try:
         status = cli.main(standalone_mode=False)

@@ -63,9 +63,9 @@ class Supervisor:
         with self._echo_lock:
             self.echo(f"{name:<{self.width}} | {line}")
 
-    def attach(self, name: str, process: subprocess.Popen[bytes]) -> threading.Thread:
+    def attach(self, name: str, process: subprocess.Popen[bytes], skip: Sequence[str] = ()) -> threading.Thread:
         """Pump a process started elsewhere (the embedded broker) through the same prefixed log."""
-        return self._pump(name, process.stdout)
+        return self._pump(name, process.stdout, skip)
 
     def start(self, child: Child) -> None:
         env = {**(child.env or os.environ), "PYTHONUNBUFFERED": "1", SUPERVISOR_VARIABLE: str(os.getpid())}
@@ -74,12 +74,14 @@ class Supervisor:
         child.started_at = time.monotonic()
         child.pumps = [self._pump(child.name, child.process.stdout)]
 
-    def _pump(self, name: str, stream: IO[bytes] | None) -> threading.Thread:
+    def _pump(self, name: str, stream: IO[bytes] | None, skip: Sequence[str] = ()) -> threading.Thread:
         def run() -> None:
             if stream is None:
                 return
             for raw in iter(stream.readline, b""):
-                self.say(name, raw.decode(errors="replace").rstrip())
+                line = raw.decode(errors="replace").rstrip()
+                if not any(noise in line for noise in skip):
+                    self.say(name, line)
             stream.close()
 
         thread = threading.Thread(target=run, name=f"log-{name}", daemon=True)

@@ -72,8 +72,9 @@ def submit(ctx: click.Context, repo: str, issue: int | None, title: str | None, 
                                                "local_forge_root": settings.local_forge_root.absolute()})
         repo = import_local_repo(settings, path)
         if not as_json:
-            click.echo(f"using {path} as {repo} on the local forge at {settings.local_forge_root} "
-                       "(workers need FORGECREW_FORGE=local and the same LOCAL_FORGE_ROOT)")
+            click.echo(f"using {path} as {repo} on the local forge at {settings.local_forge_root} (workers "
+                       "must use the local forge: `up` does without GitHub credentials, others need "
+                       "FORGECREW_FORGE=local and this LOCAL_FORGE_ROOT)")
     with operations(settings) as ops:
         data = ops.submit(repo=repo, issue=issue, title=title, body=body, specialty=specialty,
                           requested_by=actor())

@@ -27,6 +27,9 @@ from coordinator.cli.servers import guard_agent_host
 from coordinator.supervisor import Child, Supervisor
 
 GITHUB_CREDENTIALS = ("github_token", "github_app_id", "github_app_private_key")
+# The server's advice to change a kernel setting for background saves: it is the host's
+# operator's call (docs/single-host.md says so), not something every start should shout.
+BROKER_NOISE = ("Memory overcommit must be enabled",)
 
 
 @dataclass
@@ -169,7 +172,7 @@ def up(ctx: click.Context, host: str, port: int, flower_port: int, no_flower: bo
     supervisor = Supervisor(children(settings, plan.env, host=host, port=port, flower_port=flower,
                                      single_worker=single_worker, concurrency=concurrency), grace=grace)
     if broker is not None and broker.process is not None:
-        supervisor.attach("broker", broker.process)
+        supervisor.attach("broker", broker.process, skip=BROKER_NOISE)
     for line in banner(plan, host=host, port=port, flower_port=flower, broker=described):
         supervisor.say("up", line)
     try:

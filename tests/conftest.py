@@ -27,6 +27,7 @@ pytest_plugins = ["tests.pipeline_support"]  # model, forge_settings and forge f
 
 PG_ADMIN = os.environ.get("FORGECREW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("FORGECREW_TEST_REDIS", "redis://127.0.0.1:6379")
+AMQP_URL = os.environ.get("FORGECREW_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672")
 
 
 @pytest.fixture(autouse=True)
@@ -74,6 +75,25 @@ def broker_url(redis_slot: redis_slots.Slot) -> Iterator[str]:
     redis.Redis.from_url(url).flushdb()
     yield url
     redis.Redis.from_url(url).flushdb()
+
+
+@pytest.fixture
+def amqp_url() -> Iterator[str]:
+    """A RabbitMQ virtual host of this test's own on the machine's RabbitMQ, deleted afterwards."""
+    import shutil
+    import subprocess
+
+    ctl = shutil.which("rabbitmqctl") or shutil.which("rabbitmqctl", path="/usr/sbin:/sbin")
+    assert ctl, "RabbitMQ's rabbitmqctl is not installed (.ci/run installs and starts rabbitmq-server)"
+    vhost = f"forgecrew-test-{uuid.uuid4().hex[:10]}"
+
+    def ctl_run(*args: str) -> None:
+        subprocess.run([ctl, "-q", *args], check=True, capture_output=True, timeout=60)
+
+    ctl_run("add_vhost", vhost)
+    ctl_run("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    yield f"{AMQP_URL}/{vhost}"
+    ctl_run("delete_vhost", vhost)
 
 
 @pytest.fixture

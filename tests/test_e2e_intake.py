@@ -156,8 +156,8 @@ def test_up_runs_everything_and_stops_everything_it_started(make_settings, tmp_p
 
     with FakeAnthropic() as model:
         model.add(dataclasses.replace(tool_use("list_files", {"path": "."}), delay=120))
-        settings = make_settings(database_url=f"sqlite:///{tmp_path / 'up.db'}", forge="local",
-                                 anthropic_api_key=DEFAULT_KEY, anthropic_base_url=model.base_url)
+        # the operator's own PostgreSQL and Redis (make_settings'), not the zero-setup default
+        settings = make_settings(forge="local", anthropic_api_key=DEFAULT_KEY, anthropic_base_url=model.base_url)
         LocalForge(settings).create_repo("Codertocat/Hello-World", write_sample(tmp_path / "sample"))
         LocalForge(settings).create_issue("Codertocat/Hello-World", 9, "Fix it", "")
         port = free_port()

@@ -213,3 +213,12 @@ def test_children_stop_when_up_itself_is_killed(tmp_path: Path, model: FakeAnthr
         for pid in alive():
             os.killpg(pid, signal.SIGKILL)
         cluster.up.stop()
+
+
+def test_flower_alone_refuses_to_start_without_a_password(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FORGECREW_")}
+    env.update(FORGECREW_HOME=str(tmp_path / "home"), FORGECREW_BROKER_URL="redis://127.0.0.1:1/0")
+    done = run_cli("flower", "--port", str(free_port()), env=env)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode != 0 and len(lines) == 1 and "FORGECREW_FLOWER_PASSWORD must be set" in lines[0]
+    assert "--no-auth" in lines[0]

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import stat
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -162,9 +163,7 @@ def test_a_worker_killed_mid_task_under_up_is_replaced_and_the_task_finishes_onc
         assert cluster.up.stop(timeout=60) == 0, cluster.up.log()[-3000:]
 
 
-def run_cli(*args: str, env: dict[str, str]) -> "subprocess.CompletedProcess[str]":
-    import subprocess
-
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "coordinator.cli", *args], env=env, capture_output=True,
                           text=True, timeout=60, check=False)
 

@@ -95,11 +95,12 @@ def test_tool_use_round_trip_is_the_same_message_streamed_or_not(fake: FakeAnthr
 def test_usage_counts_cache_writes_then_reads_and_prices_them(fake: FakeAnthropic, make_client: MakeClient) -> None:
     fake.add(tool_use("run", {"command": "pytest -x"}), text("Done."))
     client = make_client()
-    first = ask(client)
+    system = SYSTEM + " Read before you write." * 300  # above the 1024-token minimum the API caches
+    first = client.create(system=system, tools=TOOLS, messages=ASK, max_tokens=1024)
     history = [*ASK, {"role": "assistant", "content": first.message.content},
                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": first.message.content[0].id,
                                              "content": "1 passed"}]}]
-    second = ask(client, history)
+    second = client.create(system=system, tools=TOOLS, messages=history, max_tokens=1024)
 
     assert first.usage.cache_write_tokens > 0 and first.usage.cache_read_tokens == 0
     assert second.usage.cache_read_tokens >= first.usage.cache_write_tokens
@@ -111,7 +112,7 @@ def test_usage_counts_cache_writes_then_reads_and_prices_them(fake: FakeAnthropi
     assert total.output_tokens == first.usage.output_tokens + second.usage.output_tokens
 
 
-def test_cache_breakpoints_on_system_last_tool_and_last_user_block(fake: FakeAnthropic,
+def test_cache_breakpoints_on_system_last_tool_and_last_two_user_turns(fake: FakeAnthropic,
                                                                     make_client: MakeClient) -> None:
     fake.add(text("ok"))
     system = [{"type": "text", "text": "Shared rules."}, {"type": "text", "text": "Backend specialty."}]
@@ -125,7 +126,7 @@ def test_cache_breakpoints_on_system_last_tool_and_last_user_block(fake: FakeAnt
     ephemeral = {"type": "ephemeral"}
     assert [b.get("cache_control") for b in body["system"]] == [None, ephemeral]
     assert [t.get("cache_control") for t in body["tools"]] == [None, ephemeral]
-    assert body["messages"][0]["content"] == "first"
+    assert body["messages"][0]["content"] == [{"type": "text", "text": "first", "cache_control": ephemeral}]
     assert [b.get("cache_control") for b in body["messages"][2]["content"]] == [None, ephemeral]
 
 

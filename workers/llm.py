@@ -219,17 +219,24 @@ def _cacheable(block: Any) -> bool:
     return not (isinstance(block, dict) and block.get("type") == "text" and not block.get("text"))
 
 
+MESSAGE_BREAKPOINTS = 2  # with the tools' and the system's: the API's limit of 4 per request
+
+
 def cached_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Messages with a breakpoint on the last user block, so the next turn reads history from cache."""
+    """Messages with a breakpoint on the last block of each of the last two user turns.
+
+    The newest one writes this turn's prefix; the one before sits exactly where the previous
+    request wrote, so the cache is read even when a turn adds more than the ~20 blocks the API
+    looks back from a breakpoint (a reply with many parallel tool calls).
+    """
     result = list(messages)
     users = [index for index, message in enumerate(result) if message.get("role") == "user"]
-    if not users:
-        return result
-    last = result[users[-1]]
-    content = last.get("content")
-    blocks = [{"type": "text", "text": content}] if isinstance(content, str) else list(content or [])
-    if blocks and _cacheable(blocks[-1]):
-        result[users[-1]] = {**last, "content": [*blocks[:-1], _mark(blocks[-1])]}
+    for index in users[-MESSAGE_BREAKPOINTS:]:
+        message = result[index]
+        content = message.get("content")
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else list(content or [])
+        if blocks and _cacheable(blocks[-1]):
+            result[index] = {**message, "content": [*blocks[:-1], _mark(blocks[-1])]}
     return result
 
 

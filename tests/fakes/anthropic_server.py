@@ -230,28 +230,49 @@ def _strip(block: Any) -> Any:
     return {k: v for k, v in block.items() if k != "cache_control"} if isinstance(block, dict) else block
 
 
-class PromptCache:
-    """Prefixes up to a cache_control breakpoint are written once, then read by later requests.
+LOOKBACK_BLOCKS = 20  # the API checks this many block boundaries back from each breakpoint for a hit
+CACHE_TTL_SECONDS = 300.0  # ephemeral entries live 5 minutes, refreshed by each read
 
-    Unlike the real API there is no minimum cacheable length and entries never expire.
+
+def minimum_cacheable_tokens(model: str) -> int:
+    """The shortest prefix the API caches: 2048 tokens for Haiku-class models, 1024 for Sonnet and Opus."""
+    return 2048 if "haiku" in model.lower() else 1024
+
+
+class PromptCache:
+    """Counts cache writes and reads the way the Messages API does.
+
+    An entry is written at a breakpoint (a block with cache_control) whose prefix, in the order
+    tools, system, messages, is at least the model's minimum cacheable length. A request reads
+    the longest earlier entry whose prefix is byte-identical to its own at a block boundary no more
+    than LOOKBACK_BLOCKS before one of its breakpoints. Tokens up to the last breakpoint that were
+    not read are cache writes (when that prefix is long enough); the rest are input_tokens.
     """
 
-    def __init__(self) -> None:
-        self._known: set[str] = set()
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic, ttl: float = CACHE_TTL_SECONDS) -> None:
+        self._known: dict[str, float] = {}  # prefix digest -> expiry
         self._lock = threading.Lock()
+        self._clock = clock
+        self._ttl = ttl
 
     def usage(self, body: dict[str, Any]) -> dict[str, int]:
         """input_tokens ~ len(json)/4, split into uncached, cache-write and cache-read parts."""
         total = max(1, len(json.dumps(body)) // 4)
         digests, tokens, breakpoints = self._prefixes(body)
-        if not breakpoints:
-            return {"input_tokens": total, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
-        last = breakpoints[-1]
+        minimum = minimum_cacheable_tokens(str(body.get("model")))
+        writable = [i for i in breakpoints if tokens[i] >= minimum]
+        now = self._clock()
         with self._lock:
-            hit = next((i for i in range(last, -1, -1) if digests[i] in self._known), None)
-            self._known.update(digests[i] for i in breakpoints)
+            self._known = {d: expiry for d, expiry in self._known.items() if expiry > now}
+            candidates = {i for b in breakpoints for i in range(max(0, b - LOOKBACK_BLOCKS + 1), b + 1)}
+            hit = max((i for i in candidates if digests[i] in self._known), default=None)
+            if hit is not None:
+                self._known[digests[hit]] = now + self._ttl
+            for i in writable:
+                self._known[digests[i]] = now + self._ttl
         read = tokens[hit] if hit is not None else 0
-        write = tokens[last] - read
+        end = max([*writable, *([hit] if hit is not None else [])], default=None)
+        write = tokens[end] - read if end is not None else 0
         scale = min(1.0, (total - 1) / max(1, read + write))
         read, write = int(read * scale), int(write * scale)
         return {"input_tokens": total - read - write, "cache_creation_input_tokens": write,
@@ -259,7 +280,10 @@ class PromptCache:
 
     @staticmethod
     def _prefixes(body: dict[str, Any]) -> tuple[list[str], list[int], list[int]]:
-        """Digest and token count of every prefix (tools, then system, then messages), and breakpoints."""
+        """Digest and token count of every prefix (tools, then system, then messages), and breakpoints.
+
+        Keys are hashed in the order they were sent: the cache matches bytes, not meaning.
+        """
         system = body.get("system") or []
         segments: list[Any] = [*(body.get("tools") or []), *(_blocks(system) if isinstance(system, str) else system)]
         for message in body.get("messages") or []:
@@ -267,7 +291,7 @@ class PromptCache:
         hasher = hashlib.sha256(str(body.get("model")).encode())
         digests, tokens, breakpoints, running = [], [], [], 0
         for index, segment in enumerate(segments):
-            encoded = json.dumps(_strip(segment), sort_keys=True)
+            encoded = json.dumps(_strip(segment))
             hasher.update(encoded.encode())
             running += len(encoded) // 4
             digests.append(hasher.copy().hexdigest())

@@ -1,6 +1,7 @@
 """Cost per command of the command sandbox: plain bash vs COMMAND_SANDBOX=none vs bubblewrap.
 
 Run: python bench/sandbox_bench.py [--reps 50] [--network] [--json]
+(or through python bench/run.py, which calls measure() for the figure `sandbox.overhead_ms`)
 Every command the agent or the repository runs goes through `Sandbox.run`, so its fixed cost is
 paid on each of the dozens to hundreds of commands of a task. This times `true` (nothing but the
 overhead) as: a plain `bash -c true` (the baseline), the none mode (reaper, limits, safe env),
@@ -25,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -63,7 +65,7 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def measure(methods: list[tuple[str, Method]], reps: int, notes: list[str]) -> dict[str, list[float]]:
+def time_methods(methods: list[tuple[str, Method]], reps: int, notes: list[str]) -> dict[str, list[float]]:
     """Milliseconds of each call, methods round-robin within each repetition, after one warm-up each.
 
     A sandboxed method whose warm-up fails is dropped with its exact error in `notes`.
@@ -85,14 +87,64 @@ def measure(methods: list[tuple[str, Method]], reps: int, notes: list[str]) -> d
     return samples
 
 
-def summarize(samples: dict[str, list[float]]) -> list[dict[str, float | str]]:
-    rows: list[dict[str, float | str]] = []
+def summarize(samples: dict[str, list[float]]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
     base = statistics.median(next(iter(samples.values())))
     for label, values in samples.items():
         median = statistics.median(values)
         rows.append({"method": label, "median_ms": median, "p90_ms": percentile(values, 0.9),
                      "mean_ms": statistics.fmean(values), "ratio": median / base, "added_ms": median - base})
     return rows
+
+
+class _Bench:
+    """The sandboxes of one run in a throwaway directory, configured as the worker configures them here."""
+
+    def __init__(self, base: Path) -> None:
+        settings = Settings(database_url="sqlite://", workspace_root=base / "workspaces",
+                            local_forge_root=base / "forge")
+        self.config = bubblewrap_config(settings)
+        self.paths = SandboxPaths(base / "task" / "repo", base / "task" / "home", base / "task" / "tmp", name="bench")
+        self.bubblewrap, self.none = BubblewrapSandbox(self.config), UnsandboxedRunner()
+        self.bubblewrap.prepare(self.paths)  # as root it gives the directories to SANDBOX_UID
+
+    def methods(self, *, network: bool, notes: list[str]) -> list[tuple[str, Method]]:
+        methods: list[tuple[str, Method]] = [
+            (BASELINE, plain),
+            ("none mode (UnsandboxedRunner)", sandboxed(self.none, self.paths, Limits())),
+            (BUBBLEWRAP, sandboxed(self.bubblewrap, self.paths, Limits()))]
+        if network:
+            try:
+                NetworkTools.find()
+                methods.append(("bubblewrap, network (slirp+nft)",
+                                sandboxed(self.bubblewrap, self.paths, Limits(network=True))))
+            except SandboxError as exc:
+                notes.append(f"network skipped: {exc}")
+        return methods
+
+
+BASELINE = "plain bash -c true (baseline)"
+BUBBLEWRAP = "bubblewrap, offline"
+
+
+def measure(*, quick: bool, repeats: int) -> dict[str, Any]:
+    """The bench protocol: sandbox.overhead_ms = median bubblewrap `true` minus median plain `bash -c true`.
+
+    One sample per repeat, each the difference of medians over `reps` interleaved calls.
+    """
+    reps = 10 if quick else 50
+    overhead: list[float] = []
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="forgecrew-sandbox-bench-") as tmp:
+        bench = _Bench(Path(tmp))
+        for _ in range(max(1, repeats)):
+            notes: list[str] = []
+            samples = time_methods(bench.methods(network=False, notes=notes), reps, notes)
+            if BUBBLEWRAP not in samples:
+                raise RuntimeError("; ".join(notes) or "the bubblewrap sandbox did not run")
+            overhead.append(statistics.median(samples[BUBBLEWRAP]) - statistics.median(samples[BASELINE]))
+            rows.extend(summarize(samples))
+    return {"figures": {"sandbox.overhead_ms": overhead}, "series": {"sandbox_methods": rows}}
 
 
 def main() -> None:
@@ -103,24 +155,9 @@ def main() -> None:
     options = parser.parse_args()
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="forgecrew-sandbox-bench-") as tmp:
-        base = Path(tmp)
-        settings = Settings(database_url="sqlite://", workspace_root=base / "workspaces",
-                            local_forge_root=base / "forge")
-        config = bubblewrap_config(settings)
-        paths = SandboxPaths(base / "task" / "repo", base / "task" / "home", base / "task" / "tmp", name="bench")
-        bubblewrap, none = BubblewrapSandbox(config), UnsandboxedRunner()
-        bubblewrap.prepare(paths)  # as root it gives the directories to SANDBOX_UID; the none mode only reads them
-        methods: list[tuple[str, Method]] = [
-            ("plain bash -c true (baseline)", plain),
-            ("none mode (UnsandboxedRunner)", sandboxed(none, paths, Limits())),
-            ("bubblewrap, offline", sandboxed(bubblewrap, paths, Limits()))]
-        if options.network:
-            try:
-                NetworkTools.find()
-                methods.append(("bubblewrap, network (slirp+nft)", sandboxed(bubblewrap, paths, Limits(network=True))))
-            except SandboxError as exc:
-                notes.append(f"network skipped: {exc}")
-        rows = summarize(measure(methods, options.reps, notes))
+        bench = _Bench(Path(tmp))
+        config = bench.config
+        rows = summarize(time_methods(bench.methods(network=options.network, notes=notes), options.reps, notes))
     facts = {**machine(), "run_as": str(config.run_as), "nice": str(config.nice), "reps": str(options.reps)}
     if options.json:
         print(json.dumps({"machine": facts, "target_added_ms": TARGET_MS, "results": rows, "notes": notes}, indent=2))

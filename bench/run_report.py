@@ -79,7 +79,8 @@ def markdown(report: dict[str, Any], plots: Sequence[str]) -> str:
     if failed:
         lines += ["", *[f"- `{name}` did not report: {error}" for name, error in failed]]
     titles = {name: title for name, *_, title in PLOTS}
-    lines += [""] + [f"![{titles.get(Path(p).name, Path(p).stem)}](performance/{Path(p).name})" for p in plots]
+    if plots:
+        lines += [""] + [f"![{titles.get(Path(p).name, Path(p).stem)}](performance/{Path(p).name})" for p in plots]
     return "\n".join([*lines, "", END])
 
 

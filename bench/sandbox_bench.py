@@ -132,7 +132,7 @@ def measure(*, quick: bool, repeats: int) -> dict[str, Any]:
 
     One sample per repeat, each the difference of medians over `reps` interleaved calls.
     """
-    reps = 10 if quick else 50
+    reps = 20 if quick else 50
     overhead: list[float] = []
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="forgecrew-sandbox-bench-") as tmp:

@@ -119,10 +119,11 @@ def task_label(repo: str, issue_number: int | None, specialty: str, task_id: int
 
 
 def send_run(app: Celery, settings: Settings, *, task_id: int, specialty: str, message: str,
-             label: str | None = None) -> None:
+             label: str | None = None, producer: Any = None) -> None:
     """Put a run of `task_id` on its specialty's queue, failing fast when the broker is down.
 
-    `label` becomes the message's shadow name: what Flower, events and worker logs show.
+    `label` becomes the message's shadow name: what Flower, events and worker logs show. A
+    `producer` held across several sends (app.producer_or_acquire()) saves a pool round per send.
     """
     soft, hard = time_limits(settings, specialty)
     app.send_task(
@@ -136,4 +137,5 @@ def send_run(app: Celery, settings: Settings, *, task_id: int, specialty: str, m
         time_limit=hard,
         retry=True,
         retry_policy={"max_retries": 1, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1},
+        producer=producer,
     )

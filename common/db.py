@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import ColumnElement, Connection, Engine, create_engine, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.database_url import check_database_url, normalise_url
@@ -51,12 +52,30 @@ def _sqlite_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+# Session.info key of a clock reading a short transaction took once and reuses (webhook intake)
+FROZEN_NOW = "forgecrew.db_now"
+
+
+def clock_sql(dialect: str) -> ColumnElement[Any]:
+    """The database's clock as an expression, to read it inside another statement (RETURNING)."""
+    if dialect == "sqlite":
+        return func.strftime("%Y-%m-%d %H:%M:%f", "now")
+    return func.statement_timestamp()
+
+
+def clock_value(raw: Any) -> datetime:
+    """What clock_sql returned, as aware UTC."""
+    if isinstance(raw, str):
+        return datetime.fromisoformat(raw).replace(tzinfo=UTC)
+    return raw.astimezone(UTC)
+
+
 def db_now(session: Session) -> datetime:
     """The database's clock as aware UTC: leases are set and judged by one clock, not each host's."""
-    if session.get_bind().dialect.name == "sqlite":
-        stamp = session.execute(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")).scalar_one()
-        return datetime.fromisoformat(stamp).replace(tzinfo=UTC)
-    return session.execute(text("SELECT statement_timestamp()")).scalar_one().astimezone(UTC)
+    frozen = session.info.get(FROZEN_NOW)
+    if frozen is not None:
+        return frozen
+    return clock_value(session.execute(select(clock_sql(session.get_bind().dialect.name))).scalar_one())
 
 
 class Database:

@@ -42,6 +42,7 @@ def create_app(settings: Settings, *, run_reconciler: bool = True) -> FastAPI:
         finally:
             stop.set()
             watcher.stop()
+            services.sender.stop()  # publishes what is queued; the reconciler resends what it cannot
             if thread:
                 thread.join(timeout=10)
             services.db.dispose()

@@ -11,6 +11,7 @@ from common.db import Database
 from common.settings import Settings
 from coordinator.dispatch import Dispatcher
 from coordinator.reconciler import Reconciler
+from coordinator.sender import Sender
 from coordinator.webhooks import issues, lifecycle, ping
 from coordinator.webhooks.router import Router
 
@@ -23,6 +24,7 @@ class Services:
     dispatcher: Dispatcher
     reconciler: Reconciler
     router: Router
+    sender: Sender
 
 
 def webhook_router() -> Router:
@@ -37,4 +39,4 @@ def build_services(settings: Settings) -> Services:
     db = Database(settings)
     celery = make_celery(settings)
     dispatcher = Dispatcher(db, celery)
-    return Services(settings, db, celery, dispatcher, Reconciler(db, dispatcher), webhook_router())
+    return Services(settings, db, celery, dispatcher, Reconciler(db, dispatcher), webhook_router(), Sender(dispatcher))

@@ -66,20 +66,22 @@ def check_database(settings: Settings) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--no-reconciler", is_flag=True, help="Leave resends and reaping to another coordinator.")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Server processes (default: one per core on PostgreSQL, one on SQLite); the reconciler runs in one.")
+@click.option("--access-log", is_flag=True, help="Log every request (off by default: it costs intake speed).")
 @click.pass_context
 @fails_cleanly
-def coordinator(ctx: click.Context, host: str, port: int, no_reconciler: bool) -> None:
+def coordinator(ctx: click.Context, host: str, port: int, no_reconciler: bool, workers: int | None,
+                access_log: bool) -> None:
     """Serve webhooks, health checks and the reconciler."""
-    import uvicorn
-
-    from coordinator.app import create_app
+    from coordinator.serve import default_workers, serve
     from workers.sandbox import make_undumpable
 
     settings = settings_from(ctx)
     check_database(settings)
     make_undumpable()  # it holds the webhook secret and tokens too; agents may run on this host
-    app = create_app(settings, run_reconciler=not no_reconciler)
-    uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=True)
+    serve(settings, host=host, port=port, workers=workers or default_workers(settings),
+          reconciler=not no_reconciler, access_log=access_log)
 
 
 @cli.command()

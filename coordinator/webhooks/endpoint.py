@@ -10,10 +10,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, BackgroundTasks, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from common.db import FROZEN_NOW, clock_sql, clock_value
 from common.models import WebhookDelivery, utcnow
 from coordinator.services import Services
 from coordinator.webhooks.payloads import MalformedPayload, parse_body
@@ -23,8 +25,6 @@ from coordinator.webhooks.signature import verify
 log = logging.getLogger(__name__)
 api = APIRouter()
 
-
-DELIVERY_ID_CONSTRAINT = "uq_webhook_deliveries_delivery_id"
 # Outcome of a delivery refused before any handler ran; its redelivery (same id) is handled afresh.
 REJECTED = "rejected: "
 
@@ -46,6 +46,7 @@ class Answer:
     status: int
     body: dict[str, Any]
     dispatch_task_id: int | None = None
+    send: Any = None  # the prepared send of that task (coordinator.sender.Send)
 
 
 async def read_capped(request: Request, limit: int) -> bytes:
@@ -80,13 +81,16 @@ async def github_webhook(
         log.exception("delivery %s (%s) failed; nothing was recorded", request.headers.get("x-github-delivery"),
                       request.headers.get("x-github-event"))
         return JSONResponse({"error": "internal error; the delivery was not recorded"}, status_code=500)
-    if answer.dispatch_task_id is not None:
+    if answer.send is not None:
+        # after the answer has gone out: the background sender publishes and records it in a batch
+        background.add_task(services.sender.send_after_answer, answer.send)
+    elif answer.dispatch_task_id is not None:
         background.add_task(services.dispatcher.dispatch, answer.dispatch_task_id)
     return JSONResponse(answer.body, status_code=answer.status)
 
 
 def process_delivery(services: Services, headers: dict[str, str], body: bytes) -> Answer:
-    """Everything after the signature check, in one transaction with the delivery row."""
+    """Everything after the signature check, in one transaction with the delivery row (about seven statements)."""
     event = headers.get("x-github-event", "").strip()
     delivery_id = headers.get("x-github-delivery", "").strip()
     if not event or not delivery_id:
@@ -106,17 +110,21 @@ def process_delivery(services: Services, headers: dict[str, str], body: bytes) -
         202 if outcome.dispatch else 200,
         {"status": outcome.description, "task_id": outcome.task_id, "delivery": delivery_id},
         outcome.task_id if outcome.dispatch else None,
+        outcome.extra.get("send"),
     )
 
 
 def _handle(services: Services, delivery_id: str, event: str, action: str | None,
             payload: dict[str, Any]) -> Outcome:
     with services.db.session() as session:
-        row = _claim_delivery(session, _delivery_row(delivery_id, event, action, payload))
-        row.payload = json.dumps(payload)  # kept for `forgecrew webhook replay`
+        values = _delivery_values(delivery_id, event, action, payload)
+        values["payload"] = json.dumps(payload)  # kept for `forgecrew webhook replay`
+        row_id = _claim_delivery(session, values)
         delivery = Delivery(services.settings, session, delivery_id, event, action, payload)
         outcome = services.router.dispatch(delivery)  # which ignores bots, but where a handler welcomes them
-        row.outcome, row.task_id = outcome.description, outcome.task_id
+        _set_outcome(session, row_id, outcome)
+        if outcome.dispatch and outcome.task_id is not None:
+            outcome.extra["send"] = services.sender.prepare(session, outcome.task_id)
         return outcome
 
 
@@ -124,53 +132,54 @@ def _record_only(services: Services, delivery_id: str, event: str, action: str |
                  payload: dict[str, Any], outcome: Outcome) -> None:
     try:
         with services.db.session() as session:
-            row = _claim_delivery(session, _delivery_row(delivery_id, event, action, payload))
-            row.outcome = outcome.description
+            values = _delivery_values(delivery_id, event, action, payload)
+            values["outcome"] = outcome.description
+            _claim_delivery(session, values)
     except DuplicateDelivery:
         pass
 
 
-def _claim_delivery(session: Session, row: WebhookDelivery) -> WebhookDelivery:
-    """The row to record this delivery on: a new one, or the row of its earlier copy that was rejected.
+def _claim_delivery(session: Session, values: dict[str, Any]) -> int:
+    """The id of the row to record this delivery on: a new one, or the row of its earlier copy that was rejected.
 
-    A rejected delivery ran no handler, so its redelivery (GitHub's "Redeliver", or a sender that
-    fixed its payload) is no duplicate: it takes that row over, locked, so two redeliveries racing
-    end with one handled and one duplicate.
+    The insert comes first and skips a conflicting delivery id (ON CONFLICT DO NOTHING, so a
+    redelivery logs no error in the database and keeps its connection); it also reads the
+    database's clock once for the whole transaction. A rejected delivery ran no handler, so its
+    redelivery (GitHub's "Redeliver", or a sender that fixed its payload) is no duplicate: it
+    takes that row over, locked, so two redeliveries racing end with one handled and one duplicate.
     """
-    rejected = session.scalars(
-        select(WebhookDelivery)
-        .where(WebhookDelivery.delivery_id == row.delivery_id, WebhookDelivery.outcome.startswith(REJECTED))
+    dialect = session.get_bind().dialect.name
+    statement = _insert_for(dialect)(WebhookDelivery).values(**values).on_conflict_do_nothing(
+        index_elements=[WebhookDelivery.delivery_id]).returning(WebhookDelivery.id, clock_sql(dialect))
+    inserted = session.execute(statement).first()
+    if inserted is not None:
+        session.info[FROZEN_NOW] = clock_value(inserted[1])
+        return int(inserted[0])
+    rejected = session.scalar(
+        select(WebhookDelivery.id)
+        .where(WebhookDelivery.delivery_id == values["delivery_id"], WebhookDelivery.outcome.startswith(REJECTED))
         .with_for_update()
-    ).first()
+    )
     if rejected is None:
-        _insert_delivery(session, row)
-        return row
-    rejected.event, rejected.action, rejected.repo, rejected.sender = row.event, row.action, row.repo, row.sender
-    rejected.outcome, rejected.task_id, rejected.received_at = "received", None, utcnow()
-    return rejected
+        raise DuplicateDelivery(values["delivery_id"])
+    session.execute(update(WebhookDelivery).where(WebhookDelivery.id == rejected)
+                    .values(task_id=None, **values).execution_options(synchronize_session=False))
+    return int(rejected)
 
 
-def _insert_delivery(session: Session, row: WebhookDelivery) -> None:
-    """Insert the delivery row first: a redelivery stops here, before anything else is written."""
-    session.add(row)
-    try:
-        session.flush()
-    except IntegrityError as exc:
-        if _violates_delivery_id(exc):
-            raise DuplicateDelivery(row.delivery_id) from None
-        raise
+def _set_outcome(session: Session, row_id: int, outcome: Outcome) -> None:
+    session.execute(update(WebhookDelivery).where(WebhookDelivery.id == row_id)
+                    .values(outcome=outcome.description, task_id=outcome.task_id)
+                    .execution_options(synchronize_session=False))
 
 
-def _violates_delivery_id(exc: IntegrityError) -> bool:
-    """Whether the error is the unique delivery id's and no other constraint's."""
-    diag = getattr(exc.orig, "diag", None)  # psycopg names the constraint
-    if diag is not None:
-        return getattr(diag, "constraint_name", None) == DELIVERY_ID_CONSTRAINT
-    return f"UNIQUE constraint failed: {WebhookDelivery.__tablename__}.delivery_id" in str(exc.orig)  # SQLite
+def _insert_for(dialect: str) -> Any:
+    """The dialect's INSERT with ON CONFLICT (PostgreSQL and SQLite both have it)."""
+    return sqlite_insert if dialect == "sqlite" else pg_insert
 
 
-def _delivery_row(delivery_id: str, event: str, action: str | None, payload: dict[str, Any]) -> WebhookDelivery:
+def _delivery_values(delivery_id: str, event: str, action: str | None, payload: dict[str, Any]) -> dict[str, Any]:
     repo = (payload.get("repository") or {}).get("full_name") if isinstance(payload.get("repository"), dict) else None
     sender = (payload.get("sender") or {}).get("login") if isinstance(payload.get("sender"), dict) else None
-    return WebhookDelivery(delivery_id=delivery_id[:100], event=event[:100], action=action and action[:100],
-                           repo=repo, sender=sender)
+    return {"delivery_id": delivery_id[:100], "event": event[:100], "action": action and action[:100],
+            "repo": repo, "sender": sender, "outcome": "received", "received_at": utcnow(), "payload": None}

@@ -1,0 +1,119 @@
+"""The outbox's send half for webhook intake: publish committed tasks off the request path, in batches.
+
+The request's transaction commits the task (TRIAGED) and the 202 goes out; then the task is handed
+to one thread per process that publishes it and records the sends of everything it published in
+one transaction. A task it never publishes (broker down, process killed) stays TRIAGED and the
+reconciler sends it once its grace has passed, exactly as after a failed send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session
+
+from common.celery_app import task_label
+from common.models import Task
+from coordinator.dispatch import Dispatcher
+
+log = logging.getLogger(__name__)
+ACTOR = "dispatcher"
+# Sends recorded per transaction at most: bounded locks, and a batch is still one commit under load.
+BATCH = 200
+
+
+@dataclass
+class Send:
+    """A task just created in the request's transaction, and what its first message needs."""
+
+    task_id: int
+    specialty: str
+    number: int
+    label: str
+    done: Future[bool] = field(default_factory=Future, repr=False)
+
+
+class Sender:
+    """One background thread per process, started on first use, stopped with the app."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+        self._queue: queue.SimpleQueue[Send | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def prepare(session: Session, task_id: int) -> Send:
+        """The send of a task created in `session` (read from the session's identity map: no query)."""
+        task = session.get(Task, task_id)
+        assert task is not None
+        return Send(task_id, task.specialty, task.dispatch_count + 1,
+                    task_label(task.repo, task.issue_number, task.specialty, task_id))
+
+    def submit(self, send: Send) -> Future[bool]:
+        """Queue a committed task for publishing; the future says whether it was sent."""
+        self._ensure_started()
+        self._queue.put(send)
+        return send.done
+
+    async def send_after_answer(self, send: Send) -> None:
+        """A background task of the response: waits (no thread held) until the send is recorded."""
+        await asyncio.wrap_future(self.submit(send))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Publish what is queued, then end the thread; what it cannot finish is the reconciler's."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(timeout)
+
+    def _ensure_started(self) -> None:
+        if self._thread is not None:
+            return
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="sender", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            batch = [] if first is None else [first]
+            stopping = first is None
+            while len(batch) < BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            if batch:
+                self._send(batch)
+
+    def _send(self, batch: list[Send]) -> None:
+        """Publish in order; on the first broker failure the rest stay unsent (TRIAGED) for the reconciler."""
+        sent: list[Send] = []
+        try:
+            with self.dispatcher.celery.producer_or_acquire() as producer:  # one producer for the batch
+                for item in batch:
+                    if not self.dispatcher.send(item.task_id, item.specialty, item.number, label=item.label,
+                                                producer=producer):
+                        break
+                    sent.append(item)
+            if sent:
+                self.dispatcher.record_sent_many([(item.task_id, item.number) for item in sent], actor=ACTOR)
+        except Exception:  # the thread must outlive any one batch; the reconciler repairs what it left
+            log.exception("sending tasks %s failed; the reconciler will resend them", [i.task_id for i in batch])
+        finally:
+            published = {id(item) for item in sent}
+            for item in batch:
+                item.done.set_result(id(item) in published)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -36,6 +37,7 @@ def create_app(settings: Settings, *, run_reconciler: bool = True) -> FastAPI:
             thread = threading.Thread(target=services.reconciler.loop, args=(stop,), name="reconciler",
                                       daemon=True)
             thread.start()
+            log.info("reconciler running in process %d", os.getpid())  # one process of a coordinator's N
         watcher.start()
         try:
             yield

@@ -84,16 +84,41 @@ def run_module(name: str, *, quick: bool, repeats: int, timeout: float, path: Pa
     return ModuleResult(name, seconds, figures=data.get("figures") or {}, series=data.get("series") or {})
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every live process under `pid`, read from /proc before anything is killed (orphans lose their parent)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
 def _kill_group(child: subprocess.Popen[str]) -> None:
-    """Stop the module's process group (it may have started servers), then reap the child."""
-    try:
-        os.killpg(child.pid, signal.SIGTERM)
-        child.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(child.pid, signal.SIGKILL)
-        child.wait()
-    except ProcessLookupError:
-        pass
+    """Stop the module and everything it started (servers in sessions of their own too), then reap it."""
+    targets = _descendants(child.pid)
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        for kill, target in [(os.killpg, child.pid), *((os.kill, pid) for pid in targets)]:
+            try:
+                kill(target, signum)
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            child.wait(timeout=10)
+            if signum == signal.SIGTERM:
+                time.sleep(1)  # the module's own cleanup may still be stopping what it started
+                targets = [pid for pid in targets if Path(f"/proc/{pid}").exists()]
+                if not targets:
+                    return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def child_main(name: str, *, out: Path, quick: bool, repeats: int, path: Path) -> int:

@@ -128,3 +128,20 @@ def test_docs_without_the_markers_say_what_to_add(tmp_path: Path) -> None:
     page.write_text("# Performance\n")
     with pytest.raises(SystemExit, match="no generated block"):
         run_report.write_docs(page, {"modules": {}})
+
+
+def test_a_timed_out_module_leaves_no_process_behind(tmp_path: Path) -> None:
+    pidfile = tmp_path / "server.pid"
+    (tmp_path / "spawner_bench.py").write_text(f'''
+import subprocess, time
+
+def measure(*, quick, repeats):
+    server = subprocess.Popen(["sleep", "300"], start_new_session=True)  # a server in a session of its own
+    open({str(pidfile)!r}, "w").write(str(server.pid))
+    time.sleep(60)
+''')
+    result = run.run_module("spawner_bench", quick=True, repeats=1, timeout=3, path=tmp_path)
+    assert result.error == "timed out after 3 s"
+    pid = int(pidfile.read_text())
+    stat = Path(f"/proc/{pid}/stat")
+    assert not stat.exists() or stat.read_text().split(") ", 1)[1].startswith("Z")

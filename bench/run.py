@@ -142,7 +142,7 @@ def child_main(name: str, *, out: Path, quick: bool, repeats: int, path: Path) -
 
 def _version(command: list[str]) -> str:
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=10)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return "not found"
     text = (done.stdout or done.stderr).strip().splitlines()

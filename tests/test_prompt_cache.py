@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import sys
@@ -117,7 +118,7 @@ def test_a_ten_turn_session_is_served_mostly_from_the_cache(session: dict[str, A
 def test_each_request_repeats_the_previous_prefix_byte_for_byte_with_at_most_4_breakpoints(
         session: dict[str, Any]) -> None:
     bodies = session["bodies"]
-    for before, after in zip(bodies, bodies[1:]):
+    for before, after in itertools.pairwise(bodies):
         assert len(_breakpoints(after)) <= 4
         last = _breakpoints(before)[-1][0]
         assert _prefix_blocks(after)[:last + 1] == _prefix_blocks(before)[:last + 1]

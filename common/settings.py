@@ -167,6 +167,8 @@ class Settings(BaseSettings):
     workspace_root: Path = Field(Path(), description="Mirrors and per-task checkouts (default: "
                                  "HOME/workspaces).")
     workspace_retention_days: float = Field(7.0, ge=0, description="Age before gc removes a task dir.")
+    workspace_pool_size: int = Field(1, ge=0, description="Checkouts of each repository kept ready per worker "
+                                     "host, so a task's checkout is a rename (0: write each checkout).")
 
     lease_seconds: int = Field(120, ge=2, description="A running task's lease; heartbeats renew it.")
     reaper_interval_seconds: float = Field(30.0, gt=0, description="How often stale leases are reaped.")

@@ -23,6 +23,12 @@ CREDENTIAL = GitCredential("https://github.com", "x-access-token", FAKE_TOKEN)
 BOT = ("forgecrew[bot]", "bot@example.com")
 
 
+@pytest.fixture(params=[0, 1], ids=["written", "pooled"])
+def manager(request: pytest.FixtureRequest, tmp_path: Path) -> WorkspaceManager:
+    """Every test here runs with checkouts written per task and taken from the pool."""
+    return WorkspaceManager(tmp_path / "workspaces", pool_size=request.param)
+
+
 def publish(workspace: Workspace, tmp_path: Path) -> str:
     """Build the worker's commit and push it to the source (the local forge's acme/app) as publishing does."""
     change = build_change(workspace, "change", author=BOT, contains_secret=lambda text: False)

@@ -5,7 +5,8 @@ token, planted objects, or rewritten history. The worker ignores all of it. In a
 directory next to the checkout (never visible to the sandbox), with its own index and object
 store borrowing only the host mirror's objects, it stages the checkout's files over the
 commit the run started from, writes the tree, and scans everything that differs from that
-commit: refused paths (.env, keys, credentials), links leading out of the repository, nested
+commit (with the stat data of the untouched checkout, when the worker kept it, so only changed
+files are read): refused paths (.env, keys, credentials), links leading out of the repository, nested
 repositories, oversized files, configured secrets and known token shapes in added lines. A
 change that trips the scan is refused, naming the file and never quoting the secret. Only
 then is the commit made, as the bot identity, with the run's commit as its only parent.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import posixpath
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -58,7 +60,12 @@ def build_change(workspace: Workspace, message: str, *, author: tuple[str, str],
     """The worker's own commit of the checkout's files over the run's start; None when nothing changed."""
     git = _PrivateGit(workspace)
     parent = workspace.head_sha
-    git.ok("read-tree", parent)
+    if workspace.clean_index_sha == parent and workspace.clean_index.is_file():
+        # the checkout's stat data from before the agent ran: `add` hashes only files whose stat changed
+        # (ctime included, which no process can set back), and the tree still comes from this index alone
+        shutil.copy2(workspace.clean_index, git.git_dir / "index")  # its mtime too: racy-git checks need it
+    else:
+        git.ok("read-tree", parent)
     git.ok("add", "--all", "--", ".")
     tree = git.ok("write-tree").strip()
     if tree == git.ok("rev-parse", f"{parent}^{{tree}}").strip():

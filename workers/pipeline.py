@@ -70,7 +70,7 @@ class Pipeline:
         self.db = db
         self.forge_factory = forge_factory  # built inside the run, so a bad setting fails the task cleanly
         self.llm_factory = llm_factory
-        self.workspaces = WorkspaceManager(settings.workspace_root)
+        self.workspaces = WorkspaceManager(settings.workspace_root, pool_size=settings.workspace_pool_size)
         self.redact = Redactor.from_settings(settings)
         # progress reaches logs and `forgecrew run` stdout, and carries tool inputs the model wrote
         self.progress: Callable[[str], None] = lambda message: progress(self.redact(message))
@@ -166,7 +166,8 @@ class Pipeline:
         self.progress(f"cloning {task.repo} into a workspace on {branch}")
         try:
             workspace = self.workspaces.prepare(task.id, task.repo, self.forge.clone_url(task.repo), branch,
-                                                credential=self.forge.git_credential(task.repo))
+                                                credential=self.forge.git_credential(task.repo),
+                                                owner=getattr(getattr(self.sandbox, "config", None), "run_as", None))
         except CloneFailed as exc:
             raise RunFailed(f"clone failed: {exc}") from None
         workspace.update_metadata(state="running", attempt=task.attempt)

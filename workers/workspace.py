@@ -26,6 +26,12 @@ The agent's commands run in a sandbox that sees the checkout (and the mirror's o
 read-only) but no mirror, no other task and nothing of this directory besides its own home and
 tmp. After `prepare` the worker never runs git in the checkout's .git again: what it publishes
 is built in a private repository of its own (workers/change.py).
+
+With a pool (`pool_size` > 0, the worker's default) the checkout is not written per task: a ready
+one is taken with a rename and moved to the task's start commit, touching only the files that
+differ, and its stat-clean index is kept out of the agent's reach so publishing hashes only what
+the task changed (workers/checkout_pool.py). Old trees go to a trash directory with one rename and
+are deleted in the background, so neither gc nor a retry's leftovers stall a checkout.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from urllib.parse import urlsplit
 
 from common.errors import ForgecrewError
 from common.gitsafe import GitCredential, checkout_config, mirror_config, run_git, write_config
+from workers.checkout_pool import CheckoutPool, Owner, build_checkout, git_in, give
 
 MIRROR_CONFIG = (("gc.auto", "0"), ("gc.pruneExpire", "never"), ("maintenance.auto", "false"))
 RUNNING = "running"
@@ -159,6 +166,12 @@ class Workspace:
     base_sha: str = ""
     remote_branch_sha: str | None = None
     mirror: Path | None = None  # whose objects the checkout borrows
+    clean_index_sha: str = ""  # the commit clean.index (stat data of the untouched checkout) describes
+
+    @property
+    def clean_index(self) -> Path:
+        """The checkout's index as the worker made it, before the agent ran: publishing's stat cache."""
+        return self.path / "clean.index"
 
     @property
     def home(self) -> Path:
@@ -198,10 +211,11 @@ class Workspace:
 class WorkspaceManager:
     """Creates, reopens and garbage-collects task workspaces under one root."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, pool_size: int = 0) -> None:
         self.root = Path(root).absolute()
         self.mirrors = self.root / "mirrors"
         self.tasks = self.root / "tasks"
+        self.pool = CheckoutPool(self.root, pool_size)
 
     def mirror_path(self, repo: str) -> Path:
         if not _REPO_NAME.match(repo) or ".." in repo:
@@ -213,19 +227,30 @@ class WorkspaceManager:
 
     def prepare(self, task_id: int, repo: str, clone_url: str, branch: str, *,
                 credential: GitCredential | None = None, base: str | None = None,
-                start_from_branch: bool = False) -> Workspace:
-        """Fetch the mirror, then give the task a fresh checkout on `branch` (replacing any old one)."""
+                start_from_branch: bool = False, owner: Owner = None) -> Workspace:
+        """Fetch the mirror, then give the task a fresh checkout on `branch` (replacing any old one).
+
+        `owner` (uid, gid): who the checkout's files must belong to (the sandbox's user of a root worker).
+        """
         _refuse_credentials(clone_url)
         if _git(["check-ref-format", "--branch", branch]).returncode != 0:
             raise ValueError(f"not a valid branch name: {branch!r}")
         mirror = self.mirror_path(repo)
         self._update_mirror(mirror, clone_url, credential)
         task_dir = self.task_dir(task_id)
-        for leftover in ("repo", "home", "tmp", "publish.git"):  # earlier runs' transcripts stay: one file
-            _force_rmtree(task_dir / leftover)
+        for leftover in ("repo", "home", "tmp", "publish.git", "clean.index"):  # earlier runs' transcripts stay
+            if self.pool.size:
+                self.pool.discard(task_dir / leftover)
+            else:
+                _force_rmtree(task_dir / leftover)
         (task_dir / "home").mkdir(parents=True)
         (task_dir / "tmp").mkdir()
         checkout = task_dir / "repo"
+        if self.pool.size:
+            workspace = self._from_pool(task_id, repo, clone_url, mirror, checkout, branch, base, start_from_branch,
+                                        owner)
+            self.pool.refill_in_background(repo, mirror, clone_url, owner)
+            return workspace
         with _locked(_lock_path(mirror), exclusive=False):
             base = base or _git_ok(["symbolic-ref", "--short", "HEAD"], mirror).strip()
             _git_ok(["clone", "--quiet", "--shared", "--no-checkout", str(mirror), str(checkout)], task_dir)
@@ -271,9 +296,10 @@ class WorkspaceManager:
                 if not free:
                     continue
                 if now - _last_activity(entry) >= retention:
-                    _force_rmtree(entry)
+                    self.pool.discard(entry)  # one rename; a checkout never waits on the deletion
                     self._hold_path(int(entry.name)).unlink(missing_ok=True)
                     removed.append(entry)
+        self.pool.empty_trash()
         return removed
 
     def _update_mirror(self, mirror: Path, clone_url: str, credential: GitCredential | None) -> None:
@@ -281,6 +307,7 @@ class WorkspaceManager:
         with _locked(_lock_path(mirror), exclusive=True):
             if (mirror / "HEAD").is_file():
                 write_config(mirror, mirror_config(clone_url, MIRROR_CONFIG))  # whatever a task wrote there
+                os.chmod(mirror / "config", 0o644)  # no secret in it; the pool builds as the sandbox's user
                 _remote(["fetch", "--quiet", "--prune", "--prune-tags", "origin"], mirror, clone_url, credential)
                 return
             partial = mirror.with_name(mirror.name + ".partial")
@@ -289,7 +316,46 @@ class WorkspaceManager:
             partial.parent.mkdir(parents=True, exist_ok=True)
             _remote(["clone", "--quiet", "--bare", clone_url, str(partial)], partial.parent, clone_url, credential)
             write_config(partial, mirror_config(clone_url, MIRROR_CONFIG))
+            os.chmod(partial / "config", 0o644)
             partial.rename(mirror)
+
+    def _from_pool(self, task_id: int, repo: str, clone_url: str, mirror: Path, checkout: Path, branch: str,
+                   base: str | None, start_from_branch: bool, owner: Owner) -> Workspace:
+        """Take a ready checkout (or build one now), then move it to the start commit: only changed files are written."""
+        with _locked(_lock_path(mirror), exclusive=False):
+            base = base or _git_ok(["symbolic-ref", "--short", "HEAD"], mirror).strip()
+            if not self.pool.take(repo, owner, checkout):
+                build_checkout(mirror, checkout, clone_url, owner)
+            git_in(checkout, "fetch", "--quiet", "--prune", str(mirror),
+                   "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*")
+        remote_branch = _rev(checkout, f"refs/remotes/origin/{branch}")
+        base_sha = _rev(checkout, f"refs/remotes/origin/{base}")
+        if base_sha is None:
+            raise CloneFailed(f"{scrub(clone_url)} has no branch {base!r} to start from")
+        start = remote_branch if start_from_branch and remote_branch else base_sha
+        current = git_in(checkout, "rev-parse", "HEAD").strip()
+        changed: list[str] = []
+        if current != start:
+            names = git_in(checkout, "diff-tree", "-r", "-z", "--no-renames", "--name-only", current, start)
+            changed = [name for name in names.split("\0") if name]
+            git_in(checkout, "read-tree", "-m", "-u", current, start)
+        git_in(checkout, "update-ref", f"refs/heads/{branch}", start)
+        git_in(checkout, "symbolic-ref", "HEAD", f"refs/heads/{branch}")
+        if owner:
+            give(checkout, owner, changed)
+            give(checkout / ".git", owner)
+        # copy2 keeps the index file's mtime: git rechecks the content of entries as new as it ("racily clean")
+        shutil.copy2(checkout / ".git" / "index", checkout.parent / "clean.index")
+        meta = {
+            "task_id": int(task_id), "repo": repo, "clone_url": clone_url, "branch": branch,
+            "base_branch": base, "base_sha": base_sha, "head_sha": start, "clean_index_sha": start,
+            "remote_branch_sha": remote_branch, "created_at": _utcnow().isoformat(),
+            "finished_at": None, "state": RUNNING,
+        }
+        workspace = _workspace(checkout.parent, meta)
+        workspace.update_metadata(**meta)
+        workspace.mirror = mirror
+        return workspace
 
     def _start_branch(self, task_id: int, repo: str, clone_url: str, checkout: Path, branch: str,
                       base: str, start_from_branch: bool) -> Workspace:
@@ -323,7 +389,8 @@ def _remote(args: list[str], cwd: Path, url: str, credential: GitCredential | No
 
 
 def _rev(checkout: Path, ref: str) -> str | None:
-    result = _git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], checkout)
+    result = _git(["-c", f"safe.directory={checkout}", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+                  checkout)
     return result.stdout.strip() if result.returncode == 0 else None
 
 
@@ -350,5 +417,5 @@ def _workspace(task_dir: Path, meta: dict[str, Any]) -> Workspace:
         base_branch=meta["base_branch"], head_sha=meta["head_sha"],
         metadata_path=task_dir / "metadata.json", transcript_path=task_dir / "transcript.jsonl",
         repo=meta.get("repo", ""), clone_url=meta.get("clone_url", ""), base_sha=meta.get("base_sha", ""),
-        remote_branch_sha=meta.get("remote_branch_sha"),
+        remote_branch_sha=meta.get("remote_branch_sha"), clean_index_sha=meta.get("clean_index_sha", ""),
     )

@@ -67,12 +67,14 @@ class BubblewrapSandbox:
         self.config = config
         self.bwrap = find_bwrap() or "bwrap"
         self._visible = _visible_roots(config.read_only)
+        self._paths: dict[str, str] = {}
 
     # -- the Sandbox protocol -------------------------------------------------------------------
     def prepare(self, paths: SandboxPaths) -> None:
         for directory in (paths.checkout, paths.home, paths.tmp):
             directory.mkdir(parents=True, exist_ok=True)
-            if self.config.run_as:
+            # a pooled checkout was given to the sandbox's user when it was built: no second walk of its tree
+            if self.config.run_as and (directory.stat().st_uid, directory.stat().st_gid) != self.config.run_as:
                 _chown_tree(directory, *self.config.run_as)
 
     def adopt(self, path: Path) -> None:

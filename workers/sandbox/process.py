@@ -130,6 +130,11 @@ def run_process(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], timeo
         with selectors.DefaultSelector() as selector:
             selector.register(process.stdout, selectors.EVENT_READ)
             ended = _pump_until_exit(process, selector, output, started + timeout, max_bytes)
+            if ended == "exit":
+                # reap the leader first: a group with nobody left then answers killpg with ESRCH at
+                # once, instead of a scan of /proc for live members behind the leader's zombie
+                # (Linux keeps a pid that is still some group's id from being reused)
+                process.wait()
             stop_group(process.pid)
             stopped = True
             process.wait()

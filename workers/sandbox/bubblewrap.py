@@ -204,11 +204,18 @@ class BubblewrapSandbox:
         return env
 
     def _inside_path(self, worker_path: str) -> str:
-        """The worker's PATH entries that exist inside (system, extra read-only trees), then the usual ones."""
-        keep = [entry for entry in worker_path.split(os.pathsep)
-                if entry and any(Path(entry) == root or root in Path(entry).parents
-                                 for root in self._visible if str(root) != "/etc")]
-        return os.pathsep.join(dict.fromkeys([*keep, *STANDARD_PATH]))
+        """The worker's PATH entries that exist inside (system, extra read-only trees), then the usual ones.
+
+        Remembered per PATH: it is the same for every command of a worker, and working it out
+        again cost milliseconds a command.
+        """
+        known = self._paths.get(worker_path)
+        if known is None:
+            keep = [entry for entry in worker_path.split(os.pathsep)
+                    if entry and any(Path(entry) == root or root in Path(entry).parents
+                                     for root in self._visible if str(root) != "/etc")]
+            known = self._paths[worker_path] = os.pathsep.join(dict.fromkeys([*keep, *STANDARD_PATH]))
+        return known
 
 
 @dataclass

@@ -158,7 +158,7 @@ def build_checkout(mirror: Path, dest: Path, clone_url: str, owner: Owner, *, se
         git(dest, "checkout", "--quiet", "--detach", sha)
         if owner and not as_owner:
             give(dest, owner)  # changes every file's ctime: the refresh below then reads every file once
-        if settle or (owner and not as_owner):
+        if settle:  # off the task's path only: a checkout built for a waiting task is given as it is
             time.sleep(max(0.0, 1.05 - (time.time() - (dest / ".git" / "index").stat().st_mtime)))
             git(dest, "update-index", "-q", "--refresh", check=False)
             if owner:

@@ -179,7 +179,12 @@ class Settings(BaseSettings):
                                                 "running they reconnect for ever.")
     queued_resend_seconds: float = Field(1800.0, gt=0, description="Age after which a queued task is resent "
                                          "if its message left a Redis broker (on AMQP: resent at this age).")
-    worker_concurrency: int = Field(2, ge=1, description="Agent tasks one worker process runs at once.")
+    worker_pool: Literal["threads", "prefork", "solo"] = Field(
+        "threads", description="How a worker runs its agent tasks: threads in one process (sessions mostly "
+        "wait on the model), prefork (a process each) or solo (one at a time).")
+    worker_concurrency: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="Agent tasks one worker process runs at once; auto sizes it to the host's cores "
+        "and memory (16 a core with threads, 1 a core with prefork).")
     default_soft_time_limit: int = Field(3600, gt=0, description="Seconds before a task is asked to stop.")
     default_time_limit: int = Field(3900, gt=0, description="Seconds before a task is killed.")
     specialties: list[SpecialtyConfig] = Field(default_factory=list, description="Extra specialties.")

@@ -29,6 +29,7 @@ from tests.factories import make_task
 from tests.fakes.anthropic_server import DEFAULT_KEY, FakeAnthropic
 from tests.sample_repo import ISSUE_BODY, ISSUE_TITLE, fixing_script, write_sample
 from tests.support import Process, start_worker, wait_for
+from workers.sizing import worker_concurrency
 from workers.workspace import WorkspaceManager
 
 pytestmark = pytest.mark.integration
@@ -170,7 +171,8 @@ def test_cancel_stops_a_running_worker_at_its_next_step(make_settings: Callable[
         wait_for(lambda: len(model.message_requests) == 1, timeout=90, what="the agent's first model call")
         # while it runs, the ops views see the worker and its task
         [worker] = cluster.workers(ops.celery, db)
-        assert worker["queues"] == ["backend"] and worker["pool"] == "prefork" and worker["concurrency"] == 2
+        assert worker["queues"] == ["backend"] and worker["pool"] == "thread"  # the default pool, sized to the host
+        assert worker["concurrency"] == worker_concurrency(settings, "threads")
         assert [job["task_id"] for job in worker["active"]] == [task_id] and worker["last_heartbeat"]
         backend = cluster.status_report(settings, db, ops.celery)["specialties"][0]
         assert (backend["name"], backend["workers"], backend["running"], backend["queue_depth"]) == (

@@ -31,6 +31,7 @@ from workers.testrun import TestResult, detect_test_command, run_tests
 from workers.tools.shell import CommandPolicy
 from workers.tools.toolbox import Toolbox
 from workers.transcript import Transcript
+from workers.watchdog import SoftLimitReached
 from workers.workspace import CloneFailed, Workspace, WorkspaceManager, branch_name
 
 log = logging.getLogger(__name__)
@@ -92,8 +93,9 @@ class Pipeline:
             return outcome
         except (ForgecrewError, NothingToPublish) as exc:  # known failures, incl. settings and model
             outcome = Outcome(TaskState.FAILED.value, str(exc))
-        except SoftTimeLimitExceeded:
-            outcome = Outcome(TaskState.FAILED.value, "the task hit its time limit for this specialty")
+        except SoftTimeLimitExceeded as exc:  # Celery's (prefork), or workers.watchdog's naming the limit
+            outcome = Outcome(TaskState.FAILED.value, str(exc) if isinstance(exc, SoftLimitReached)
+                              else "the task hit its time limit for this specialty")
         except Exception as exc:
             outcome = Outcome(TaskState.FAILED.value, f"internal error: {type(exc).__name__}: {exc}")
             raise

@@ -87,15 +87,18 @@ def coordinator(ctx: click.Context, host: str, port: int, no_reconciler: bool, w
 @cli.command()
 @click.option("--specialty", "-s", "specialties", multiple=True, required=True,
               help="Queue(s) to consume; repeat or comma-separate.")
-@click.option("--concurrency", "-c", type=int, help="Agent tasks at once (default: settings).")
+@click.option("--concurrency", "-c", type=click.IntRange(min=1),
+              help="Agent tasks at once (default: FORGECREW_WORKER_CONCURRENCY, auto = sized to the host).")
 @click.option("--hostname", "-n", help="Celery node name (default: <specialties>@<host>).")
-@click.option("--pool", default="prefork", show_default=True, type=click.Choice(["prefork", "threads", "solo"]))
+@click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]),
+              help="Execution pool (default: FORGECREW_WORKER_POOL, threads).")
 @click.pass_context
 @fails_cleanly
 def worker(ctx: click.Context, specialties: tuple[str, ...], concurrency: int | None, hostname: str | None,
-           pool: str) -> None:
+           pool: str | None) -> None:
     """Run a Celery worker consuming the given specialty queues."""
     from workers.runtime import WorkerRuntime
+    from workers.sizing import worker_concurrency
     from workers.tasks import register_tasks
 
     settings = settings_from(ctx)
@@ -111,10 +114,12 @@ def worker(ctx: click.Context, specialties: tuple[str, ...], concurrency: int | 
     wait_for_broker(settings)  # bounded at start; once running, Celery reconnects for ever
     quiet_root_warning()
     app = make_celery(settings)
-    register_tasks(app, WorkerRuntime(settings))
+    pool = pool or settings.worker_pool
+    # prefork enforces soft and hard time limits itself; the threads and solo pools ignore them
+    register_tasks(app, WorkerRuntime(settings), enforce_limits=pool != "prefork")
     app.worker_main([
         "worker", "--queues", ",".join(queues), "--pool", pool,
-        "--concurrency", str(concurrency or settings.worker_concurrency),
+        "--concurrency", str(worker_concurrency(settings, pool, concurrency)),
         "--hostname", hostname or f"{'+'.join(queues)}@%h",
         "--loglevel", "INFO", "--task-events",
     ])

@@ -99,6 +99,7 @@ def workspace_turns(source: Path, work: Path, repeats: int) -> dict[str, list[fl
         figures["workspace.disk_ratio"].append(disk_usage(workspace.path) / checkout_bytes)
         manager.pool.discard(workspace.path)
         manager.pool.empty_trash()
+    manager.pool.wait()
     figures["checkout_bytes"] = [float(checkout_bytes)]
     return figures
 
@@ -256,7 +257,7 @@ def measure(*, quick: bool, repeats: int) -> dict[str, Any]:
     """Raw samples of workspace.*, label_to_model.* and overhead.p50_s, and the workspace-vs-size series."""
     files = repo_generator.QUICK_FILES if quick else repo_generator.LARGE_FILES
     source = repo_generator.ensure_repo(files)
-    with tempfile.TemporaryDirectory(prefix="forgecrew-bench-ws-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="forgecrew-bench-ws-", ignore_cleanup_errors=True) as tmp:
         work = Path(tmp)
         os.chmod(work, 0o755)
         figures = workspace_turns(source, work / "turns", max(repeats, 1))

@@ -117,6 +117,7 @@ def test_credentials_never_reach_the_disk(manager, source, prepare, tmp_path):
     (workspace.checkout / "change.txt").write_text("change\n")
     publish(workspace, tmp_path)
     prepare(3, credential=CREDENTIAL, start_from_branch=True)
+    manager.pool.wait()  # a refill or trash deletion still running would change the tree under rglob
 
     leaks = [path for path in manager.root.rglob("*")
              if path.is_file() and FAKE_TOKEN.encode() in path.read_bytes()]

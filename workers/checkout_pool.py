@@ -44,6 +44,13 @@ class CheckoutPool:
         self.root = Path(root) / "pool"
         self.trash = Path(root) / "trash"
         self.size = size
+        self.background: list[threading.Thread] = []
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Until this process's background refills and trash deletions are done (tests, benchmarks)."""
+        for thread in list(self.background):
+            thread.join(timeout)
+        self.background = [thread for thread in self.background if thread.is_alive()]
 
     def slot(self, repo: str, owner: Owner) -> Path:
         return self.root / (f"{owner[0]}-{owner[1]}" if owner else "self") / repo
@@ -94,6 +101,7 @@ class CheckoutPool:
 
         thread = threading.Thread(target=work, name=f"forgecrew-pool-{repo}", daemon=True)
         thread.start()
+        self.background = [*(alive for alive in self.background if alive.is_alive()), thread]
         return thread
 
     def discard(self, path: Path) -> Path | None:
@@ -158,7 +166,7 @@ def build_checkout(mirror: Path, dest: Path, clone_url: str, owner: Owner, *, se
         git(dest, "checkout", "--quiet", "--detach", sha)
         if owner and not as_owner:
             give(dest, owner)  # changes every file's ctime: the refresh below then reads every file once
-        if settle or (owner and not as_owner):
+        if settle:  # off the task's path only: a checkout built for a waiting task is given as it is
             time.sleep(max(0.0, 1.05 - (time.time() - (dest / ".git" / "index").stat().st_mtime)))
             git(dest, "update-index", "-q", "--refresh", check=False)
             if owner:

@@ -324,10 +324,19 @@ class WorkspaceManager:
         """Take a ready checkout (or build one now), then move it to the start commit: only changed files are written."""
         with _locked(_lock_path(mirror), exclusive=False):
             base = base or _git_ok(["symbolic-ref", "--short", "HEAD"], mirror).strip()
-            if not self.pool.take(repo, owner, checkout):
+            taken = self.pool.take(repo, owner, checkout)
+            if not taken:
                 build_checkout(mirror, checkout, clone_url, owner)
-            git_in(checkout, "fetch", "--quiet", "--prune", str(mirror),
-                   "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*")
+            try:
+                git_in(checkout, "fetch", "--quiet", "--prune", str(mirror),
+                       "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*")
+            except GitFailed:
+                if not taken:
+                    raise
+                self.pool.discard(checkout)  # e.g. made before its mirror was cloned afresh: build one now
+                build_checkout(mirror, checkout, clone_url, owner)
+                git_in(checkout, "fetch", "--quiet", "--prune", str(mirror),
+                       "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*")
         remote_branch = _rev(checkout, f"refs/remotes/origin/{branch}")
         base_sha = _rev(checkout, f"refs/remotes/origin/{base}")
         if base_sha is None:

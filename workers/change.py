@@ -80,6 +80,7 @@ def build_change(workspace: Workspace, message: str, *, author: tuple[str, str],
                 "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email}
     commit = git.ok("commit-tree", tree, "-p", parent, "-m", message, env=identity).strip()
     git.ok("update-ref", f"refs/heads/{workspace.branch}", commit)  # a ref, so any git can fetch it
+    (git.git_dir / "index").unlink(missing_ok=True)  # scratch: the next build starts again from clean.index
     base = workspace.base_sha or parent
     files = git.ok("diff-tree", "-r", "-z", "--no-renames", "--name-only", base, tree).split("\0")
     return Change(commit, parent, sorted(path for path in files if path), git.git_dir)

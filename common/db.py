@@ -29,7 +29,9 @@ def make_engine(settings: Settings) -> Engine:
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    # Sized past a coordinator process's concurrent requests (16 connections per host in the intake
+    # bench): overflow connections are closed on return, and a new PostgreSQL connection costs a fork.
+    return create_engine(url, pool_pre_ping=True, pool_size=16, max_overflow=16)
 
 
 def _sqlite_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]

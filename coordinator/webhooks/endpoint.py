@@ -7,8 +7,8 @@ import logging
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+from anyio import CapacityLimiter, to_thread
 from fastapi import APIRouter, BackgroundTasks, Depends, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -35,6 +35,18 @@ class BodyTooLarge(Exception):
 
 class DuplicateDelivery(Exception):
     """GitHub sent this delivery id before (a redelivery); it was handled then."""
+
+
+# Deliveries in the database at once per process: more only queue on the GIL and on the server's
+# cores, and a waiting request costs nothing on the event loop (see docs/design-notes.md, intake).
+INTAKE_CONCURRENCY = 4
+
+
+def _intake_limiter(request: Request) -> CapacityLimiter:
+    limiter = getattr(request.app.state, "intake_limiter", None)
+    if limiter is None:
+        limiter = request.app.state.intake_limiter = CapacityLimiter(INTAKE_CONCURRENCY)
+    return limiter
 
 
 def get_services(request: Request) -> Services:
@@ -76,7 +88,8 @@ async def github_webhook(
         log.warning("webhook with a missing or wrong signature from %s", request.client)
         return JSONResponse({"error": "missing or invalid X-Hub-Signature-256"}, status_code=401)
     try:
-        answer = await run_in_threadpool(process_delivery, services, dict(request.headers), body)
+        answer = await to_thread.run_sync(process_delivery, services, dict(request.headers), body,
+                                          limiter=_intake_limiter(request))
     except Exception:  # the outermost handler: log with context, answer 500 so GitHub may redeliver
         log.exception("delivery %s (%s) failed; nothing was recorded", request.headers.get("x-github-delivery"),
                       request.headers.get("x-github-event"))

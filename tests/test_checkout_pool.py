@@ -205,3 +205,13 @@ def test_gc_moves_finished_trees_aside_and_never_touches_held_ones(pooled, sourc
     assert removed == [done.path] and not done.path.exists() and held.checkout.joinpath("README.md").exists()
     assert [name for name in os.listdir(pooled.pool.trash) if not name.startswith("deleting-")] == []
     assert _prepare(pooled, source, 3).checkout.joinpath("README.md").read_text() == "hello\n"
+
+
+def test_gc_drops_ready_checkouts_no_task_took_within_the_retention(pooled, source):
+    _prepare(pooled, source, 1)
+    [entry] = _ready(pooled, None)
+    assert pooled.gc(timedelta(days=7), active_task_ids={1}) == [] and _ready(pooled, None) == [entry]
+    old = time.time() - 8 * 86400
+    os.utime(pooled.pool.slot("acme/app", None) / entry, (old, old))
+    pooled.gc(timedelta(days=7), active_task_ids={1})
+    assert _ready(pooled, None) == [] and pooled.task_dir(1).joinpath("repo", "README.md").exists()

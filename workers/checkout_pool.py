@@ -29,6 +29,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from common.gitsafe import HARDENING, base_env, checkout_config, config_text, run_git, write_config
@@ -103,6 +104,18 @@ class CheckoutPool:
         thread.start()
         self.background = [*(alive for alive in self.background if alive.is_alive()), thread]
         return thread
+
+    def drop_idle(self, before: datetime) -> list[Path]:
+        """Trash ready checkouts made before `before`: a repository no task used since then keeps no tree."""
+        dropped = []
+        for entry in self.root.glob("*/*/*/ready-*"):
+            try:
+                if datetime.fromtimestamp(entry.stat().st_mtime, timezone.utc) < before:
+                    self.discard(entry)
+                    dropped.append(entry)
+            except FileNotFoundError:  # taken meanwhile
+                continue
+        return dropped
 
     def discard(self, path: Path) -> Path | None:
         """Move a tree into the trash (one rename, so no caller waits for its deletion)."""

@@ -299,6 +299,7 @@ class WorkspaceManager:
                     self.pool.discard(entry)  # one rename; a checkout never waits on the deletion
                     self._hold_path(int(entry.name)).unlink(missing_ok=True)
                     removed.append(entry)
+        self.pool.drop_idle(now - retention)
         self.pool.empty_trash()
         return removed
 

@@ -225,8 +225,8 @@ class Bench:
         return Server(argv, self.env, self.work / "coordinator.log", self.port)
 
     def bare(self) -> Server:
-        from coordinator.serve import default_workers
         from common.settings import Settings
+        from coordinator.serve import default_workers
 
         workers = default_workers(Settings(database_url=self.db_url))
         argv = [sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "bench"), "intake_bench:bare_app",
@@ -271,11 +271,9 @@ def measure(*, quick: bool, repeats: int) -> dict:
         try:
             plan = [(HEADLINE_CONNECTIONS, headline_seconds)] * repeats + [(c, sweep_seconds) for c in SWEEP]
             bare = _run_server(bench, bench.bare, plan)
-            before = bench.issues.next_number
             real = _run_server(bench, bench.coordinator, plan)
             time.sleep(1.0)  # the last sends are recorded
             total, queued = bench.tasks_queued()
-            answered = sum(int(run["requests"]) for run in real) + bench.issues.next_number - before
             if total == 0 or queued != total:
                 raise RuntimeError(f"{total} tasks made, {queued} of them queued: intake lost sends")
             for coordinator_run, bare_run in zip(real[:repeats], bare[:repeats]):
@@ -288,7 +286,6 @@ def measure(*, quick: bool, repeats: int) -> dict:
                 series.append({"connections": connections, "rps": coordinator_run["rps"],
                                "bare_rps": bare_run["rps"], "p50_ms": coordinator_run["p50_ms"],
                                "p99_ms": coordinator_run["p99_ms"]})
-            del answered
         finally:
             bench.close()
     return {"figures": figures, "series": {"intake_vs_connections": series}}

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import stat
 import subprocess
 import tempfile
@@ -170,7 +171,7 @@ def build_checkout(mirror: Path, dest: Path, clone_url: str, owner: Owner, *, se
     if as_owner:  # the files are the sandbox user's from the start: no chown, so no stat data to redo
         dest.mkdir()
         os.chown(dest, *as_owner)
-    with _Git(as_owner, mirror) as git:
+    with _Git(as_owner, mirror, background=settle) as git:
         git(dest.parent, "clone", "--quiet", "--shared", "--no-checkout", str(mirror), str(dest))
         write_config(dest / ".git", checkout_config(clone_url))
         if as_owner:
@@ -190,9 +191,12 @@ def build_checkout(mirror: Path, dest: Path, clone_url: str, owner: Owner, *, se
 class _Git:
     """The worker's git for building a checkout: as the sandbox's user when given one (through setpriv)."""
 
-    def __init__(self, owner: Owner, mirror: Path) -> None:
+    def __init__(self, owner: Owner, mirror: Path, *, background: bool = False) -> None:
         self.prefix = (["setpriv", f"--reuid={owner[0]}", f"--regid={owner[1]}", "--clear-groups", "--"]
                        if owner else [])
+        if background:  # a refill yields the CPU and the disk to the tasks running meanwhile
+            idle = ["ionice", "-c", "3"] if shutil.which("ionice") else []
+            self.prefix = [*idle, "nice", "-n", "19", *self.prefix]
         self.env = base_env()
         self.trust: str | None = None
         if owner:  # the mirror is root's: a "global" config saying it is trusted, since git drops -c for

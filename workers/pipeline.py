@@ -131,6 +131,7 @@ class Pipeline:
             self._setup(config)
         result = self._agent_run(task, issue, workspace, config, test_command, should_stop)
         tests = self._test_and_repair(held, test_command, config, result, should_stop)
+        should_stop()  # past a soft time limit this raises (workers.watchdog): no publish after it
         return self._publish(task, held, workspace, issue, tests)
 
     def _issue(self, task: TaskSnapshot) -> IssueInfo:
@@ -239,6 +240,7 @@ class Pipeline:
             self.progress("no test command found; skipping tests")
             return None
         for round_number in range(self.settings.repair_rounds + 1):
+            should_stop()  # past a soft time limit this raises (workers.watchdog)
             self._move(held, TaskState.TESTING, f"running `{test_command}`")
             self.progress(f"tests: {test_command}")
             assert self.sandbox is not None

@@ -144,7 +144,7 @@ def running(pid: int) -> bool:
         return False
 
 
-def test_up_runs_everything_and_stops_everything_it_started(make_settings, tmp_path: Path,  # type: ignore[no-untyped-def]
+def test_up_runs_everything_and_stops_everything_it_started(make_settings, db: Database, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                             redis_db: int) -> None:
     """Even a worker stuck in a model call is stopped, pool processes included, after --grace."""
     import dataclasses

@@ -27,9 +27,9 @@ pytestmark = pytest.mark.integration
 REPO = "Codertocat/Hello-World"
 
 
-def test_queued_messages_are_counted_on_rabbitmq(make_settings, amqp_url: str) -> None:  # type: ignore[no-untyped-def]
-    settings = make_settings(broker_url=amqp_url)
-    db = Database(settings)
+def test_queued_messages_are_counted_on_rabbitmq(make_settings, db: Database,  # type: ignore[no-untyped-def]
+                                                amqp_url: str) -> None:
+    settings = make_settings(broker_url=amqp_url)  # the `db` fixture empties the tables afterwards
     celery = make_celery(settings)
     operations = Operations(db, Dispatcher(db, celery), celery)
     for number in range(3):
@@ -42,7 +42,6 @@ def test_queued_messages_are_counted_on_rabbitmq(make_settings, amqp_url: str) -
     report = status_report(settings, db, celery)
     rows = {row["name"]: row for row in report["specialties"]}
     assert report["broker"]["ok"] and rows["backend"]["queue_depth"] == 3 and rows["devops"]["queue_depth"] is None
-    db.dispose()
 
 
 def test_up_on_postgresql_and_rabbitmq_turns_a_webhook_into_a_pr(make_settings, db: Database, amqp_url: str,  # type: ignore[no-untyped-def]

@@ -215,3 +215,22 @@ def test_gc_drops_ready_checkouts_no_task_took_within_the_retention(pooled, sour
     os.utime(pooled.pool.slot("acme/app", None) / entry, (old, old))
     pooled.gc(timedelta(days=7), active_task_ids={1})
     assert _ready(pooled, None) == [] and pooled.task_dir(1).joinpath("repo", "README.md").exists()
+
+
+def test_an_unprivileged_worker_trashes_a_tree_the_agent_made_read_only():
+    if os.geteuid() != 0:
+        pytest.skip("runs the worker's code as uid 4242 from root")
+    root, home = owned_dir("forgecrew-trash-"), owned_dir("forgecrew-home-")
+    try:
+        script = (f"import os, pathlib\nfrom workers.checkout_pool import CheckoutPool\n"
+                  f"top = pathlib.Path({str(root)!r})\n(top / 'tasks' / '1' / 'repo' / 'src').mkdir(parents=True)\n"
+                  f"(top / 'tasks' / '1' / 'repo' / 'src' / 'a.py').write_text('x')\n"
+                  f"os.chmod(top / 'tasks' / '1' / 'repo' / 'src', 0o500)\nos.chmod(top / 'tasks' / '1' / 'repo', 0o500)\n"
+                  f"pool = CheckoutPool(top, 1)\npool.discard(top / 'tasks' / '1' / 'repo')\n"
+                  f"print(pool.empty_trash(), os.listdir(top / 'tasks' / '1'), os.listdir(pool.trash))\n")
+        done = subprocess.run([*prefix(UID, home=home), sys.executable, "-c", script], capture_output=True,
+                              text=True, cwd=str(Path(__file__).resolve().parents[1]), timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "1 [] []"
+    finally:
+        subprocess.run(["rm", "-rf", str(root), str(home)], check=True)

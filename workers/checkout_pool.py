@@ -127,7 +127,9 @@ class CheckoutPool:
         try:
             os.rename(path, target)
         except PermissionError:  # a directory without write permission cannot change its `..`
-            os.chmod(path, 0o700, follow_symlinks=False)
+            if not path.is_dir() or path.is_symlink():
+                raise
+            os.chmod(path, 0o700)
             os.rename(path, target)
         return target
 

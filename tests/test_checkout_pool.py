@@ -29,16 +29,13 @@ def pooled(tmp_path: Path) -> WorkspaceManager:
 
 def _prepare(manager: WorkspaceManager, source, task_id: int, **kwargs):
     workspace = manager.prepare(task_id, "acme/app", source.url, f"forgecrew/run-{task_id}", **kwargs)
-    _settle(manager, kwargs.get("owner"))
+    _settle(manager)
     return workspace
 
 
-def _settle(manager: WorkspaceManager, owner=None) -> None:
+def _settle(manager: WorkspaceManager) -> None:
     """Wait for the background refill, as a warm host would have."""
-    for _ in range(200):
-        if manager.pool.refill("acme/app", manager.mirror_path("acme/app"), "", owner) == 0 and _ready(manager, owner):
-            return
-        time.sleep(0.05)
+    manager.pool.wait()
 
 
 def _ready(manager: WorkspaceManager, owner) -> list[str]:

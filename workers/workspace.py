@@ -326,7 +326,9 @@ class WorkspaceManager:
         with _locked(_lock_path(mirror), exclusive=False):
             base = base or _git_ok(["symbolic-ref", "--short", "HEAD"], mirror).strip()
             taken = self.pool.take(repo, owner, checkout)
-            if not taken:
+            if taken:
+                write_config(checkout / ".git", checkout_config(clone_url))  # today's URL, not the refill's
+            else:
                 build_checkout(mirror, checkout, clone_url, owner)
             try:
                 git_in(checkout, "fetch", "--quiet", "--prune", str(mirror),

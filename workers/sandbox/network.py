@@ -98,6 +98,8 @@ def ruleset(blocked: Iterable[str]) -> str:
     rules += ["  }", "}"]
     return "\n".join(rules) + "\n"
 
+TUN_DEVICE = "/dev/net/tun"
+
 
 @dataclass(frozen=True)
 class NetworkTools:
@@ -114,6 +116,10 @@ class NetworkTools:
         if missing:
             raise SandboxError(f"network was granted, but {', '.join(missing)} is not installed on this worker "
                                "host (Debian packages slirp4netns, nftables, util-linux); the command ran nowhere")
+        if not os.access(TUN_DEVICE, os.R_OK | os.W_OK):
+            # said now, not as whichever later step (the filter, slirp4netns) happens to fail first
+            raise SandboxError(f"network was granted, but this worker's user cannot open {TUN_DEVICE} (it needs "
+                               "mode 0666, as udev makes it), which slirp4netns needs; the command ran nowhere")
         return cls(found["slirp4netns"] or "", found["nft"] or "", found["nsenter"] or "")
 
 

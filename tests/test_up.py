@@ -152,10 +152,15 @@ def test_a_worker_killed_mid_task_under_up_is_replaced_and_the_task_finishes_onc
         assert len(LocalForge(cluster.settings).pull_requests(REPO)) == 1
         assert "restarting it" in cluster.up.log()
         db = Database(cluster.settings)
-        with db.session() as session:
-            runs = session.get(Task, task_id).runs
-            outcomes = [(run.attempt, run.outcome) for run in runs]
-            owners = {run.worker for run in runs}
+
+        def recorded() -> tuple[list, set] | None:  # the run's row is finished just after the state moves
+            with db.session() as session:
+                runs = session.get(Task, task_id).runs
+                if any(run.outcome is None for run in runs):
+                    return None
+                return [(run.attempt, run.outcome) for run in runs], {run.worker for run in runs}
+
+        outcomes, owners = wait_for(recorded, timeout=30, what="both runs' outcomes")
         db.dispose()
         assert outcomes == [(1, "lost"), (2, "pr_open")]
         assert len(owners) == 2, owners  # the new worker process, not the dead one

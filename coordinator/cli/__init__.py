@@ -61,7 +61,7 @@ def cli(log_level: str) -> None:
 
 def load_commands() -> click.Group:
     """The `forgecrew` group with every command registered (each module adds its own on import)."""
-    from coordinator.cli import db, ops, run, servers, status, tasks, up, webhook, workspaces  # noqa: F401
+    from coordinator.cli import config, db, ops, run, servers, status, tasks, up, webhook, workspaces  # noqa: F401
 
     return cli
 

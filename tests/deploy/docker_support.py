@@ -98,10 +98,10 @@ class Compose:
     project: str = field(default_factory=lambda: f"fctest{uuid.uuid4().hex[:8]}")
 
     def _env(self) -> dict[str, str]:
-        # the env file is the only source of interpolated values: the caller's FORGECREW_* and
-        # POSTGRES_/REDIS_ variables would otherwise win over it
+        # the env file is the only source of interpolated values: docker-compose lets the caller's
+        # variables (a FORGECREW_* or POSTGRES_PASSWORD of the shell) win over it
         return {name: value for name, value in os.environ.items()
-                if not name.startswith(("FORGECREW_", "POSTGRES_", "REDIS_", "COMPOSE_"))}
+                if name in ("PATH", "HOME", "LANG", "TMPDIR") or name.startswith("DOCKER_")}
 
     def run(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         command = ["docker-compose", "--project-name", self.project, "--env-file", str(self.env_file)]

@@ -39,6 +39,7 @@ REDIS_IMAGE = "forgecrew-test/redis:local"
 FORGECREW_UID = 10001  # compose/Dockerfile's user
 WEBHOOK_SECRET = secrets.token_hex(16)
 API_TOKEN = secrets.token_hex(16)
+FLOWER_PASSWORD = secrets.token_hex(16)
 
 
 class HostFakeAnthropic(FakeAnthropic):
@@ -93,13 +94,13 @@ def stack(images: None, forge_dir: Path, model: HostFakeAnthropic, tmp_path: Pat
     port = model.base_url.rsplit(":", 1)[1]
     env_file = tmp_path / "test.env"
     env_file.write_text("\n".join([
-        f"FORGECREW_IMAGE={IMAGE}", f"POSTGRES_IMAGE={POSTGRES_IMAGE}", f"REDIS_IMAGE={REDIS_IMAGE}",
+        f"APP_IMAGE={IMAGE}", f"POSTGRES_IMAGE={POSTGRES_IMAGE}", f"REDIS_IMAGE={REDIS_IMAGE}",
         f"POSTGRES_PASSWORD={secrets.token_hex(16)}", f"REDIS_PASSWORD={secrets.token_hex(16)}",
         f"FORGECREW_WEBHOOK_SECRET={WEBHOOK_SECRET}", f"FORGECREW_API_TOKEN={API_TOKEN}",
-        f"FORGECREW_FLOWER_PASSWORD={secrets.token_hex(16)}", f"FORGECREW_ANTHROPIC_API_KEY={DEFAULT_KEY}",
-        "FORGECREW_FORGE=local", "FORGECREW_REPO_ALLOWLIST=acme/*", "FORGECREW_COORDINATOR_PROCESSES=1",
-        "FORGECREW_HTTP_PORT=", "FORGECREW_FLOWER_PORT=",  # ephemeral: the host's 8000 and 5555 are taken
-        f"FORGECREW_TEST_FORGE_DIR={forge_dir}", f"FORGECREW_TEST_MODEL_URL=http://host.docker.internal:{port}",
+        f"FORGECREW_FLOWER_PASSWORD={FLOWER_PASSWORD}", f"FORGECREW_ANTHROPIC_API_KEY={DEFAULT_KEY}",
+        "FORGECREW_FORGE=local", "FORGECREW_REPO_ALLOWLIST=acme/*", "COORDINATOR_PROCESSES=1",
+        "HTTP_PORT=", "FLOWER_PORT=",  # ephemeral: the host's 8000 and 5555 are taken
+        f"TEST_FORGE_DIR={forge_dir}", f"TEST_MODEL_URL=http://host.docker.internal:{port}",
     ]) + "\n")
     compose = Compose([ROOT / "compose" / "docker-compose.yml", ROOT / "tests" / "deploy" / "compose.test.yml"],
                       env_file)
@@ -129,6 +130,12 @@ def task(url: str, task_id: int) -> dict[str, Any]:
 def finished(url: str, task_id: int, timeout: float = 120) -> dict[str, Any]:
     return dict(wait_for(lambda: (t := task(url, task_id))["state"] in ("pr_open", "failed") and t,
                          timeout=timeout, interval=1, what=f"task {task_id} to finish"))
+
+
+def health(compose: Compose, service: str) -> str:
+    """Docker's verdict on the service's compose healthcheck."""
+    [container] = compose.containers(service)
+    return docker("inspect", "--format", "{{.State.Health.Status}}", container).stdout.strip()
 
 
 def shown(compose: Compose, task_id: int) -> dict[str, Any]:
@@ -161,6 +168,11 @@ def test_a_webhook_becomes_a_pr_and_a_killed_worker_container_costs_nothing(
     wait_for(lambda: httpx.get(f"{url}/readyz", timeout=3).json()["ready"], timeout=60, what="coordinator ready")
     assert "database at" in stack.run("logs", "--no-color", "migrate").stdout
     wait_for(lambda: ready_workers(stack, "worker-backend"), timeout=90, what="a backend worker")
+    wait_for(lambda: all(health(stack, service) == "healthy" for service in ("coordinator", "flower")),
+             timeout=60, what="coordinator and flower healthy")
+    flower = f"http://{stack.port('flower', 5555)}"
+    assert httpx.get(flower, timeout=10).status_code == 401  # behind its basic auth
+    assert httpx.get(flower, auth=("forgecrew", FLOWER_PASSWORD), timeout=10).status_code == 200
     print(f"stack up and ready in {time.monotonic() - started:.1f}s")
 
     # 1. a signed webhook turns into a PR branch on the local forge

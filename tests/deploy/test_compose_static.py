@@ -1,0 +1,137 @@
+"""The compose files checked without Docker: valid against the Compose Specification, and every
+`forgecrew` command and FORGECREW_* variable they use is one the CLI and the settings know."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+import jsonschema
+import pytest
+import yaml
+
+from common.settings import Settings
+from common.specialties import queue_names
+from coordinator.cli import load_commands
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "compose" / "docker-compose.yml"
+TEST_OVERRIDE = ROOT / "tests" / "deploy" / "compose.test.yml"
+ENV_EXAMPLE = ROOT / "compose" / ".env.example"
+FILES = [COMPOSE_FILE, TEST_OVERRIDE]
+# ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?message}, ${NAME?message}
+INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+SETTING = re.compile(r"\bFORGECREW_[A-Z0-9_]+\b")
+
+
+def schema() -> dict[str, Any]:
+    fixtures = os.environ.get("FORGECREW_FIXTURES")
+    candidates = ([Path(fixtures) / "compose-spec"] if fixtures else []) + [Path(__file__).parent / "compose-spec"]
+    path = next(folder / "compose-spec.json" for folder in candidates if (folder / "compose-spec.json").is_file())
+    return dict(yaml.safe_load(path.read_text()))
+
+
+def load(path: Path) -> dict[str, Any]:
+    return dict(yaml.safe_load(path.read_text()))
+
+
+def interpolate(value: str) -> str:
+    """What docker-compose would make of `value` with nothing set: defaults, and a stand-in for required ones."""
+    return INTERPOLATION.sub(lambda m: m.group(3) if m.group(2) in ("-", ":-") else "set-by-env", value)
+
+
+def forgecrew_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Services running the forgecrew image (built from compose/Dockerfile)."""
+    return {name: service for name, service in compose["services"].items()
+            if service.get("build", {}).get("dockerfile") == "compose/Dockerfile"}
+
+
+def leaf(args: list[str]) -> tuple[click.Command, list[str]]:
+    """The CLI command `forgecrew ARGS` names, and the arguments left for it."""
+    command: click.Command = load_commands()
+    while isinstance(command, click.Group):
+        assert args and args[0] in command.commands, f"`forgecrew {' '.join(args)}`: no such command"
+        command, args = command.commands[args[0]], args[1:]
+    return command, args
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda path: path.name)
+def test_valid_against_the_compose_specification(path: Path) -> None:
+    jsonschema.Draft7Validator(schema()).validate(load(path))
+
+
+def test_every_service_command_parses_with_the_cli() -> None:
+    services = forgecrew_services(load(COMPOSE_FILE))
+    assert set(services) >= {"migrate", "coordinator", "reconciler", "flower"}
+    for name, service in services.items():
+        args = [interpolate(str(word)) for word in service["command"]]
+        command, rest = leaf(args)
+        try:  # parses options and their values (types, choices, ranges) as the real start would
+            command.make_context(command.name or name, rest)
+        except click.ClickException as exc:
+            raise AssertionError(f"service {name}: `forgecrew {' '.join(args)}`: {exc.format_message()}") from None
+
+
+def test_one_worker_service_per_specialty() -> None:
+    services = forgecrew_services(load(COMPOSE_FILE))
+    workers = {name: service["command"] for name, service in services.items() if service["command"][0] == "worker"}
+    settings = Settings()
+    assert {name.removeprefix("worker-") for name in workers} == set(queue_names(settings))
+    for name, command in workers.items():
+        assert command == ["worker", "--specialty", name.removeprefix("worker-")], name
+        assert "container_name" not in services[name] and "ports" not in services[name], f"{name} must scale"
+
+
+def test_every_forgecrew_variable_is_a_setting() -> None:
+    fields = set(Settings.model_fields)
+    used = {variable for path in [*FILES, ENV_EXAMPLE] for variable in SETTING.findall(path.read_text())}
+    for path in FILES:
+        for service in load(path)["services"].values():
+            environment = service.get("environment") or {}
+            assert isinstance(environment, dict), "environment is written as a mapping"
+            used |= {key for key in environment if key.startswith("FORGECREW_")}
+    unknown = sorted(variable for variable in used if variable.removeprefix("FORGECREW_").lower() not in fields)
+    assert len(used) > 10 and not unknown, f"no such settings: {unknown}"
+
+
+def test_required_secrets_fail_at_once_and_none_is_committed() -> None:
+    compose = load(COMPOSE_FILE)
+    required = {m.group(1) for m in INTERPOLATION.finditer(COMPOSE_FILE.read_text()) if m.group(2) == ":?"}
+    assert required == {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "FORGECREW_WEBHOOK_SECRET", "FORGECREW_API_TOKEN",
+                        "FORGECREW_FLOWER_PASSWORD", "FORGECREW_ANTHROPIC_API_KEY"}
+    example = dict(line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines()
+                   if line and not line.startswith("#"))
+    assert all(example.get(name) == "" for name in required), "the example leaves every secret to fill in"
+    assert "compose/.env" in (ROOT / ".gitignore").read_text().splitlines()
+    assert "compose/.env" in (ROOT / ".dockerignore").read_text().splitlines()
+    for name, service in compose["services"].items():
+        assert "restart" in service, f"{name} has no restart policy"
+
+
+def test_everything_waits_for_what_it_needs() -> None:
+    services = load(COMPOSE_FILE)["services"]
+    for name in ("postgres", "redis", "coordinator", "flower"):
+        assert services[name]["healthcheck"]["test"], name
+    for name, service in forgecrew_services({"services": services}).items():
+        if name == "migrate":
+            assert service["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+            continue
+        assert service["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}, name
+        assert service["depends_on"]["postgres"] == {"condition": "service_healthy"}, name
+        assert service["depends_on"]["redis"] == {"condition": "service_healthy"}, name
+
+
+def test_workers_keep_the_sandbox_without_being_privileged() -> None:
+    services = forgecrew_services(load(COMPOSE_FILE))
+    for name, service in services.items():
+        assert not service.get("privileged"), name
+        if service["command"][0] != "worker":
+            assert "cap_add" not in service and "security_opt" not in service, f"{name} needs no privileges"
+            continue
+        assert service["cap_drop"] == ["ALL"] and set(service["cap_add"]) == {"SYS_ADMIN", "SETUID", "SETGID",
+                                                                                "SETPCAP"}, name
+        assert service["entrypoint"] == ["forgecrew-worker-entrypoint"], name
+        assert "workspaces:/var/lib/forgecrew/workspaces" in service["volumes"], name

@@ -92,6 +92,57 @@ async def bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b'{"status":"accepted"}' if ok else b"{}"})
 
 
+class DurableApp:
+    """The floor of any durable intake: bare_app plus one committed row per delivery (async psycopg, no ORM).
+
+    Each process keeps a few connections; a delivery id seen before is skipped as the coordinator
+    skips it. What the coordinator spends above this is its own work; what this spends above
+    bare_app is PostgreSQL's commit on this host.
+    """
+
+    CONNECTIONS = 4
+
+    def __init__(self) -> None:
+        self.free: Any = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        import asyncio
+
+        import psycopg
+
+        if scope["type"] == "lifespan":
+            url = os.environ["FORGECREW_DATABASE_URL"]
+            self.free = asyncio.Queue()
+            for _ in range(self.CONNECTIONS):
+                self.free.put_nowait(await psycopg.AsyncConnection.connect(url, autocommit=True))
+            await bare_app(scope, receive, send)
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        headers = dict(scope["headers"])
+        expected = b"sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest().encode()
+        ok = hmac.compare_digest(expected, headers.get(b"x-hub-signature-256", b""))
+        if ok:
+            payload = json.loads(body)
+            connection = await self.free.get()
+            try:
+                await connection.execute(
+                    "INSERT INTO webhook_deliveries (delivery_id, event, action, outcome, received_at, payload) "
+                    "VALUES (%s, 'issues', %s, 'received', now(), %s) ON CONFLICT (delivery_id) DO NOTHING",
+                    (headers.get(b"x-github-delivery", b"").decode(), payload.get("action"), body.decode()))
+            finally:
+                self.free.put_nowait(connection)
+        await send({"type": "http.response.start", "status": 202 if ok else 401,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b'{"status":"accepted"}' if ok else b"{}"})
+
+
+durable_app = DurableApp()
+
+
 class Issues:
     """Distinct, signed issues.labeled deliveries; issue numbers never repeat within a bench run."""
 
@@ -224,15 +275,15 @@ class Bench:
                 "--host", "127.0.0.1", "--port", str(self.port)]
         return Server(argv, self.env, self.work / "coordinator.log", self.port)
 
-    def bare(self) -> Server:
+    def bare(self, app: str = "bare_app") -> Server:
         from common.settings import Settings
         from coordinator.serve import default_workers
 
         workers = default_workers(Settings(database_url=self.db_url))
-        argv = [sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "bench"), "intake_bench:bare_app",
+        argv = [sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "bench"), f"intake_bench:{app}",
                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers), "--no-access-log",
                 "--log-level", "warning", "--lifespan", "on"]
-        return Server(argv, self.env, self.work / "bare.log", self.port)
+        return Server(argv, self.env, self.work / f"{app}.log", self.port)
 
     def load(self, connections: int, seconds: float) -> dict[str, float]:
         self.issues.write(self.work, min(WRK_THREADS, connections), REQUESTS_PER_THREAD // (3 if self.quick else 1))
@@ -264,18 +315,22 @@ def measure(*, quick: bool, repeats: int) -> dict:
     sweep_seconds = 2.0 if quick else 5.0
     figures: dict[str, list[float]] = {key: [] for key in
                                        ("intake.rps", "intake.bare_rps", "intake.ratio", "intake.p50_ms",
-                                        "intake.p99_ms")}
+                                        "intake.p99_ms", "intake.durable_rps", "intake.durable_ratio")}
     series: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="forgecrew-intake-bench-") as tmp:
         bench = Bench(Path(tmp), quick)
         try:
             plan = [(HEADLINE_CONNECTIONS, headline_seconds)] * repeats + [(c, sweep_seconds) for c in SWEEP]
             bare = _run_server(bench, bench.bare, plan)
+            durable = _run_server(bench, lambda: bench.bare("durable_app"), plan[:repeats])
             real = _run_server(bench, bench.coordinator, plan)
             time.sleep(1.0)  # the last sends are recorded
             total, queued = bench.tasks_queued()
             if total == 0 or queued != total:
                 raise RuntimeError(f"{total} tasks made, {queued} of them queued: intake lost sends")
+            for durable_run, bare_run in zip(durable, bare[:repeats]):
+                figures["intake.durable_rps"].append(durable_run["rps"])
+                figures["intake.durable_ratio"].append(durable_run["rps"] / bare_run["rps"])
             for coordinator_run, bare_run in zip(real[:repeats], bare[:repeats]):
                 figures["intake.rps"].append(coordinator_run["rps"])
                 figures["intake.bare_rps"].append(bare_run["rps"])

@@ -35,6 +35,8 @@ FIGURES: dict[str, Figure] = {
     "intake.rps": Figure("req/s", "signed deliveries a second through the coordinator, 16 connections"),
     "intake.bare_rps": Figure("req/s", "a bare signature-checking endpoint, same load: the baseline"),
     "intake.ratio": Figure("", "intake.rps / intake.bare_rps", at_least=0.40),
+    "intake.durable_rps": Figure("req/s", "the same endpoint committing one row per delivery: any durable intake's floor"),
+    "intake.durable_ratio": Figure("", "intake.durable_rps / intake.bare_rps: what one commit costs here"),
     "intake.p50_ms": Figure("ms", "median delivery latency, 16 connections"),
     "intake.p99_ms": Figure("ms", "99th percentile delivery latency, 16 connections", at_most=50),
     "label_to_model.p50_s": Figure("s", "label to first model request, large repository, warm host", at_most=0.5),

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Engine, create_engine, event, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.database_url import check_database_url, normalise_url
@@ -70,6 +72,11 @@ def clock_value(raw: Any) -> datetime:
     if isinstance(raw, str):
         return datetime.fromisoformat(raw).replace(tzinfo=UTC)
     return raw.astimezone(UTC)
+
+
+def insert_for(dialect: str) -> Any:
+    """The dialect's INSERT, which has ON CONFLICT (PostgreSQL and SQLite both do)."""
+    return sqlite_insert if dialect == "sqlite" else pg_insert
 
 
 def db_now(session: Session) -> datetime:

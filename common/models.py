@@ -61,7 +61,8 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
-_ACTIVE_SQL = "state IN (" + ", ".join(f"'{s.value}'" for s in sorted(ACTIVE_STATES)) + ")"
+# The predicate of the partial unique index on active tasks; ON CONFLICT must name it to infer the index.
+ACTIVE_TASK_SQL = "state IN (" + ", ".join(f"'{s.value}'" for s in sorted(ACTIVE_STATES)) + ")"
 
 
 class Task(Base):
@@ -75,8 +76,8 @@ class Task(Base):
             "repo",
             "issue_number",
             unique=True,
-            postgresql_where=text(_ACTIVE_SQL),
-            sqlite_where=text(_ACTIVE_SQL),
+            postgresql_where=text(ACTIVE_TASK_SQL),
+            sqlite_where=text(ACTIVE_TASK_SQL),
         ),
         Index("ix_tasks_state_lease", "state", "lease_expires_at"),
     )

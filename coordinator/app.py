@@ -17,6 +17,7 @@ from coordinator.api import api_router
 from coordinator.metrics import endpoint as metrics
 from coordinator.services import build_services
 from coordinator.webhooks import endpoint
+from coordinator.webhooks.group_commit import GroupCommit
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ def create_app(settings: Settings, *, run_reconciler: bool = True) -> FastAPI:
         finally:
             stop.set()
             watcher.stop()
+            app.state.intake.stop()  # writes the deliveries already read; their answers still go out
             services.sender.stop()  # publishes what is queued; the reconciler resends what it cannot
             if thread:
                 thread.join(timeout=10)
@@ -51,6 +53,7 @@ def create_app(settings: Settings, *, run_reconciler: bool = True) -> FastAPI:
 
     app = FastAPI(title="forgecrew coordinator", version="0.1.0", lifespan=lifespan)
     app.state.services = services
+    app.state.intake = GroupCommit(services)
     app.include_router(endpoint.api)
     app.include_router(health.api)
     app.state.worker_watcher = watcher

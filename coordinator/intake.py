@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
+from functools import cache
+from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
-from common.models import Task
+from common.db import db_now, insert_for
+from common.models import ACTIVE_TASK_SQL, Task, TaskEvent
 from common.states import ACTIVE_STATES, TaskState
-from common.transitions import record_creation, transition
 from coordinator.triage import TriageDecision
 
 
@@ -48,29 +49,52 @@ def active_task_id(session: Session, repo: str, issue_number: int) -> int | None
     )
 
 
+def insert_task(session: Session, new: NewTask, decision: TriageDecision, *, actor: str) -> int:
+    """Insert a triaged task and its two first events; its id, or ActiveTaskExists.
+
+    Two Core statements on the session's connection, no ORM flush: this is every webhook's hot
+    path. The partial unique index on active tasks settles races: the insert skips a conflicting
+    row (ON CONFLICT DO NOTHING, so no error and no savepoint), and then the issue's active task is
+    the one that won. Its events are stamped with the database's clock as every transition is.
+    """
+    now = db_now(session)
+    values: dict[str, Any] = {
+        "repo": new.repo, "issue_number": new.issue_number, "title": new.title, "body": new.body,
+        "specialty": decision.specialty, "triage_reason": decision.reason, "state": TaskState.TRIAGED.value,
+        "requested_by": new.requested_by, "installation_id": new.installation_id, "attempt": 0,
+        "lease_token": 0, "dispatch_count": 0, "input_tokens": 0, "output_tokens": 0, "cache_read_tokens": 0,
+        "cache_write_tokens": 0, "created_at": now, "updated_at": now,
+    }
+    connection = session.connection()
+    statement = _insert_task(connection.dialect.name, keyed=new.issue_number is not None)
+    task_id = connection.execute(statement, values).scalar()
+    if task_id is None:
+        raise ActiveTaskExists(active_task_id(session, new.repo, new.issue_number) if new.issue_number else None)
+    connection.execute(_INSERT_EVENT, [
+        {"task_id": task_id, "from_state": None, "to_state": TaskState.PENDING.value, "actor": actor,
+         "detail": f"requested by {new.requested_by}", "at": now},
+        {"task_id": task_id, "from_state": TaskState.PENDING.value, "to_state": TaskState.TRIAGED.value,
+         "actor": "triage", "detail": f"{decision.specialty}: {decision.reason}", "at": now},
+    ])
+    return int(task_id)
+
+
+@cache
+def _insert_task(dialect: str, *, keyed: bool) -> Any:
+    """Built once per dialect: a statement executed with its values as parameters reuses its compiled form."""
+    statement = insert_for(dialect)(Task.__table__)
+    if keyed:
+        statement = statement.on_conflict_do_nothing(index_elements=["repo", "issue_number"],
+                                                     index_where=text(ACTIVE_TASK_SQL))
+    return statement.returning(Task.__table__.c.id)
+
+
+_INSERT_EVENT = insert(TaskEvent.__table__)
+
+
 def create_task(session: Session, new: NewTask, decision: TriageDecision, *, actor: str) -> Task:
-    """Insert a triaged task, or raise ActiveTaskExists (the unique index settles races)."""
-    if new.issue_number is not None:
-        existing = active_task_id(session, new.repo, new.issue_number)
-        if existing is not None:
-            raise ActiveTaskExists(existing)
-    task = Task(
-        repo=new.repo,
-        issue_number=new.issue_number,
-        title=new.title,
-        body=new.body,
-        specialty=decision.specialty,
-        triage_reason=decision.reason,
-        requested_by=new.requested_by,
-        installation_id=new.installation_id,
-    )
-    try:
-        with session.begin_nested():
-            record_creation(session, task, actor=actor, detail=f"requested by {new.requested_by}")
-            transition(session, task, TaskState.TRIAGED, actor="triage",
-                       detail=f"{decision.specialty}: {decision.reason}")
-            session.flush()
-    except IntegrityError:
-        existing = active_task_id(session, new.repo, new.issue_number) if new.issue_number else None
-        raise ActiveTaskExists(existing) from None
+    """insert_task, returning the row as an object for callers that go on changing it."""
+    task = session.get(Task, insert_task(session, new, decision, actor=actor))
+    assert task is not None
     return task
+

@@ -8,17 +8,14 @@ reconciler sends it once its grace has passed, exactly as after a failed send.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import queue
 import threading
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 
-from sqlalchemy.orm import Session
 
 from common.celery_app import task_label
-from common.models import Task
 from coordinator.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
@@ -37,6 +34,11 @@ class Send:
     label: str
     done: Future[bool] = field(default_factory=Future, repr=False)
 
+    @classmethod
+    def first(cls, task_id: int, specialty: str, repo: str, issue_number: int | None) -> Send:
+        """The first send of a task just inserted (nothing to read back: its dispatch count is 0)."""
+        return cls(task_id, specialty, 1, task_label(repo, issue_number, specialty, task_id))
+
 
 class Sender:
     """One background thread per process, started on first use, stopped with the app."""
@@ -46,24 +48,27 @@ class Sender:
         self._queue: queue.SimpleQueue[Send | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-
-    @staticmethod
-    def prepare(session: Session, task_id: int) -> Send:
-        """The send of a task created in `session` (read from the session's identity map: no query)."""
-        task = session.get(Task, task_id)
-        assert task is not None
-        return Send(task_id, task.specialty, task.dispatch_count + 1,
-                    task_label(task.repo, task.issue_number, task.specialty, task_id))
+        self._pending: set[Future[bool]] = set()
 
     def submit(self, send: Send) -> Future[bool]:
         """Queue a committed task for publishing; the future says whether it was sent."""
         self._ensure_started()
+        with self._lock:
+            self._pending.add(send.done)
+        send.done.add_done_callback(self._settled)
         self._queue.put(send)
         return send.done
 
-    async def send_after_answer(self, send: Send) -> None:
-        """A background task of the response: waits (no thread held) until the send is recorded."""
-        await asyncio.wrap_future(self.submit(send))
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Wait until everything submitted so far is sent or given up; False on timeout."""
+        with self._lock:
+            pending = list(self._pending)
+        _, not_done = wait(pending, timeout)
+        return not not_done
+
+    def _settled(self, future: Future[bool]) -> None:
+        with self._lock:
+            self._pending.discard(future)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Publish what is queued, then end the thread; what it cannot finish is the reconciler's."""

@@ -43,7 +43,9 @@ def client(settings: Settings, db: Database) -> Iterator[TestClient]:
 
 def post(client: TestClient, event: str, data: dict[str, Any], delivery: str):  # type: ignore[no-untyped-def]
     body = json.dumps(data).encode()
-    return client.post("/webhooks/github", content=body, headers=headers(event, body, delivery=delivery))
+    response = client.post("/webhooks/github", content=body, headers=headers(event, body, delivery=delivery))
+    assert client.app.state.services.sender.wait_idle()  # the send goes out after the answer
+    return response
 
 
 def pr_closed(number: int = 7, *, merged: bool, branch: str = BRANCH, head_repo: str = REPO,

@@ -28,7 +28,9 @@ def client(settings: Settings, db: Database) -> Iterator[TestClient]:
 
 def post(client: TestClient, event: str, data: dict[str, Any] | bytes, **kwargs: Any):  # type: ignore[no-untyped-def]
     body = data if isinstance(data, bytes) else json.dumps(data).encode()
-    return client.post("/webhooks/github", content=body, headers=headers(event, body, **kwargs))
+    response = client.post("/webhooks/github", content=body, headers=headers(event, body, **kwargs))
+    assert client.app.state.services.sender.wait_idle()  # the send goes out after the answer
+    return response
 
 
 def queued_messages(settings: Settings, queue: str) -> list[dict[str, Any]]:

@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from functools import cache
 from typing import Annotated, Any
 
-from anyio import CapacityLimiter, to_thread
 from fastapi import APIRouter, BackgroundTasks, Depends, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
-from common.db import FROZEN_NOW, clock_sql, clock_value
+from common.db import FROZEN_NOW, clock_sql, clock_value, insert_for
 from common.models import WebhookDelivery, utcnow
 from coordinator.services import Services
 from coordinator.webhooks.payloads import MalformedPayload, parse_body
@@ -35,18 +33,6 @@ class BodyTooLarge(Exception):
 
 class DuplicateDelivery(Exception):
     """GitHub sent this delivery id before (a redelivery); it was handled then."""
-
-
-# Deliveries in the database at once per process: more only queue on the GIL and on the server's
-# cores, and a waiting request costs nothing on the event loop (see docs/design-notes.md, intake).
-INTAKE_CONCURRENCY = 4
-
-
-def _intake_limiter(request: Request) -> CapacityLimiter:
-    limiter = getattr(request.app.state, "intake_limiter", None)
-    if limiter is None:
-        limiter = request.app.state.intake_limiter = CapacityLimiter(INTAKE_CONCURRENCY)
-    return limiter
 
 
 def get_services(request: Request) -> Services:
@@ -88,22 +74,30 @@ async def github_webhook(
         log.warning("webhook with a missing or wrong signature from %s", request.client)
         return JSONResponse({"error": "missing or invalid X-Hub-Signature-256"}, status_code=401)
     try:
-        answer = await to_thread.run_sync(process_delivery, services, dict(request.headers), body,
-                                          limiter=_intake_limiter(request))
+        answer = await request.app.state.intake.process(dict(request.headers), body)
     except Exception:  # the outermost handler: log with context, answer 500 so GitHub may redeliver
         log.exception("delivery %s (%s) failed; nothing was recorded", request.headers.get("x-github-delivery"),
                       request.headers.get("x-github-event"))
         return JSONResponse({"error": "internal error; the delivery was not recorded"}, status_code=500)
     if answer.send is not None:
-        # after the answer has gone out: the background sender publishes and records it in a batch
-        background.add_task(services.sender.send_after_answer, answer.send)
+        # committed: the sender thread publishes it and records the send in a batch. Not a background
+        # task of the response, which would hold this connection's next request until it is done.
+        services.sender.submit(answer.send)
     elif answer.dispatch_task_id is not None:
         background.add_task(services.dispatcher.dispatch, answer.dispatch_task_id)
     return JSONResponse(answer.body, status_code=answer.status)
 
 
-def process_delivery(services: Services, headers: dict[str, str], body: bytes) -> Answer:
-    """Everything after the signature check, in one transaction with the delivery row (about seven statements)."""
+def process_delivery(services: Services, headers: dict[str, str], body: bytes, *,
+                     session: Session | None = None) -> Answer:
+    """Everything after the signature check, in `session`'s transaction (default: one of its own).
+
+    A new task costs four statements: the delivery row, the task, its two events (one round
+    trip) and the delivery's outcome.
+    """
+    if session is None:
+        with services.db.session() as own:
+            return process_delivery(services, headers, body, session=own)
     event = headers.get("x-github-event", "").strip()
     delivery_id = headers.get("x-github-delivery", "").strip()
     if not event or not delivery_id:
@@ -111,11 +105,11 @@ def process_delivery(services: Services, headers: dict[str, str], body: bytes) -
     try:
         payload = parse_body(body, headers.get("content-type"))
     except MalformedPayload as exc:
-        _record_only(services, delivery_id, event, None, {}, Outcome(f"{REJECTED}{exc}"))
+        _record_only(session, delivery_id, event, None, {}, Outcome(f"{REJECTED}{exc}"))
         return Answer(400, {"error": str(exc)})
     action = payload.get("action") if isinstance(payload.get("action"), str) else None
     try:
-        outcome = _handle(services, delivery_id, event, action, payload)
+        outcome = _handle(services, session, delivery_id, event, action, payload)
     except DuplicateDelivery:
         return Answer(200, {"status": "duplicate", "delivery": delivery_id})
     log.info("delivery %s %s.%s: %s", delivery_id, event, action, outcome.description)
@@ -127,27 +121,23 @@ def process_delivery(services: Services, headers: dict[str, str], body: bytes) -
     )
 
 
-def _handle(services: Services, delivery_id: str, event: str, action: str | None,
+def _handle(services: Services, session: Session, delivery_id: str, event: str, action: str | None,
             payload: dict[str, Any]) -> Outcome:
-    with services.db.session() as session:
-        values = _delivery_values(delivery_id, event, action, payload)
-        values["payload"] = json.dumps(payload)  # kept for `forgecrew webhook replay`
-        row_id = _claim_delivery(session, values)
-        delivery = Delivery(services.settings, session, delivery_id, event, action, payload)
-        outcome = services.router.dispatch(delivery)  # which ignores bots, but where a handler welcomes them
-        _set_outcome(session, row_id, outcome)
-        if outcome.dispatch and outcome.task_id is not None:
-            outcome.extra["send"] = services.sender.prepare(session, outcome.task_id)
-        return outcome
+    values = _delivery_values(delivery_id, event, action, payload)
+    values["payload"] = json.dumps(payload)  # kept for `forgecrew webhook replay`
+    row_id = _claim_delivery(session, values)
+    delivery = Delivery(services.settings, session, delivery_id, event, action, payload)
+    outcome = services.router.dispatch(delivery)  # which ignores bots, but where a handler welcomes them
+    _set_outcome(session, row_id, outcome)
+    return outcome
 
 
-def _record_only(services: Services, delivery_id: str, event: str, action: str | None,
+def _record_only(session: Session, delivery_id: str, event: str, action: str | None,
                  payload: dict[str, Any], outcome: Outcome) -> None:
+    values = _delivery_values(delivery_id, event, action, payload)
+    values["outcome"] = outcome.description
     try:
-        with services.db.session() as session:
-            values = _delivery_values(delivery_id, event, action, payload)
-            values["outcome"] = outcome.description
-            _claim_delivery(session, values)
+        _claim_delivery(session, values)
     except DuplicateDelivery:
         pass
 
@@ -161,10 +151,8 @@ def _claim_delivery(session: Session, values: dict[str, Any]) -> int:
     redelivery (GitHub's "Redeliver", or a sender that fixed its payload) is no duplicate: it
     takes that row over, locked, so two redeliveries racing end with one handled and one duplicate.
     """
-    dialect = session.get_bind().dialect.name
-    statement = _insert_for(dialect)(WebhookDelivery).values(**values).on_conflict_do_nothing(
-        index_elements=[WebhookDelivery.delivery_id]).returning(WebhookDelivery.id, clock_sql(dialect))
-    inserted = session.execute(statement).first()
+    connection = session.connection()
+    inserted = connection.execute(_insert_delivery(connection.dialect.name), values).first()
     if inserted is not None:
         session.info[FROZEN_NOW] = clock_value(inserted[1])
         return int(inserted[0])
@@ -181,14 +169,20 @@ def _claim_delivery(session: Session, values: dict[str, Any]) -> int:
 
 
 def _set_outcome(session: Session, row_id: int, outcome: Outcome) -> None:
-    session.execute(update(WebhookDelivery).where(WebhookDelivery.id == row_id)
-                    .values(outcome=outcome.description, task_id=outcome.task_id)
-                    .execution_options(synchronize_session=False))
+    session.connection().execute(_SET_OUTCOME, {"row_id": row_id, "outcome": outcome.description,
+                                                "task_id": outcome.task_id})
 
 
-def _insert_for(dialect: str) -> Any:
-    """The dialect's INSERT with ON CONFLICT (PostgreSQL and SQLite both have it)."""
-    return sqlite_insert if dialect == "sqlite" else pg_insert
+@cache
+def _insert_delivery(dialect: str) -> Any:
+    """Built once per dialect and run with the values as parameters, so its compiled form is reused."""
+    table = WebhookDelivery.__table__
+    return insert_for(dialect)(table).on_conflict_do_nothing(index_elements=["delivery_id"]).returning(
+        table.c.id, clock_sql(dialect))
+
+
+_SET_OUTCOME = (update(WebhookDelivery.__table__).where(WebhookDelivery.__table__.c.id == bindparam("row_id"))
+                .values(outcome=bindparam("outcome"), task_id=bindparam("task_id")))
 
 
 def _delivery_values(delivery_id: str, event: str, action: str | None, payload: dict[str, Any]) -> dict[str, Any]:

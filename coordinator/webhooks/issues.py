@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from common.specialties import TRIGGER_LABEL, profiles
-from coordinator.intake import ActiveTaskExists, NewTask, create_task, repo_allowed
+from coordinator.intake import ActiveTaskExists, NewTask, insert_task, repo_allowed
+from coordinator.sender import Send
 from coordinator.triage import RuleTriage, route_label_specialty
 from coordinator.webhooks.router import Delivery, Outcome, Router
 
@@ -79,7 +80,8 @@ def _start(delivery: Delivery, repo: str, issue: dict[str, Any], known: set[str]
         installation_id=(delivery.payload.get("installation") or {}).get("id"),
     )
     try:
-        task = create_task(delivery.session, new, decision, actor=f"webhook:{delivery.delivery_id}")
+        task_id = insert_task(delivery.session, new, decision, actor=f"webhook:{delivery.delivery_id}")
     except ActiveTaskExists as exc:
         return Outcome(f"recorded: task {exc.task_id} is already active for this issue", task_id=exc.task_id)
-    return Outcome(f"task {task.id} created ({decision.specialty})", task_id=task.id, dispatch=True)
+    return Outcome(f"task {task_id} created ({decision.specialty})", task_id=task_id, dispatch=True,
+                   extra={"send": Send.first(task_id, decision.specialty, new.repo, new.issue_number)})

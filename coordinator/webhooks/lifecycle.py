@@ -26,14 +26,13 @@ NOT_PLANNED = "not_planned"
 
 @router.on("pull_request", "closed", bots=True)
 def on_pull_request_closed(delivery: Delivery) -> Outcome:
-    envelope = Envelope.model_validate(delivery.payload)
-    pr, repo = envelope.pull_request, delivery.repo
+    envelope, repo, who = _context(delivery)
+    pr = envelope.pull_request
     if pr is None or not repo:
         return Outcome("ignored: payload has no pull request or repository")
     tasks = [task for task in _tasks_of_pr(delivery, repo, pr.number) if _is_task_branch(task, pr, repo)]
     if not tasks:
         return Outcome(f"ignored: pull request #{pr.number} is no forgecrew task's")
-    who = delivery.sender.get("login") or "someone"
     moved = []
     for task in tasks:
         if pr.merged:
@@ -45,14 +44,13 @@ def on_pull_request_closed(delivery: Delivery) -> Outcome:
 
 @router.on("issues", "closed", bots=True)
 def on_issue_closed(delivery: Delivery) -> Outcome:
-    envelope = Envelope.model_validate(delivery.payload)
-    issue, repo = envelope.issue, delivery.repo
+    envelope, repo, who = _context(delivery)
+    issue = envelope.issue
     if issue is None or not repo:
         return Outcome("ignored: payload has no issue or repository")
     if issue.pull_request is not None:
         return Outcome("ignored: event is about a pull request")
     reason = issue.state_reason or "completed"
-    who = delivery.sender.get("login") or "someone"
     tasks = delivery.session.scalars(
         select(Task).where(func.lower(Task.repo) == repo.lower(), Task.issue_number == issue.number,
                            Task.state.in_([s.value for s in (*ACTIVE_STATES, S.PR_OPEN)]))
@@ -67,6 +65,11 @@ def on_issue_closed(delivery: Delivery) -> Outcome:
     if not moved and not left:
         return Outcome(f"ignored: issue #{issue.number} has no task in flight")
     return Outcome("; ".join(moved + [f"recorded: {note}" for note in left]), task_id=tasks[-1].id)
+
+
+def _context(delivery: Delivery) -> tuple[Envelope, str | None, str]:
+    """The parsed payload, its repository and who acted: what every lifecycle handler starts from."""
+    return Envelope.model_validate(delivery.payload), delivery.repo, delivery.sender.get("login") or "someone"
 
 
 def _tasks_of_pr(delivery: Delivery, repo: str, number: int) -> list[Task]:

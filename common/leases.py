@@ -30,8 +30,12 @@ class Claim:
     attempt: int
 
 
-def claim(db: Database, task_id: int, owner: str) -> Claim | None:
-    """Take the task's lease and move it to running; None when it is not ours to run."""
+def claim(db: Database, task_id: int, owner: str, *, queue: str | None = None) -> Claim | None:
+    """Take the task's lease and move it to running; None when it is not ours to run.
+
+    `queue` is the queue the message came from: a message left on another specialty's queue by
+    a task routed since (`/forgecrew route`) does not run it there.
+    """
     settings = db.settings
     with db.session() as session:
         task = session.get(Task, task_id, with_for_update=True)
@@ -39,6 +43,9 @@ def claim(db: Database, task_id: int, owner: str) -> Claim | None:
             raise TaskNotFound(task_id)
         now = db_now(session)
         state = TaskState(task.state)
+        if queue and queue != task.specialty and state in (TaskState.TRIAGED, TaskState.QUEUED):
+            log.info("task %s was routed to %s; its message on %s is stale", task_id, task.specialty, queue)
+            return None
         if state in LEASED_STATES:
             if task.lease_expires_at and task.lease_expires_at > now:
                 log.info("task %s is held by %s until %s; skipping", task_id, task.lease_owner,

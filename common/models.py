@@ -182,3 +182,27 @@ class WebhookDelivery(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     # the parsed JSON body, so `forgecrew webhook replay` can run it through intake again
     payload: Mapped[str | None] = mapped_column(Text)
+
+
+class CommentCommand(Base):
+    """A `/forgecrew …` or `@forgecrew …` comment: recorded with its delivery, carried out after the commit.
+
+    `state` is pending until the coordinator has checked the author's access and acted; a
+    coordinator that dies in between leaves it pending, and the reconciler carries it out.
+    """
+
+    __tablename__ = "comment_commands"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    delivery_id: Mapped[str] = mapped_column(String(100), unique=True)
+    repo: Mapped[str] = mapped_column(String(200))
+    number: Mapped[int] = mapped_column(Integer)  # the issue's or pull request's number
+    comment_id: Mapped[int] = mapped_column(BigInteger)
+    author: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(String(40))  # retry, cancel, route, status, help, request
+    argument: Mapped[str] = mapped_column(Text, default="")
+    installation_id: Mapped[int | None] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(20), default="pending", index=True)  # pending, done, refused
+    reply: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

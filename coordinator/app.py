@@ -10,11 +10,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from common.forge.factory import make_forge
 from common.settings import Settings
 from coordinator import health
 from coordinator.agents import WorkerWatcher
 from coordinator.api import api_router
+from coordinator.conversation.runner import CommandRunner
 from coordinator.metrics import endpoint as metrics
+from coordinator.operations import Operations
 from coordinator.services import build_services
 from coordinator.webhooks import endpoint
 from coordinator.webhooks.group_commit import GroupCommit
@@ -28,6 +31,9 @@ def create_app(settings: Settings, *, run_reconciler: bool = True) -> FastAPI:
     if not settings.repo_allowlist:
         log.warning("FORGECREW_REPO_ALLOWLIST is empty: every webhook will be ignored")
     services = build_services(settings)
+    commands = CommandRunner(services.db, Operations(services.db, services.dispatcher, services.celery),
+                             lambda installation_id: make_forge(settings, installation_id))
+    services.reconciler.sweeps.append(commands.sweep)
     watcher = WorkerWatcher(services.celery)  # worker heartbeats, for /api/v1/agents and /metrics
 
     @asynccontextmanager
@@ -46,6 +52,7 @@ def create_app(settings: Settings, *, run_reconciler: bool = True) -> FastAPI:
             stop.set()
             watcher.stop()
             app.state.intake.stop()  # writes the deliveries already read; their answers still go out
+            commands.stop()
             services.sender.stop()  # publishes what is queued; the reconciler resends what it cannot
             if thread:
                 thread.join(timeout=10)
@@ -54,6 +61,7 @@ def create_app(settings: Settings, *, run_reconciler: bool = True) -> FastAPI:
     app = FastAPI(title="forgecrew coordinator", version="0.1.0", lifespan=lifespan)
     app.state.services = services
     app.state.intake = GroupCommit(services)
+    app.state.commands = commands
     app.include_router(endpoint.api)
     app.include_router(health.api)
     app.state.worker_watcher = watcher

@@ -24,7 +24,7 @@ from common.models import Task
 from common.serialize import task_detail
 from common.specialties import profiles
 from common.states import TaskState
-from common.transitions import transition
+from common.transitions import record_note, transition
 from coordinator.dispatch import BROKER_ERRORS, Dispatcher
 from coordinator.intake import ActiveTaskExists, NewTask, active_task_id, create_task
 from coordinator.triage import RuleTriage, TriageDecision
@@ -48,7 +48,7 @@ class Operations:
         self.settings = db.settings
 
     def submit(self, *, repo: str, issue: int | None, title: str | None, body: str = "",
-               specialty: str | None = None, requested_by: str) -> dict[str, Any]:
+               specialty: str | None = None, requested_by: str, instruction: str = "") -> dict[str, Any]:
         """Create and dispatch a task without a webhook: for an issue (read from the forge) or a title.
 
         Raises InvalidRequest for bad input, TaskConflict when the issue already has an active task,
@@ -68,6 +68,8 @@ class Operations:
             info = make_forge(self.settings).get_issue(repo, issue)
             title, body, labels = info.title, info.body, list(info.labels)
         title, body = title or "", body or ""
+        if instruction.strip():  # an @mention's request: the agent reads it with the issue
+            body = f"{body}\n\n## Request from @{requested_by}\n\n{instruction.strip()}".strip()
         decision = (TriageDecision(specialty, f"chosen by {requested_by}") if specialty
                     else RuleTriage(known)(title=title, body=body, labels=labels))
         new = NewTask(repo, issue, title, body, requested_by=requested_by,
@@ -121,6 +123,31 @@ class Operations:
             release(task)
             sends = task.dispatch_count
         self._revoke(task_id, sends)
+        return self._detail(task_id)
+
+    def route(self, task_id: int, specialty: str, *, actor: str) -> dict[str, Any]:
+        """Move a task that no worker has started to another specialty's queue.
+
+        Its earlier messages are revoked, and a worker that still gets one skips it (claim() checks
+        the message's queue against the task's specialty), so only the new queue runs it.
+        """
+        known = profiles(self.settings)
+        if specialty not in known:
+            raise InvalidRequest(f"unknown specialty {specialty!r}; known: {', '.join(known)}")
+        with self.db.session() as session:
+            task = self._locked(session, task_id)
+            state = TaskState(task.state)
+            if state not in (S.TRIAGED, S.QUEUED):
+                raise TaskConflict(f"task {task_id} is {state.value}; only a task no worker has started can be "
+                                   "routed (cancel it, then retry it once routed)", task_id=task_id,
+                                   state=state.value)
+            if task.specialty == specialty:
+                raise TaskConflict(f"task {task_id} is already on {specialty}", task_id=task_id, state=state.value)
+            previous, task.specialty = task.specialty, specialty
+            record_note(session, task, actor=actor, detail=f"routed from {previous} to {specialty}")
+            sends = task.dispatch_count
+        self._revoke(task_id, sends)
+        self.dispatcher.dispatch(task_id, actor=actor, note=f"routed to {specialty}")
         return self._detail(task_id)
 
     # -- helpers -----------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import logging
 import threading
 import time
@@ -49,6 +51,8 @@ class Reconciler:
         self.dispatcher = dispatcher
         self.settings = db.settings
         self.next_workspace_gc = 0.0  # time.monotonic() of the next workspace collection
+        # more repairs of the same kind, run each round (the comment commands a dead coordinator left)
+        self.sweeps: list[Callable[[], object]] = []
 
     def run_once(self, now: datetime | None = None) -> Report:
         """One round; `now` defaults to the database's clock, the one leases are set by."""
@@ -218,5 +222,7 @@ class Reconciler:
                              report.resent, report.requeued, report.failed)
                 if report.workspaces_removed:
                     log.info("reconciler: removed %d finished workspace(s)", len(report.workspaces_removed))
+                for sweep in self.sweeps:
+                    sweep()
             except Exception:
                 log.exception("reconciler round failed; trying again next round")

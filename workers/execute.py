@@ -16,13 +16,13 @@ log = logging.getLogger(__name__)
 
 
 def execute(runtime: WorkerRuntime, task_id: int, *, worker: str,
-            limits: tuple[float, float] | None = None) -> str:
+            limits: tuple[float, float] | None = None, queue: str | None = None) -> str:
     """Returns Flower's result column: how the run ended, e.g. `pr_open local://local/calc/pull/1`.
 
     `limits` (soft, hard seconds) are enforced here when the pool does not (threads, solo).
     """
     db, settings = runtime.db, runtime.settings
-    held = claim(db, task_id, worker)
+    held = claim(db, task_id, worker, queue=queue)
     if held is None:
         return "skipped: not claimable (finished, cancelled, or held by another worker)"
     log.info("task %s: attempt %s claimed by %s", task_id, held.attempt, worker)

@@ -24,7 +24,9 @@ def register_tasks(app: Celery, runtime: WorkerRuntime, *, enforce_limits: bool 
     @app.task(name=RUN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
     def run_task(self, task_id: int) -> str:  # type: ignore[no-untyped-def]
         limits = _limits(app, self.request) if enforce_limits else None
-        return execute(runtime, task_id, worker=runtime.identity(self.request.hostname), limits=limits)
+        queue = (self.request.delivery_info or {}).get("routing_key")
+        return execute(runtime, task_id, worker=runtime.identity(self.request.hostname), limits=limits,
+                       queue=queue)
 
     @worker_process_init.connect(weak=False)
     def _after_fork(**_: object) -> None:

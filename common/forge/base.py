@@ -78,6 +78,10 @@ class Forge(Protocol):
 
     def comment(self, repo: str, number: int, body: str) -> None: ...
 
+    def react(self, repo: str, number: int, comment_id: int, content: str) -> None:
+        """Put a reaction (eyes, +1, confused, ...) on a comment of issue or PR `number`: an acknowledgement."""
+        ...
+
     def set_status_label(self, repo: str, number: int, label: StatusLabel) -> None:
         """Add `label` and remove forgecrew's other status labels."""
         ...

@@ -369,6 +369,11 @@ class GitHubForge:
         with self._errors(f"commenting on #{number}", repo, not_found=self._missing_issue(repo, number)):
             self._repo(repo).get_issue(number).create_comment(body)
 
+    def react(self, repo: str, number: int, comment_id: int, content: str) -> None:
+        with self._errors(f"reacting to comment {comment_id} on #{number}", repo,
+                          not_found=f"comment {comment_id} on #{number} of {repo} not found"):
+            self._repo(repo).get_issue(number).get_comment(comment_id).create_reaction(content)
+
     def set_status_label(self, repo: str, number: int, label: StatusLabel) -> None:
         """Add `label` first, then drop the other status labels the issue carries (404 = already gone)."""
         with self._errors(f"labelling #{number}", repo, not_found=self._missing_issue(repo, number)):

@@ -136,6 +136,13 @@ class LocalForge:
     def comment(self, repo: str, number: int, body: str) -> None:
         self.add_comment(repo, number, body, author=self.bot_name)
 
+    def react(self, repo: str, number: int, comment_id: int, content: str) -> None:
+        """Kept on the issue's record, as {comment id: [contents]}."""
+        with self._locked(repo):
+            record = self.issue_record(repo, number)
+            record.setdefault("reactions", {}).setdefault(str(comment_id), []).append(content)
+            self._save_issue(repo, record)
+
     def set_status_label(self, repo: str, number: int, label: StatusLabel) -> None:
         with self._locked(repo):
             record = self.issue_record(repo, number)

@@ -45,6 +45,7 @@ class Answer:
     body: dict[str, Any]
     dispatch_task_id: int | None = None
     send: Any = None  # the prepared send of that task (coordinator.sender.Send)
+    command_id: int | None = None  # a comment command to carry out after the commit
 
 
 async def read_capped(request: Request, limit: int) -> bytes:
@@ -85,6 +86,8 @@ async def github_webhook(
         services.sender.submit(answer.send)
     elif answer.dispatch_task_id is not None:
         background.add_task(services.dispatcher.dispatch, answer.dispatch_task_id)
+    if answer.command_id is not None:
+        request.app.state.commands.submit(answer.command_id)
     return JSONResponse(answer.body, status_code=answer.status)
 
 
@@ -118,6 +121,7 @@ def process_delivery(services: Services, headers: dict[str, str], body: bytes, *
         {"status": outcome.description, "task_id": outcome.task_id, "delivery": delivery_id},
         outcome.task_id if outcome.dispatch else None,
         outcome.extra.get("send"),
+        outcome.extra.get("command_id"),
     )
 
 

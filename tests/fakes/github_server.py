@@ -407,6 +407,7 @@ class FakeGitHub:
             APP_TOKEN_OP: self._create_token, "rate-limit/get": self._rate_limit, "repos/get": self._get_repo,
             "repos/get-collaborator-permission-level": self._permission,
             "reactions/create-for-issue-comment": self._react, "issues/get": self._get_issue,
+            "issues/get-comment": self._get_comment,
             "issues/list-comments": self._list_comments, "issues/create-comment": self._create_comment,
             "issues/add-labels": self._add_labels, "issues/remove-label": self._remove_label,
             "pulls/list": self._list_pulls, "pulls/create": self._create_pull, "pulls/update": self._update_pull,
@@ -452,8 +453,21 @@ class FakeGitHub:
         data.update(permission=ROLE_TO_PERMISSION[role], role_name=role, user=self._user(params["username"]))
         return 200, data, {}
 
+    def _find_comment(self, params: dict[str, str]) -> tuple[FakeRepo, FakeIssue, dict[str, Any]]:
+        repo = self._repo(params)
+        for issue in repo.issues.values():
+            for comment in issue.comments:
+                if str(comment["id"]) == params["comment_id"]:
+                    return repo, issue, comment
+        raise Reply(404, error_body(404, "Not Found"))
+
+    def _get_comment(self, params: dict[str, str], query: dict[str, str], body: Any) -> tuple[int, Any, dict]:
+        repo, issue, comment = self._find_comment(params)
+        return 200, self._comment_json(repo, issue, comment), {}
+
     def _react(self, params: dict[str, str], query: dict[str, str], body: Any) -> tuple[int, Any, dict]:
-        self._repo(params)
+        _, _, comment = self._find_comment(params)
+        comment.setdefault("reactions", []).append(body["content"])
         data = self._example("reaction")
         data.update(content=body["content"], created_at=_now_iso())
         return 201, data, {}

@@ -1,0 +1,1 @@
+"""Conversations on the forge: comment commands and mentions, parsed, checked and carried out."""

@@ -1,0 +1,92 @@
+"""Find a forgecrew command in a comment's Markdown, treating the whole text as hostile.
+
+Only what a person wrote as prose counts: lines inside fenced or indented code blocks, quoted
+lines (`>`, as in a reply that quotes someone) and inline code spans are skipped, so quoting a
+command or showing one in an example never runs it. The command word must be plain ASCII
+(`/forgecrew` at the start of a line, `@forgecrew` as a word of its own): look-alike letters, full-width slashes or
+zero-width characters make it prose. Text past MAX_CHARS (GitHub's own limit on a comment) is
+not read.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+MAX_CHARS = 65_536
+MAX_ARGUMENT = 4_000
+COMMANDS = ("retry", "cancel", "route", "status", "help")
+HELP = """forgecrew answers these, from people with write access to the repository:
+
+- `/forgecrew status`: the task of this issue or pull request, its state and its pull request
+- `/forgecrew retry`: queue a failed or cancelled task again
+- `/forgecrew cancel`: stop the task (a running agent stops at its next step)
+- `/forgecrew route <specialty>`: move a task that has not started to another specialty's queue
+- `/forgecrew help`: this list
+- `@forgecrew <request>`: start a task on this issue with the request as its instruction"""
+
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+_INLINE_CODE = re.compile(r"(`+).*?\1", re.DOTALL)
+_SLASH = re.compile(r"^/forgecrew(?![\w-])[ \t]*(.*)$")
+_MENTION = re.compile(r"(?<![\w.@/-])@forgecrew(?![\w-])[ \t,:]*")
+
+
+@dataclass(frozen=True)
+class Command:
+    """`name` is one of COMMANDS, "request" (an @mention's text), or "unknown" (answered with help)."""
+
+    name: str
+    argument: str = ""
+
+
+def parse(body: str | None) -> Command | None:
+    """The first command in `body`, or None when a person only talked."""
+    if not body:
+        return None
+    lines = _prose_lines(body[:MAX_CHARS])
+    for line in lines:
+        slash = _SLASH.match(line)
+        if slash:
+            return _slash_command(slash.group(1))
+    for index, line in enumerate(lines):  # what follows a mention is the request; a bare mention is talk
+        mention = _MENTION.search(line)
+        if mention:
+            request = _clean("\n".join([line[mention.end():], *lines[index + 1:]]))
+            return Command("request", request) if re.search(r"\w", request) else None
+    return None
+
+
+def _slash_command(rest: str) -> Command:
+    word, _, argument = rest.strip().partition(" ")
+    word = word.lower()
+    if not word:
+        return Command("help")
+    if word in COMMANDS:
+        return Command(word, _clean(argument))
+    return Command("unknown", _clean(rest))
+
+
+def _prose_lines(text: str) -> list[str]:
+    """The lines a person wrote as prose, stripped, without code blocks, quotes and inline code."""
+    lines: list[str] = []
+    fence: str | None = None
+    for raw in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        opener = _FENCE.match(raw)
+        if fence is not None:
+            if opener and opener.group(1)[0] == fence[0] and len(opener.group(1)) >= len(fence):
+                fence = None
+            continue
+        if opener:
+            fence = opener.group(1)
+            continue
+        if raw.startswith(("    ", "\t")) or raw.lstrip().startswith(">"):
+            continue
+        lines.append(_INLINE_CODE.sub(" ", raw).strip())
+    return lines
+
+
+def _clean(text: str) -> str:
+    """Untrusted text made safe to store and quote: no control or invisible format characters, bounded."""
+    kept = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf"))
+    return kept.strip()[:MAX_ARGUMENT]

@@ -167,7 +167,9 @@ def test_a_webhook_becomes_a_pr_and_a_killed_worker_container_costs_nothing(
     url = f"http://{stack.port('coordinator', 8000)}"
     wait_for(lambda: httpx.get(f"{url}/readyz", timeout=3).json()["ready"], timeout=60, what="coordinator ready")
     assert "database at" in stack.run("logs", "--no-color", "migrate").stdout
-    wait_for(lambda: ready_workers(stack, "worker-backend"), timeout=90, what="a backend worker")
+    specialties = ("backend", "frontend", "testing", "devops", "general")
+    wait_for(lambda: all(ready_workers(stack, f"worker-{name}") for name in specialties), timeout=120,
+             what="a worker of every specialty, each past its sandbox check")
     wait_for(lambda: all(health(stack, service) == "healthy" for service in ("coordinator", "flower")),
              timeout=60, what="coordinator and flower healthy")
     flower = f"http://{stack.port('flower', 5555)}"

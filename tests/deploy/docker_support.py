@@ -24,7 +24,7 @@ LOCAL_SYSTEMD_BASE = "localbase/debian-systemd:bookworm"
 
 def docker(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run the docker client; a failure's message carries its stderr."""
-    done = subprocess.run([DOCKER, *args], capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run([DOCKER, *args], capture_output=True, text=True, timeout=timeout, check=False)
     if check and done.returncode != 0:
         raise AssertionError(f"docker {' '.join(args)} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
     return done
@@ -32,7 +32,7 @@ def docker(*args: str, check: bool = True, timeout: float = 300) -> subprocess.C
 
 def _answers() -> bool:
     try:
-        return subprocess.run([DOCKER, "info"], capture_output=True, timeout=20).returncode == 0
+        return subprocess.run([DOCKER, "info"], capture_output=True, timeout=20, check=False).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -54,7 +54,8 @@ def docker_unavailable(*images: str) -> str | None:
     if os.geteuid() != 0:
         return "no Docker daemon with the localbase images answers, and only root may run .ci/docker-env"
     try:
-        done = subprocess.run(["bash", str(DOCKER_ENV_SCRIPT)], capture_output=True, text=True, timeout=900)
+        done = subprocess.run(["bash", str(DOCKER_ENV_SCRIPT)], capture_output=True, text=True, timeout=900,
+                              check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f".ci/docker-env did not finish: {exc}"
     if done.returncode != 0:
@@ -107,7 +108,8 @@ class Compose:
         command = ["docker-compose", "--project-name", self.project, "--env-file", str(self.env_file)]
         for path in self.files:
             command += ["--file", str(path)]
-        done = subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout, env=self._env())
+        done = subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout, env=self._env(),
+                              check=False)
         if check and done.returncode != 0:
             raise AssertionError(f"docker-compose {' '.join(args)} exited {done.returncode}:\n"
                                  f"{(done.stderr + done.stdout).strip()[-3000:]}")

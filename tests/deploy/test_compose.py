@@ -27,11 +27,17 @@ from tests.deploy.docker_support import (
     docker,
     docker_unavailable,
 )
-from tests.fakes.anthropic_server import DEFAULT_KEY, FakeAnthropic, _handler_for, tool_use
+from tests.fakes.anthropic_server import (
+    DEFAULT_KEY,
+    FakeAnthropic,
+    _handler_for,
+    tool_use,
+)
 from tests.sample_repo import ISSUE_BODY, ISSUE_TITLE, fixing_script, write_sample
 from tests.support import headers, labeled_issue, wait_for
 
-pytestmark = pytest.mark.integration
+# a first run builds three images (about 3 minutes here) before the stack's 2 minutes
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 REPO = "acme/widgets"
 IMAGE = "forgecrew-test/forgecrew:local"
 POSTGRES_IMAGE = "forgecrew-test/postgres:local"

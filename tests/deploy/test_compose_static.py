@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +137,30 @@ def test_workers_keep_the_sandbox_without_being_privileged() -> None:
                                                                                 "SETPCAP"}, name
         assert service["entrypoint"] == ["forgecrew-worker-entrypoint"], name
         assert "workspaces:/var/lib/forgecrew/workspaces" in service["volumes"], name
+
+
+def docker_compose_config(tmp_path: Path, env: dict[str, str], *files: Path) -> subprocess.CompletedProcess[str]:
+    """`docker-compose config` (no daemon needed): docker-compose 1.x's own reading of the files."""
+    env_file = tmp_path / "check.env"
+    env_file.write_text("".join(f"{name}={value}\n" for name, value in env.items()))
+    args = ["docker-compose", "--project-directory", str(COMPOSE_FILE.parent), "--env-file", str(env_file)]
+    for path in files:
+        args += ["--file", str(path)]
+    clean = {name: value for name, value in os.environ.items() if name in ("PATH", "HOME", "LANG")}
+    return subprocess.run([*args, "config", "-q"], capture_output=True, text=True, env=clean, timeout=60,
+                          check=False)
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed")
+def test_docker_compose_reads_the_files_and_refuses_a_missing_secret(tmp_path: Path) -> None:
+    secrets = {name: "0123abcd" for name in ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "FORGECREW_WEBHOOK_SECRET",
+                                              "FORGECREW_API_TOKEN", "FORGECREW_FLOWER_PASSWORD",
+                                              "FORGECREW_ANTHROPIC_API_KEY")}
+    done = docker_compose_config(tmp_path, secrets, COMPOSE_FILE)
+    assert done.returncode == 0, done.stderr
+    test_env = {**secrets, "TEST_FORGE_DIR": str(tmp_path), "TEST_MODEL_URL": "http://127.0.0.1:9"}
+    done = docker_compose_config(tmp_path, test_env, COMPOSE_FILE, TEST_OVERRIDE)
+    assert done.returncode == 0, done.stderr
+    without = {name: value for name, value in secrets.items() if name != "FORGECREW_WEBHOOK_SECRET"}
+    done = docker_compose_config(tmp_path, without, COMPOSE_FILE)
+    assert done.returncode != 0 and "set FORGECREW_WEBHOOK_SECRET in compose/.env" in done.stderr, done.stderr

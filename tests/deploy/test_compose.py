@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import secrets
 import subprocess
 import time
@@ -78,14 +79,18 @@ def images() -> None:
 
 
 @pytest.fixture
-def forge_dir(tmp_path: Path) -> Path:
+def forge_dir(images: None, tmp_path: Path) -> Path:
     """A local forge with the sample repository and two issues, owned by the containers' user."""
     root = tmp_path / "forge"
     forge = LocalForge(Settings(forge="local", local_forge_root=root, home=tmp_path / "home"))
     forge.create_repo(REPO, write_sample(tmp_path / "sample"))
     forge.create_issue(REPO, 1, ISSUE_TITLE, ISSUE_BODY)
     forge.create_issue(REPO, 2, "add() still subtracts on the slow path", ISSUE_BODY)
-    subprocess.run(["chown", "-R", f"{FORGECREW_UID}:{FORGECREW_UID}", str(root)], check=True)
+    owner = f"{FORGECREW_UID}:{FORGECREW_UID}"
+    if os.geteuid() == 0:
+        subprocess.run(["chown", "-R", owner, str(root)], check=True)
+    else:  # a member of the docker group: chown through a container
+        docker("run", "--rm", "--user", "0", "--entrypoint", "chown", "-v", f"{root}:/forge", IMAGE, "-R", owner, "/forge")
     return root
 
 

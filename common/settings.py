@@ -131,6 +131,8 @@ class Settings(BaseSettings):
     clone_url_template: str | None = Field(None, description="e.g. file:///srv/git/{full_name}.git")
     github_write_interval_seconds: float = Field(1.0, ge=0, description="Spacing of GitHub writes "
                                                  "(secondary rate limits).")
+    progress_edit_interval_seconds: float = Field(10.0, ge=0, description="Least time between two edits of a "
+                                                  "task's progress comment; the last state is always written.")
     bot_name: str = Field("forgecrew[bot]", description="Commit author name.")
     bot_email: str = Field("forgecrew@users.noreply.github.com", description="Commit author email.")
 

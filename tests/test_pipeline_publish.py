@@ -152,7 +152,7 @@ def test_label_failure_after_the_pr_exists_does_not_fail_the_task(github_setting
     detail = task.events[-1].detail
     assert "could not add the forgecrew:tests-failing label" in detail and "Resource not accessible" in detail
     comments = [c["body"] for c in fake.issue(REPO, 1).comments]
-    assert any("opened a pull request" in body for body in comments)
+    assert any("pull request open" in body and "(opened)" in body for body in comments)
     assert not any("could not finish" in body for body in comments)
     assert "forgecrew:pr-open" in fake.issue(REPO, 1).labels
 
@@ -167,13 +167,17 @@ def test_the_task_records_its_pr_before_the_issue_hears_of_it(github_settings: S
     def comment_refused(*_: object) -> None:  # called when the comment arrives at GitHub
         seen_states.append(load(db, task_id).state)
 
-    fake.fail_next("POST", r"/issues/1/comments$", 403, body={"message": "Comments are locked"},
+    # the progress comment is posted when the run starts; only its last edit announces the PR
+    settings = github_settings.model_copy(update={"progress_edit_interval_seconds": 3600.0})
+    fake.fail_next("PATCH", r"/issues/comments/\d+$", 403, body={"message": "Comments are locked"},
                    before=comment_refused)
     model.add(*fixing_script())
-    outcome = run_task(github_settings, db, make_forge(github_settings), task_id)
+    outcome = run_task(settings, db, make_forge(settings), task_id)
     assert outcome.state == "pr_open" and seen_states == ["pr_open"]
     task = load(db, task_id)
     assert task.runs[-1].outcome == "pr_open" and "Comments are locked" in task.runs[-1].detail
+    [status] = [c for c in fake.issue(REPO, 1).comments if c["body"].startswith("<!-- forgecrew:progress -->")]
+    assert "task" in status["body"] and "working" in status["body"]  # the edit that failed left it as it was
 
 
 def test_retry_whose_tests_pass_makes_the_draft_ready_on_github(github_settings: Settings, db: Database,
@@ -191,3 +195,6 @@ def test_retry_whose_tests_pass_makes_the_draft_ready_on_github(github_settings:
     [pr] = fake.pulls(REPO)
     assert not pr.draft and pr.labels == []
     assert len(fake.calls("POST", r"^/graphql$")) == 1
+    # one progress comment for the task, posted by the first run and edited by the second
+    [status] = [c for c in fake.issue(REPO, 1).comments if c["body"].startswith("<!-- forgecrew:progress -->")]
+    assert "attempt 2" in status["body"] and "(updated)" in status["body"] and status.get("edits", 0) >= 2

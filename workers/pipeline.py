@@ -20,6 +20,8 @@ from common.transitions import record_note, transition
 from workers.agent import Agent, AgentResult
 from workers.budget import Budget
 from workers.issue_notes import IssueNotes
+from workers.progress_comment import MARKER as PROGRESS_MARKER
+from workers.progress_comment import ProgressComment
 from workers.llm import LLMClient
 from workers.prompts import repair_message, system_prompt, task_message
 from workers.publish import NothingToPublish, Published, PublishRequest, publish, tests_failing_advice
@@ -53,6 +55,7 @@ class TaskSnapshot:
     specialty: str
     branch: str | None
     attempt: int
+    progress_comment_id: int | None = None
 
 
 @dataclass
@@ -79,6 +82,7 @@ class Pipeline:
         self.last_result: AgentResult | None = None
         self.tests: TestResult | None = None
         self.sandbox: Sandbox | None = None
+        self.status: ProgressComment | None = None
 
     def run(self, held: Claim, should_stop: Callable[[], str | None] = lambda: None) -> Outcome:
         task = self._snapshot(held)
@@ -115,6 +119,12 @@ class Pipeline:
         self.forge = self.forge_factory()
         self.notes = IssueNotes(self.forge, self.redact, task.repo, task.issue_number)
         self.notes.label(StatusLabel.WORKING)
+        if task.issue_number is not None:
+            self.status = ProgressComment(self.forge, self.redact, self.db, task_id=task.id, repo=task.repo,
+                                          number=task.issue_number, comment_id=task.progress_comment_id,
+                                          interval=self.settings.progress_edit_interval_seconds)
+            self._status(state="running", specialty=task.specialty, attempt=task.attempt, turns=0, tests="",
+                         pr="", reason="", advice="")
         issue = self._issue(task)
         branch = task.branch or branch_name(task.issue_number, issue.title, task_id=task.id)
         self._update(held, branch=branch)
@@ -148,7 +158,8 @@ class Pipeline:
         except ForgeError as exc:
             log.info("task %s: issue comments not readable from the forge (%s)", task.id, exc)
             return stored
-        trusted, left_out = self._trusted_comments(task.repo, fresh.comments)
+        people = tuple(c for c in fresh.comments if not c.body.startswith(PROGRESS_MARKER))  # not our status
+        trusted, left_out = self._trusted_comments(task.repo, people)
         return IssueInfo(repo=task.repo, number=task.issue_number, title=task.title, body=task.body,
                          author=fresh.author, labels=fresh.labels, comments=trusted, url=fresh.url,
                          comments_left_out=left_out)
@@ -212,7 +223,7 @@ class Pipeline:
             transcript=transcript,
             system=system_prompt(profile, repo=task.repo, branch=workspace.branch),
             should_stop=should_stop,
-            on_event=self.progress,
+            on_event=self._agent_event,
             redact=self.redact,
             allowed_tools=profile.tools,
         )
@@ -243,6 +254,7 @@ class Pipeline:
             should_stop()  # past a soft time limit this raises (workers.watchdog)
             self._move(held, TaskState.TESTING, f"running `{test_command}`")
             self.progress(f"tests: {test_command}")
+            self._status(state="testing", tests=f"running `{test_command}`")
             assert self.sandbox is not None
             self.tests = run_tests(test_command, self.sandbox, self.paths,
                                    self._limits(config.test_timeout, network=self.profile.command_network))
@@ -250,6 +262,7 @@ class Pipeline:
             if self.tests.passed or round_number == self.settings.repair_rounds:
                 return self.tests
             self._move(held, TaskState.RUNNING, f"repair round {round_number + 1}: {self.tests.headline()}")
+            self._status(state="running", tests=f"{self.tests.headline()}; repairing")
             assert self.agent is not None
             self._checked(self.agent.run(repair_message(self.tests.headline(), self.tests.output,
                                                         round_number + 1, self.settings.repair_rounds)))
@@ -279,12 +292,25 @@ class Pipeline:
         return Outcome(TaskState.PR_OPEN.value, detail, pr=published.pr)
 
     def _announce(self, published: Published, request: PublishRequest, branch: str) -> list[str]:
-        """Label and comment on the issue; what failed comes back to go into the recorded detail."""
+        """Label the issue and write the progress comment's last state; what failed goes into the detail."""
         pr = published.pr
-        text = f"forgecrew {'opened' if pr.created else 'updated'} a pull request for this issue: {pr.url}"
-        if request.tests_fail and request.tests:
-            text += "\n\n" + tests_failing_advice(request.tests, branch)
-        return [problem for problem in (self.notes.label(StatusLabel.PR_OPEN), self.notes.comment(text)) if problem]
+        advice = tests_failing_advice(request.tests, branch) if request.tests_fail and request.tests else ""
+        written = self._status(final=True, state="pr_open", pr=f"{pr.url} ({'opened' if pr.created else 'updated'})",
+                               tests=request.tests.headline() if request.tests else "no tests found", advice=advice)
+        return [problem for problem in (self.notes.label(StatusLabel.PR_OPEN), written) if problem]
+
+    def _agent_event(self, message: str) -> None:
+        self.progress(message)
+        if self.agent is not None:
+            self._status(state="running", turns=self.agent.budget.turns)
+
+    def _status(self, *, final: bool = False, **facts: object) -> str | None:
+        """The progress comment, with the run's tokens and cost so far; None without an issue."""
+        if self.status is None:
+            return None
+        if self.agent is not None:
+            facts.update(usage=self.agent.usage, cost=self.agent.cost)
+        return self.status.update(final=final, **facts)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -305,7 +331,7 @@ class Pipeline:
         with self.db.session() as session:
             row = load_fenced(session, held)
             return TaskSnapshot(row.id, row.repo, row.issue_number, row.title, row.body, row.specialty,
-                                row.branch, row.attempt)
+                                row.branch, row.attempt, row.progress_comment_id)
 
     def _fence(self, held: Claim) -> None:
         """Raise LeaseLost unless this worker still holds the task (and push its lease forward)."""
@@ -338,6 +364,7 @@ class Pipeline:
         if (self.workspaces.task_dir(task.id) / "metadata.json").exists():
             # from now on `workspaces gc` counts the retention, so the directory stays to be looked at
             self.workspaces.load(task.id).mark_finished("cancelled")
+        self._status(final=True, state="cancelled", reason=str(exc), advice="")
         return Outcome(CANCELLED, str(exc))
 
     def _fail(self, task: TaskSnapshot, held: Claim, reason: str) -> None:
@@ -355,8 +382,11 @@ class Pipeline:
         if (workspace_dir / "metadata.json").exists():
             self.workspaces.load(task.id).mark_finished("failed")
         self.notes.label(StatusLabel.FAILED)
-        self.notes.comment(f"forgecrew could not finish this issue.\n\n> {reason[:1500]}\n\n"
-                           "Fix the cause and add the `forgecrew` label again to retry.")
+        advice = "Fix the cause, then comment `/forgecrew retry` or add the `forgecrew` label again."
+        if self.status is not None:
+            self._status(final=True, state="failed", reason=reason, advice=advice)
+        else:
+            self.notes.comment(f"forgecrew could not finish this issue.\n\n> {reason[:1500]}\n\n{advice}")
 
 
 def _pr_detail(published: Published, request: PublishRequest, branch: str, problems: list[str]) -> str:

@@ -16,6 +16,10 @@ class ForgeError(ForgecrewError):
     """A forge call failed in a way a person must look at (permissions, missing repo, ...)."""
 
 
+class CommentGone(ForgeError):
+    """The comment to edit no longer exists (a person deleted it)."""
+
+
 class PushRejected(ForgeError):
     """The forge refused the branch push (protected branch, missing permission, conflict)."""
 
@@ -76,7 +80,13 @@ class Forge(Protocol):
 
     def has_write_access(self, repo: str, username: str) -> bool: ...
 
-    def comment(self, repo: str, number: int, body: str) -> None: ...
+    def comment(self, repo: str, number: int, body: str) -> int:
+        """Post a comment on issue or PR `number`; its id, to edit it later."""
+        ...
+
+    def edit_comment(self, repo: str, number: int, comment_id: int, body: str) -> None:
+        """Replace the body of comment `comment_id`; CommentGone when it was deleted."""
+        ...
 
     def react(self, repo: str, number: int, comment_id: int, content: str) -> None:
         """Put a reaction (eyes, +1, confused, ...) on a comment of issue or PR `number`: an acknowledgement."""

@@ -20,7 +20,7 @@ from github.PullRequest import PullRequest
 from github.Repository import Repository
 
 from common.errors import SettingsError
-from common.forge.base import ForgeError, IssueComment, IssueInfo, PullRequestInfo, PushRejected
+from common.forge.base import CommentGone, ForgeError, IssueComment, IssueInfo, PullRequestInfo, PushRejected
 from common.gitsafe import GitCredential, run_git
 from common.settings import Settings
 from common.specialties import StatusLabel
@@ -365,9 +365,18 @@ class GitHubForge:
                 return False
         return permission in WRITE_PERMISSIONS
 
-    def comment(self, repo: str, number: int, body: str) -> None:
+    def comment(self, repo: str, number: int, body: str) -> int:
         with self._errors(f"commenting on #{number}", repo, not_found=self._missing_issue(repo, number)):
-            self._repo(repo).get_issue(number).create_comment(body)
+            return int(self._repo(repo).get_issue(number).create_comment(body).id)
+
+    def edit_comment(self, repo: str, number: int, comment_id: int, body: str) -> None:
+        try:
+            with self._errors(f"editing comment {comment_id} on #{number}", repo):
+                self._repo(repo).get_issue(number).get_comment(comment_id).edit(body)
+        except ForgeError as exc:
+            if isinstance(exc.__cause__, GithubException) and exc.__cause__.status == 404:
+                raise CommentGone(f"comment {comment_id} on {repo}#{number} was deleted") from exc
+            raise
 
     def react(self, repo: str, number: int, comment_id: int, content: str) -> None:
         with self._errors(f"reacting to comment {comment_id} on #{number}", repo,

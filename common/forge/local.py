@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from common.forge.base import ForgeError, IssueComment, IssueInfo, PullRequestInfo, PushRejected
+from common.forge.base import CommentGone, ForgeError, IssueComment, IssueInfo, PullRequestInfo, PushRejected
 from common.gitsafe import GitCredential, run_git
 from common.settings import Settings
 from common.specialties import StatusLabel
@@ -133,8 +133,17 @@ class LocalForge:
         """Whoever can write to the directory is trusted; there are no accounts."""
         return True
 
-    def comment(self, repo: str, number: int, body: str) -> None:
-        self.add_comment(repo, number, body, author=self.bot_name)
+    def comment(self, repo: str, number: int, body: str) -> int:
+        return self.add_comment(repo, number, body, author=self.bot_name)
+
+    def edit_comment(self, repo: str, number: int, comment_id: int, body: str) -> None:
+        with self._locked(repo):
+            record = self.issue_record(repo, number)
+            found = [c for c in record["comments"] if c.get("id") == comment_id]
+            if not found:
+                raise CommentGone(f"comment {comment_id} on {repo}#{number} was deleted")
+            found[0].update(body=body, edited_at=_now())
+            self._save_issue(repo, record)
 
     def react(self, repo: str, number: int, comment_id: int, content: str) -> None:
         """Kept on the issue's record, as {comment id: [contents]}."""
@@ -232,12 +241,14 @@ class LocalForge:
             self._save_issue(repo, record)
         return self.get_issue(repo, number)
 
-    def add_comment(self, repo: str, number: int, body: str, *, author: str) -> None:
-        """Append a comment by `author` (people's commands in tests; forgecrew's own via comment())."""
+    def add_comment(self, repo: str, number: int, body: str, *, author: str) -> int:
+        """Append a comment by `author` (people's commands in tests; forgecrew's own via comment()); its id."""
         with self._locked(repo):
             record = self.issue_record(repo, number)
-            record["comments"].append({"author": author, "body": body, "at": _now()})
+            comment_id = max([0, *(c.get("id", 0) for c in record["comments"])]) + 1
+            record["comments"].append({"id": comment_id, "author": author, "body": body, "at": _now()})
             self._save_issue(repo, record)
+            return comment_id
 
     def issue_record(self, repo: str, number: int) -> dict[str, Any]:
         """The stored issue as a dict: title, body, author, labels, comments, url."""

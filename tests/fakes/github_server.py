@@ -407,7 +407,7 @@ class FakeGitHub:
             APP_TOKEN_OP: self._create_token, "rate-limit/get": self._rate_limit, "repos/get": self._get_repo,
             "repos/get-collaborator-permission-level": self._permission,
             "reactions/create-for-issue-comment": self._react, "issues/get": self._get_issue,
-            "issues/get-comment": self._get_comment,
+            "issues/get-comment": self._get_comment, "issues/update-comment": self._update_comment,
             "issues/list-comments": self._list_comments, "issues/create-comment": self._create_comment,
             "issues/add-labels": self._add_labels, "issues/remove-label": self._remove_label,
             "pulls/list": self._list_pulls, "pulls/create": self._create_pull, "pulls/update": self._update_pull,
@@ -463,6 +463,11 @@ class FakeGitHub:
 
     def _get_comment(self, params: dict[str, str], query: dict[str, str], body: Any) -> tuple[int, Any, dict]:
         repo, issue, comment = self._find_comment(params)
+        return 200, self._comment_json(repo, issue, comment), {}
+
+    def _update_comment(self, params: dict[str, str], query: dict[str, str], body: Any) -> tuple[int, Any, dict]:
+        repo, issue, comment = self._find_comment(params)
+        comment.update(body=body["body"], edits=comment.get("edits", 0) + 1)
         return 200, self._comment_json(repo, issue, comment), {}
 
     def _react(self, params: dict[str, str], query: dict[str, str], body: Any) -> tuple[int, Any, dict]:

@@ -140,6 +140,9 @@ def test_a_reader_is_refused_once_and_nothing_changes(client: TestClient, github
     post(client, second)
     wait_for(lambda: finished(db, second["comment"]["id"]), what="the second refusal")
     assert command_row(db, second["comment"]["id"]).state == "refused"
+    with db.session() as session:
+        outcomes = set(session.scalars(select(WebhookDelivery.outcome)))
+    assert outcomes == {"refused: reader has no write access"}
     [reply] = replies(github)  # answered once, not twice
     assert "write access" in reply
     with db.session() as session:

@@ -21,7 +21,7 @@ from sqlalchemy import and_, or_, select, update
 from common.db import Database, db_now
 from common.errors import ForgecrewError
 from common.forge.base import Forge
-from common.models import CommentCommand, Task
+from common.models import CommentCommand, Task, WebhookDelivery
 from common.specialties import profiles
 from common.transitions import record_note
 from coordinator.conversation.parse import HELP
@@ -127,10 +127,15 @@ class CommandRunner:
         return reply
 
     def _finish(self, command_id: int, state: str, reply: str | None) -> None:
+        """The command's end, also on its delivery's row, where `forgecrew webhook` shows outcomes."""
         with self.db.session() as session:
             row = session.get(CommentCommand, command_id)
             assert row is not None
             row.state, row.reply, row.finished_at = state, reply, db_now(session)
+            verdict = (f"refused: {row.author} has no write access" if state == "refused"
+                       else f"command {row.id} done: {row.name}")
+            session.execute(update(WebhookDelivery).where(WebhookDelivery.delivery_id == row.delivery_id)
+                            .values(outcome=verdict).execution_options(synchronize_session=False))
 
     def _act(self, command: CommentCommand) -> str:
         actor = f"comment:{command.author}"

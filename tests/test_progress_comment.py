@@ -116,6 +116,8 @@ def test_a_failed_edit_keeps_the_state_for_the_next_update(settings: Settings, d
         assert problem is not None and "403" in problem and comment.pending
         [status] = github.issue(REPO, 3).comments
         assert "working" in status["body"]  # the failed edit changed nothing
+        edits = len(github.calls("PATCH"))
+        assert comment.update(state="failed") is None and len(github.calls("PATCH")) == edits  # spaced, too
         comment.update(final=True)
         [status] = github.issue(REPO, 3).comments
         assert "failed" in status["body"] and "tests failed" in status["body"] and not comment.pending

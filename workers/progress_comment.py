@@ -58,7 +58,8 @@ class ProgressComment:
             if self.comment_id is None:
                 self.comment_id = self.forge.comment(self.repo, self.number, body)
                 self._remember(self.comment_id)
-        except ForgeError as exc:
+        except ForgeError as exc:  # a failed try is spaced like an edit: no request per step against a refusal
+            self.written_at = self.clock()
             log.warning("task %s: progress comment not updated (%s); the next update tries again", self.task_id, exc)
             return f"could not update the progress comment: {exc}"
         self.written_at, self.pending = self.clock(), False

@@ -123,8 +123,9 @@ class Pipeline:
             self.status = ProgressComment(self.forge, self.redact, self.db, task_id=task.id, repo=task.repo,
                                           number=task.issue_number, comment_id=task.progress_comment_id,
                                           interval=self.settings.progress_edit_interval_seconds)
-            self._status(state="running", specialty=task.specialty, attempt=task.attempt, turns=0, tests="",
-                         pr="", reason="", advice="")
+            # written at the agent's first step, not here: the first model request waits for no forge call
+            self.status.facts.update(state="running", specialty=task.specialty, attempt=task.attempt, turns=0,
+                                     tests="", pr="", reason="", advice="")
         issue = self._issue(task)
         branch = task.branch or branch_name(task.issue_number, issue.title, task_id=task.id)
         self._update(held, branch=branch)

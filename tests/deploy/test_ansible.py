@@ -99,6 +99,7 @@ def cluster_vars(wheel: Path, github_url: str, git_url: str, model_url: str) -> 
     from tests.support import SECRET
 
     return {
+        "ansible_python_interpreter": "/usr/bin/python3",
         "forgecrew_common_wheel": str(wheel),
         "forgecrew_redis_password": REDIS_PASSWORD, "forgecrew_common_broker_password": REDIS_PASSWORD,
         "forgecrew_postgresql_password": DATABASE_PASSWORD, "forgecrew_common_database_password": DATABASE_PASSWORD,
@@ -236,6 +237,16 @@ def test_a_converged_cluster_turns_a_webhook_into_a_pr_and_takes_a_new_worker_ho
                                 cluster.exec(coordinator, "forgecrew", "workers").stdout,
                                 timeout=90, what=f"workers {everyone}")
             print(f"forgecrew workers on {coordinator}:\n{online}")
+
+            # draining a host: its workers stop (finishing what they run) and stay stopped
+            drained = run_playbook(inventory, "--limit", frontend, "-e", "forgecrew_worker_drain=true")
+            timings["drain one host"] = drained.seconds
+            assert drained.returncode == 0, drained.output[-6000:]
+            assert cluster.exec(frontend, "systemctl", "is-enabled", "forgecrew-worker@frontend",
+                                check=False).stdout.strip() == "disabled"
+            wait_until(lambda: f"frontend@{frontend}" not in worker_names(cluster, coordinator), timeout=60,
+                       what=f"frontend@{frontend} to leave")
+            print(f"drain {frontend}: {drained.seconds:.0f}s, changed {drained.changed()}")
         finally:
             for relay in relays:
                 relay.close()

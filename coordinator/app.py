@@ -16,6 +16,7 @@ from coordinator import health
 from coordinator.agents import WorkerWatcher
 from coordinator.api import api_router
 from coordinator.conversation.runner import CommandRunner
+from coordinator.followups.runner import FollowupRunner
 from coordinator.metrics import endpoint as metrics
 from coordinator.operations import Operations
 from coordinator.services import build_services
@@ -34,6 +35,9 @@ def create_app(settings: Settings, *, run_reconciler: bool = True) -> FastAPI:
     commands = CommandRunner(services.db, Operations(services.db, services.dispatcher, services.celery),
                              lambda installation_id: make_forge(settings, installation_id))
     services.reconciler.sweeps.append(commands.sweep)
+    followups = FollowupRunner(services.db, services.dispatcher, lambda installation_id: make_forge(settings, installation_id),
+                               permissions=commands.permissions)
+    services.reconciler.sweeps.append(followups.sweep)
     watcher = WorkerWatcher(services.celery)  # worker heartbeats, for /api/v1/agents and /metrics
 
     @asynccontextmanager
@@ -53,6 +57,7 @@ def create_app(settings: Settings, *, run_reconciler: bool = True) -> FastAPI:
             watcher.stop()
             app.state.intake.stop()  # writes the deliveries already read; their answers still go out
             commands.stop()
+            followups.stop()
             services.sender.stop()  # publishes what is queued; the reconciler resends what it cannot
             if thread:
                 thread.join(timeout=10)
@@ -62,6 +67,7 @@ def create_app(settings: Settings, *, run_reconciler: bool = True) -> FastAPI:
     app.state.services = services
     app.state.intake = GroupCommit(services)
     app.state.commands = commands
+    app.state.followups = followups
     app.include_router(endpoint.api)
     app.include_router(health.api)
     app.state.worker_watcher = watcher

@@ -19,6 +19,7 @@ from common.states import TaskState
 from common.transitions import record_note, transition
 from workers.agent import Agent, AgentResult
 from workers.budget import Budget
+from workers import followup as followups
 from workers.issue_notes import IssueNotes
 from workers.progress_comment import MARKER as PROGRESS_MARKER
 from workers.progress_comment import ProgressComment
@@ -83,10 +84,12 @@ class Pipeline:
         self.tests: TestResult | None = None
         self.sandbox: Sandbox | None = None
         self.status: ProgressComment | None = None
+        self.followup: followups.FollowupJob | None = None
 
     def run(self, held: Claim, should_stop: Callable[[], str | None] = lambda: None) -> Outcome:
         task = self._snapshot(held)
-        run_id = self.run_id = start_run(self.db, held)
+        self.followup = followups.running_followup(self.db, task.id)  # queued by the coordinator for a review
+        run_id = self.run_id = start_run(self.db, held, kind="followup" if self.followup else "attempt")
         self.notes = IssueNotes(None, self.redact, task.repo, task.issue_number)
         outcome = Outcome(TaskState.FAILED.value)
         try:
@@ -106,6 +109,8 @@ class Pipeline:
         finally:
             if outcome.state == TaskState.FAILED:
                 self._fail(task, held, outcome.reason)
+            if self.followup is not None:
+                self._end_followup(task, outcome)
             finish_run(self.db, held, run_id, outcome=outcome.state, detail=self.redact(outcome.reason),
                        agent=self.agent, tests=self.tests, sandbox=self.sandbox.name if self.sandbox else None)
         return outcome
@@ -143,6 +148,8 @@ class Pipeline:
         result = self._agent_run(task, issue, workspace, config, test_command, should_stop)
         tests = self._test_and_repair(held, test_command, config, result, should_stop)
         should_stop()  # past a soft time limit this raises (workers.watchdog): no publish after it
+        if self.followup is not None:
+            return self._publish_followup(task, held, workspace, tests)
         return self._publish(task, held, workspace, issue, tests)
 
     def _issue(self, task: TaskSnapshot) -> IssueInfo:
@@ -182,6 +189,7 @@ class Pipeline:
         try:
             workspace = self.workspaces.prepare(task.id, task.repo, self.forge.clone_url(task.repo), branch,
                                                 credential=self.forge.git_credential(task.repo),
+                                                start_from_branch=self.followup is not None,  # the PR's head
                                                 owner=getattr(getattr(self.sandbox, "config", None), "run_as", None))
         except CloneFailed as exc:
             raise RunFailed(f"clone failed: {exc}") from None
@@ -216,7 +224,8 @@ class Pipeline:
         transcript = Transcript(workspace.transcript_path, self.redact)
         # one file per task, appended by every run: this line starts this run's part of it
         transcript.record("run", run_id=self.run_id, task_id=task.id, attempt=task.attempt,
-                          specialty=profile.name, branch=workspace.branch, model=self.settings.model)
+                          specialty=profile.name, branch=workspace.branch, model=self.settings.model,
+                          followup=self.followup.id if self.followup else None)
         self.agent = Agent(
             llm=self.llm_factory(),
             toolbox=self._toolbox(profile, budget),
@@ -229,8 +238,14 @@ class Pipeline:
             allowed_tools=profile.tools,
         )
         self.progress(f"agent ({profile.name}, model {self.settings.model}) started")
-        message = task_message(issue, workspace.checkout, instructions=instruction_files(workspace.checkout),
-                               extra=config.instructions, test_command=test_command)
+        if self.followup is not None:
+            feedback, left_out = followups.trusted_feedback(self.forge, task.repo, self.followup)
+            message = followups.followup_message(
+                self.followup, title=issue.title, feedback=feedback, left_out=left_out, test_command=test_command,
+                diff=followups.pr_diff(workspace.mirror, workspace.base_sha, workspace.head_sha))
+        else:
+            message = task_message(issue, workspace.checkout, instructions=instruction_files(workspace.checkout),
+                                   extra=config.instructions, test_command=test_command)
         return self._checked(self.agent.run(message))
 
     def _checked(self, result: AgentResult) -> AgentResult:
@@ -291,6 +306,45 @@ class Pipeline:
         if request.tests_fail and tests:
             self.progress(tests_failing_advice(tests, workspace.branch))
         return Outcome(TaskState.PR_OPEN.value, detail, pr=published.pr)
+
+    def _publish_followup(self, task: TaskSnapshot, held: Claim, workspace: Workspace,
+                          tests: TestResult | None) -> Outcome:
+        """A new commit on the same branch and PR (workers/followup.py); the task goes back to pr_open."""
+        job = self.followup
+        assert job is not None and self.agent is not None
+        summary = self.last_result.summary if self.last_result else ""
+        self.progress(f"follow-up {job.id}: commit and push to {workspace.branch}")
+        result = followups.publish_followup(self.forge, self.settings, workspace, job, repo=task.repo,
+                                            summary=self.redact(summary), tests=tests, redact=self.redact,
+                                            fence=lambda: self._fence(held))
+        workspace.mark_finished("pr_open")
+        pushed = f"pushed {result.commit[:12]}" if result.commit else "changed nothing"
+        detail = self.redact(f"follow-up {job.id} {pushed} on pull request #{job.pr_number}"
+                             + "".join(f"; {problem}" for problem in result.problems))
+        with self.db.session() as session:
+            row = load_fenced(session, held)
+            transition(session, row, TaskState.PR_OPEN, actor=held.owner, detail=detail[:1000])
+            release(row)
+        reply = self.redact(followups.reply_text(job, result, summary, tests))
+        problems = followups.post_reply(self.forge, task.repo, job, reply)
+        self._status(final=True, state="pr_open", pr=f"#{job.pr_number} ({pushed} for a follow-up)",
+                     tests=tests.headline() if tests else "no tests found", advice="")
+        return Outcome(TaskState.PR_OPEN.value, detail + "".join(f"; {p}" for p in problems))
+
+    def _end_followup(self, task: TaskSnapshot, outcome: Outcome) -> None:
+        """The follow-up's own record; a failed one is said on the PR, whose task can take the next one."""
+        job = self.followup
+        assert job is not None
+        if outcome.state == TaskState.PR_OPEN:
+            followups.finish_followup(self.db, job.id, state="done", reply=outcome.reason)
+            return
+        if outcome.state == "lease_lost":
+            return  # the run goes on elsewhere: the new holder finishes the follow-up
+        followups.finish_followup(self.db, job.id, state="failed", reply=outcome.reason)
+        forge = getattr(self, "forge", None)
+        if forge is not None:
+            followups.post_reply(forge, task.repo, job, self.redact(
+                f"@{job.author} this follow-up did not work: {outcome.reason[:1500]}"))
 
     def _announce(self, published: Published, request: PublishRequest, branch: str) -> list[str]:
         """Label the issue and write the progress comment's last state; what failed goes into the detail."""

@@ -11,9 +11,10 @@ from workers.testrun import TestResult
 USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 
 
-def start_run(db: Database, held: Claim) -> int:
+def start_run(db: Database, held: Claim, *, kind: str = "attempt") -> int:
+    """`kind`: attempt (the issue's work) or followup (a review's), each with its own tokens and transcript part."""
     with db.session() as session:
-        run = TaskRun(task_id=held.task_id, attempt=held.attempt, worker=held.owner)
+        run = TaskRun(task_id=held.task_id, attempt=held.attempt, worker=held.owner, kind=kind)
         session.add(run)
         session.flush()
         return run.id

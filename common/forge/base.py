@@ -53,6 +53,28 @@ class PullRequestInfo:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ReviewNote:
+    """A review's verdict and body, or one review comment on a line of a file (path and line set)."""
+
+    id: int
+    author: str
+    body: str
+    state: str = ""  # a review's: CHANGES_REQUESTED, COMMENTED, APPROVED
+    path: str = ""
+    line: int | None = None
+    review_id: int | None = None
+    in_reply_to: int | None = None
+
+
+@dataclass(frozen=True)
+class PullFeedback:
+    """What people said on a pull request: its reviews and its review comments, oldest first."""
+
+    reviews: tuple[ReviewNote, ...] = ()
+    comments: tuple[ReviewNote, ...] = ()
+
+
 class Forge(Protocol):
     """Each method is idempotent where the pipeline may repeat it (retries, redeliveries)."""
 
@@ -108,4 +130,12 @@ class Forge(Protocol):
 
     def mark_ready_for_review(self, repo: str, number: int) -> None:
         """Take a draft PR out of draft (a later run's tests pass); a PR already ready stays so."""
+        ...
+
+    def pull_feedback(self, repo: str, number: int) -> PullFeedback:
+        """The reviews and review comments of pull request `number` (pulls/list-reviews, list-review-comments)."""
+        ...
+
+    def reply_to_review_comment(self, repo: str, number: int, comment_id: int, body: str) -> None:
+        """Answer review comment `comment_id` in its own thread (pulls/create-reply-for-review-comment)."""
         ...

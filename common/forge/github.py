@@ -20,7 +20,8 @@ from github.PullRequest import PullRequest
 from github.Repository import Repository
 
 from common.errors import SettingsError
-from common.forge.base import CommentGone, ForgeError, IssueComment, IssueInfo, PullRequestInfo, PushRejected
+from common.forge.base import (CommentGone, ForgeError, IssueComment, IssueInfo, PullFeedback, PullRequestInfo,
+                               PushRejected, ReviewNote)
 from common.gitsafe import GitCredential, run_git
 from common.settings import Settings
 from common.specialties import StatusLabel
@@ -438,6 +439,27 @@ class GitHubForge:
             pull = self._repo(repo).get_pull(number)
             if pull.draft:
                 pull.mark_ready_for_review()
+
+    def pull_feedback(self, repo: str, number: int) -> PullFeedback:
+        """Bots' reviews and comments (forgecrew's own replies among them) are left out."""
+        with self._errors(f"reading the reviews of pull request #{number}", repo,
+                          not_found=f"pull request #{number} not found in {repo}"):
+            pull = self._repo(repo).get_pull(number)
+            reviews = tuple(
+                ReviewNote(id=r.id, author=r.user.login, body=r.body or "", state=r.state or "")
+                for r in pull.get_reviews() if r.user is not None and not self._is_bot(r.user.login, r.user.type))
+            comments = tuple(
+                ReviewNote(id=c.id, author=c.user.login, body=c.body or "", path=c.path or "",
+                           line=c.line if c.line is not None else c.original_line,
+                           review_id=c.pull_request_review_id, in_reply_to=c.in_reply_to_id)
+                for c in pull.get_review_comments()
+                if c.user is not None and not self._is_bot(c.user.login, c.user.type))
+        return PullFeedback(reviews, comments)
+
+    def reply_to_review_comment(self, repo: str, number: int, comment_id: int, body: str) -> None:
+        with self._errors(f"replying to review comment {comment_id} on #{number}", repo,
+                          not_found=f"review comment {comment_id} on #{number} of {repo} not found"):
+            self._repo(repo).get_pull(number).create_review_comment_reply(comment_id, body)
 
     @staticmethod
     def _open_pr(gh_repo: Repository, repo: str, branch: str) -> PullRequest | None:

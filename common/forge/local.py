@@ -21,7 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from common.forge.base import CommentGone, ForgeError, IssueComment, IssueInfo, PullRequestInfo, PushRejected
+from common.forge.base import (CommentGone, ForgeError, IssueComment, IssueInfo, PullFeedback, PullRequestInfo,
+                               PushRejected, ReviewNote)
 from common.gitsafe import GitCredential, run_git
 from common.settings import Settings
 from common.specialties import StatusLabel
@@ -134,7 +135,28 @@ class LocalForge:
         return True
 
     def comment(self, repo: str, number: int, body: str) -> int:
+        """On an issue's record, or on a pull request's when `number` is a PR (its conversation)."""
+        if any(pull["number"] == number for pull in self.pull_requests(repo)):
+            return self._add_to_pull(repo, number, "comments", {"author": self.bot_name, "body": body})
         return self.add_comment(repo, number, body, author=self.bot_name)
+
+    def pull_feedback(self, repo: str, number: int) -> PullFeedback:
+        pull = self._pull(repo, number)
+        people = lambda items: [i for i in items if i["author"] != self.bot_name]
+        reviews = tuple(ReviewNote(id=r["id"], author=r["author"], body=r["body"], state=r["state"])
+                        for r in people(pull.get("reviews", [])))
+        comments = tuple(ReviewNote(id=c["id"], author=c["author"], body=c["body"], path=c.get("path", ""),
+                                    line=c.get("line"), review_id=c.get("review_id"), in_reply_to=c.get("in_reply_to"))
+                         for c in people(pull.get("review_comments", [])))
+        return PullFeedback(reviews, comments)
+
+    def reply_to_review_comment(self, repo: str, number: int, comment_id: int, body: str) -> None:
+        thread = next((c for c in self._pull(repo, number).get("review_comments", []) if c["id"] == comment_id), None)
+        if thread is None:
+            raise ForgeError(f"review comment {comment_id} on {repo}#{number} not found")
+        self._add_to_pull(repo, number, "review_comments", {"author": self.bot_name, "body": body,
+                                                            "path": thread.get("path", ""), "line": thread.get("line"),
+                                                            "in_reply_to": comment_id})
 
     def edit_comment(self, repo: str, number: int, comment_id: int, body: str) -> None:
         with self._locked(repo):
@@ -203,7 +225,37 @@ class LocalForge:
             change(pull)
             _write_json(state / "pulls.json", pulls)
 
+    def _pull(self, repo: str, number: int) -> dict[str, Any]:
+        pull = next((p for p in self.pull_requests(repo) if p["number"] == number), None)
+        if pull is None:
+            raise ForgeError(f"pull request #{number} not found in {repo}")
+        return pull
+
+    def _add_to_pull(self, repo: str, number: int, key: str, item: dict[str, Any]) -> int:
+        """Append `item` to one list of a pull request's record, with an id unique in the repository; the id."""
+        added: list[int] = []
+
+        def change(pull: dict[str, Any]) -> None:
+            state = self.state_dir(repo)
+            counter = state / "review-ids"
+            next_id = int(counter.read_text()) + 1 if counter.is_file() else 1
+            counter.write_text(str(next_id))
+            pull.setdefault(key, []).append({"id": next_id, "at": _now(), **item})
+            added.append(next_id)
+
+        self._edit_pull(repo, number, change)
+        return added[0]
+
     # -- helpers for tests, `forgecrew run` and docs -----------------------------------------
+    def add_review(self, repo: str, number: int, *, author: str, state: str, body: str = "",
+                   comments: tuple[dict[str, Any], ...] = ()) -> int:
+        """A person's review of pull request `number` (state CHANGES_REQUESTED, COMMENTED, APPROVED) with
+        line comments ({path, line, body}); the review's id."""
+        review_id = self._add_to_pull(repo, number, "reviews", {"author": author, "state": state, "body": body})
+        for comment in comments:
+            self._add_to_pull(repo, number, "review_comments", {"author": author, "review_id": review_id, **comment})
+        return review_id
+
     def create_repo(self, repo: str, source_dir: str | Path | None = None, *,
                     default_branch: str = "main") -> Path:
         """Make the bare repo, optionally with one commit holding `source_dir`'s files."""

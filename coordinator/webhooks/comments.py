@@ -11,6 +11,7 @@ from __future__ import annotations
 from common.models import CommentCommand
 from coordinator.conversation.parse import parse
 from coordinator.intake import repo_allowed
+from coordinator.webhooks.followups import COMMENT, record_followup, task_of_pr
 from coordinator.webhooks.router import Delivery, Outcome, Router
 
 router = Router()
@@ -27,6 +28,12 @@ def on_comment(delivery: Delivery) -> Outcome:
     command = parse(comment.get("body") if isinstance(comment.get("body"), str) else None)
     if command is None:
         return Outcome("ignored: no forgecrew command in the comment")
+    if isinstance(issue.get("pull_request"), dict) and command.name in ("unknown", "request"):
+        # on a forgecrew PR, words that are no command and an @mention's request are instructions
+        task = task_of_pr(delivery, repo, int(issue["number"]), None)
+        if task is not None:
+            author = str((comment.get("user") or {}).get("login") or delivery.sender.get("login") or "?")
+            return record_followup(delivery, task, COMMENT, command.argument, author=author)
     row = CommentCommand(
         delivery_id=delivery.delivery_id, repo=repo, number=int(issue["number"]), comment_id=int(comment["id"]),
         author=str((comment.get("user") or {}).get("login") or delivery.sender.get("login") or "?")[:100],

@@ -46,6 +46,7 @@ class Answer:
     dispatch_task_id: int | None = None
     send: Any = None  # the prepared send of that task (coordinator.sender.Send)
     command_id: int | None = None  # a comment command to carry out after the commit
+    followup_id: int | None = None  # a follow-up to check and start after the commit
 
 
 async def read_capped(request: Request, limit: int) -> bytes:
@@ -88,6 +89,8 @@ async def github_webhook(
         background.add_task(services.dispatcher.dispatch, answer.dispatch_task_id)
     if answer.command_id is not None:
         request.app.state.commands.submit(answer.command_id)
+    if answer.followup_id is not None:
+        request.app.state.followups.submit(answer.followup_id)
     return JSONResponse(answer.body, status_code=answer.status)
 
 
@@ -122,6 +125,7 @@ def process_delivery(services: Services, headers: dict[str, str], body: bytes, *
         outcome.task_id if outcome.dispatch else None,
         outcome.extra.get("send"),
         outcome.extra.get("command_id"),
+        outcome.extra.get("followup_id"),
     )
 
 

@@ -135,6 +135,8 @@ class FakeIssue:
     head_owner: str = ""
     base: str = ""
     draft: bool = False
+    reviews: list[dict[str, Any]] = field(default_factory=list)  # pull requests': id, login, state, body
+    review_comments: list[dict[str, Any]] = field(default_factory=list)  # id, login, path, line, body, review_id
 
 
 @dataclass
@@ -254,6 +256,26 @@ class FakeGitHub:
             comment = {"id": self._comment_ids, "body": body, "login": author, "type": kind, "at": _now_iso()}
             self.repos[full_name].issues[number].comments.append(comment)
             return comment
+
+    def add_review(self, full_name: str, number: int, *, author: str, state: str, body: str = "",
+                   comments: tuple[dict[str, Any], ...] = ()) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """A submitted review (state CHANGES_REQUESTED, COMMENTED, APPROVED) with line comments ({path, line, body})."""
+        with self._lock:
+            pull = self.repos[full_name].issues[number]
+            self._comment_ids += 1
+            review = {"id": self._comment_ids, "login": author, "state": state, "body": body, "at": _now_iso()}
+            pull.reviews.append(review)
+            added = [self._add_review_comment(pull, author, review_id=review["id"], **c) for c in comments]
+            return review, added
+
+    def _add_review_comment(self, pull: FakeIssue, author: str, *, path: str, line: int | None, body: str,
+                            review_id: int | None = None, in_reply_to: int | None = None,
+                            kind: str = "User") -> dict[str, Any]:
+        self._comment_ids += 1
+        comment = {"id": self._comment_ids, "login": author, "type": kind, "path": path, "line": line, "body": body,
+                   "review_id": review_id, "in_reply_to": in_reply_to, "at": _now_iso()}
+        pull.review_comments.append(comment)
+        return comment
 
     def set_permission(self, full_name: str, username: str, role: str) -> None:
         """role: admin, maintain, write, triage, read or none."""
@@ -412,6 +434,8 @@ class FakeGitHub:
             "issues/add-labels": self._add_labels, "issues/remove-label": self._remove_label,
             "pulls/list": self._list_pulls, "pulls/create": self._create_pull, "pulls/update": self._update_pull,
             "pulls/get": self._get_pull, GRAPHQL_OP: self._graphql,
+            "pulls/list-reviews": self._list_reviews, "pulls/list-review-comments": self._list_review_comments,
+            "pulls/create-reply-for-review-comment": self._reply_to_review_comment,
         }
 
     def _repo(self, params: dict[str, str]) -> FakeRepo:
@@ -544,6 +568,43 @@ class FakeGitHub:
     def _get_pull(self, params: dict[str, str], query: dict[str, str], body: Any) -> tuple[int, Any, dict]:
         repo, issue = self._issue(params, "pull_number")
         return 200, self._pull_json(repo, issue), {}
+
+    def _list_reviews(self, params: dict[str, str], query: dict[str, str], body: Any) -> tuple[int, Any, dict]:
+        repo, pull = self._issue(params, "pull_number")
+        items = []
+        for review in pull.reviews:
+            data = copy.deepcopy(self._example("pull-request-review-items", repo.full_name, pull.number)[0])
+            data.update(id=review["id"], body=review["body"], state=review["state"], user=self._user(review["login"]),
+                        submitted_at=review["at"], node_id=f"PRR_{review['id']}")
+            items.append(data)
+        return self._page(items, query, f"/repos/{repo.full_name}/pulls/{pull.number}/reviews")
+
+    def _list_review_comments(self, params: dict[str, str], query: dict[str, str],
+                              body: Any) -> tuple[int, Any, dict]:
+        repo, pull = self._issue(params, "pull_number")
+        items = [self._review_comment_json(repo, pull, c) for c in pull.review_comments]
+        return self._page(items, query, f"/repos/{repo.full_name}/pulls/{pull.number}/comments")
+
+    def _reply_to_review_comment(self, params: dict[str, str], query: dict[str, str],
+                                 body: Any) -> tuple[int, Any, dict]:
+        """GitHub answers 404 for a reply to a comment that is not a top-level comment of this pull request."""
+        repo, pull = self._issue(params, "pull_number")
+        parent = next((c for c in pull.review_comments if str(c["id"]) == params["comment_id"]), None)
+        if parent is None or parent["in_reply_to"] is not None:
+            raise Reply(404, error_body(404, "Not Found"))
+        login, kind = self._caller
+        comment = self._add_review_comment(pull, login, path=parent["path"], line=parent["line"], body=body["body"],
+                                           review_id=None, in_reply_to=parent["id"], kind=kind)
+        return 201, self._review_comment_json(repo, pull, comment), {}
+
+    def _review_comment_json(self, repo: FakeRepo, pull: FakeIssue, comment: dict[str, Any]) -> dict[str, Any]:
+        data = copy.deepcopy(self._example("pull-request-review-comment", repo.full_name, pull.number))
+        data.update(id=comment["id"], body=comment["body"], path=comment["path"], line=comment["line"],
+                    original_line=comment["line"], pull_request_review_id=comment["review_id"],
+                    in_reply_to_id=comment["in_reply_to"], user=self._user(comment["login"], comment["type"]),
+                    created_at=comment["at"], updated_at=comment["at"], node_id=f"PRRC_{comment['id']}",
+                    url=f"{self.api_url}/repos/{repo.full_name}/pulls/comments/{comment['id']}")
+        return data
 
     def _graphql(self, params: dict[str, str], query: dict[str, str], body: Any) -> tuple[int, Any, dict]:
         """markPullRequestReadyForReview only; GraphQL reports errors with status 200, as GitHub does."""

@@ -1,0 +1,1 @@
+"""Review follow-ups: checked and started by the coordinator, run by the workers."""

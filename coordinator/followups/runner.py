@@ -1,0 +1,175 @@
+"""Check recorded follow-ups and start them, one per pull request at a time, in the order they came.
+
+Runs in the coordinator after the delivery's commit (and from the reconciler's sweep, for what a
+coordinator that died left behind). A follow-up is `received` until its author's write access is
+known (the cached collaborator-permission check comment commands use); then `pending`, or
+`refused` (recorded, never run). A task whose PR is open and that runs no follow-up takes the
+oldest pending one: it moves pr_open -> queued with an event naming it and is sent; the worker
+that claims the task finds that `running` follow-up and runs it (workers/followup.py). The next
+one starts when the task is back on pr_open.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+from sqlalchemy import and_, func, select, update
+
+from common.db import Database, db_now
+from common.forge.base import Forge, ForgeError
+from common.models import Followup, Task, WebhookDelivery
+from common.states import TaskState
+from common.transitions import transition
+from coordinator.conversation.runner import PermissionCache
+from coordinator.dispatch import Dispatcher
+
+log = logging.getLogger(__name__)
+ACTOR = "followups"
+PENDING_GRACE_SECONDS = 10.0
+STARTED = ("running", "done", "failed")  # what counts against MAX_FOLLOWUPS_PER_PR
+# A task can take its next follow-up from these states (a failed follow-up leaves its PR open).
+IDLE = (TaskState.PR_OPEN.value, TaskState.FAILED.value)
+
+
+class FollowupRunner:
+    def __init__(self, db: Database, dispatcher: Dispatcher, forge_for: Callable[[int | None], Forge], *,
+                 permissions: PermissionCache | None = None, threads: int = 1) -> None:
+        self.db, self.dispatcher, self.forge_for = db, dispatcher, forge_for
+        self.permissions = permissions or PermissionCache()
+        # one thread: two follow-ups of one PR are decided in the order they were submitted
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="followups")
+
+    def submit(self, followup_id: int) -> None:
+        self._pool.submit(self._logged, followup_id)
+
+    def stop(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=False)
+
+    def sweep(self) -> list[int]:
+        """Decide what the pool never got, and start the next follow-up of every idle task; the reconciler calls this."""
+        with self.db.session() as session:
+            settled = db_now(session) - timedelta(seconds=PENDING_GRACE_SECONDS)
+            received = list(session.scalars(select(Followup.id).where(
+                Followup.state == "received", Followup.created_at < settled).order_by(Followup.id).limit(100)))
+            waiting = list(session.scalars(select(Followup.task_id).join(Task, Task.id == Followup.task_id).where(
+                Followup.state == "pending", Task.state.in_(IDLE)).distinct()))
+        for followup_id in received:
+            self._logged(followup_id)
+        for task_id in waiting:
+            self.start_next(task_id)
+        return received
+
+    def _logged(self, followup_id: int) -> None:
+        try:
+            self.decide(followup_id)
+        except Exception:  # one follow-up's failure must not end the pool; the sweep takes it again
+            log.exception("follow-up %s could not be decided; it stays for the reconciler", followup_id)
+
+    def decide(self, followup_id: int) -> str | None:
+        """Check the author, apply the cap, then start the task's next follow-up; the new state, or None when taken."""
+        with self.db.session() as session:
+            claimed = session.execute(update(Followup).where(Followup.id == followup_id, Followup.state == "received")
+                                      .values(state="checking").execution_options(synchronize_session=False)).rowcount
+            row = session.get(Followup, followup_id) if claimed else None
+            if row is None:
+                return None
+            task = session.get(Task, row.task_id)
+            assert task is not None
+            repo, number, author, installation = task.repo, task.pr_number, row.author, row.installation_id
+        forge = self.forge_for(installation)
+        try:
+            allowed = self.permissions.allowed(forge, repo, author)
+        except ForgeError:
+            self._set(followup_id, "received")  # unknown yet: the sweep asks again
+            raise
+        if not allowed:
+            log.info("follow-up %s from %s on %s refused: no write access", followup_id, author, repo)
+            self._set(followup_id, "refused", reply=f"{author} has no write access to {repo}",
+                      outcome=f"refused: {author} has no write access")
+            return "refused"
+        sibling = self._same_review(followup_id)
+        if sibling is not None:
+            self._set(followup_id, "merged", reply=f"handled with follow-up {sibling}",
+                      outcome=f"follow-up {followup_id} merged into {sibling} (same review)")
+            return "merged"
+        if self._over_cap(followup_id):
+            limit = self.db.settings.max_followups_per_pr
+            reply = (f"@{author} forgecrew has already made {limit} follow-up run(s) on this pull request "
+                     "(MAX_FOLLOWUPS_PER_PR); a person is needed from here.")
+            self._set(followup_id, "refused", reply=reply, outcome=f"refused: over {limit} follow-ups")
+            if number is not None:
+                forge.comment(repo, number, reply)
+            return "refused"
+        self._set(followup_id, "pending", outcome=f"follow-up {followup_id} pending")
+        self.start_next(self._task_id(followup_id))
+        return "pending"
+
+    def start_next(self, task_id: int) -> int | None:
+        """Move an idle task with a pending follow-up to queued and send it; the follow-up started, if any."""
+        with self.db.session() as session:
+            task = session.get(Task, task_id, with_for_update=True)
+            if task is None or task.state not in IDLE or task.pr_number is None:
+                return None
+            busy = session.scalar(select(func.count()).select_from(Followup).where(
+                Followup.task_id == task_id, Followup.state == "running"))
+            if busy:
+                return None
+            row = session.scalars(select(Followup).where(Followup.task_id == task_id, Followup.state == "pending")
+                                  .order_by(Followup.id).limit(1)).first()
+            if row is None:
+                return None
+            row.state = "running"
+            if row.review_id is not None:  # a review's comments arrive as deliveries of their own: one run for all
+                session.execute(update(Followup).where(
+                    Followup.task_id == task_id, Followup.review_id == row.review_id, Followup.id != row.id,
+                    Followup.state.in_(("received", "pending"))).values(
+                    state="merged", reply=f"handled with follow-up {row.id}", finished_at=db_now(session))
+                    .execution_options(synchronize_session=False))
+            transition(session, task, TaskState.QUEUED, actor=ACTOR,
+                       detail=f"follow-up {row.id}: {row.kind} by {row.author} on pull request #{task.pr_number}")
+            task.failure_reason, task.dispatched_at = None, None
+            started = row.id
+        self.dispatcher.dispatch(task_id, actor=ACTOR)  # a broker outage: the reconciler resends it
+        log.info("task %s: follow-up %s started", task_id, started)
+        return started
+
+    def _same_review(self, followup_id: int) -> int | None:
+        """A follow-up of the same review already waiting or running: GitHub sends a review and each of its comments apart."""
+        with self.db.session() as session:
+            row = session.get(Followup, followup_id)
+            assert row is not None
+            if row.review_id is None:
+                return None
+            return session.scalar(select(Followup.id).where(
+                Followup.task_id == row.task_id, Followup.review_id == row.review_id, Followup.id != row.id,
+                Followup.state.in_(("pending", "running"))).order_by(Followup.id).limit(1))
+
+    def _over_cap(self, followup_id: int) -> bool:
+        with self.db.session() as session:
+            row = session.get(Followup, followup_id)
+            assert row is not None
+            earlier = session.scalar(select(func.count()).select_from(Followup).where(
+                Followup.task_id == row.task_id, Followup.id != row.id,
+                Followup.state.in_((*STARTED, "pending"))))
+        return int(earlier or 0) >= self.db.settings.max_followups_per_pr
+
+    def _task_id(self, followup_id: int) -> int:
+        with self.db.session() as session:
+            return int(session.scalar(select(Followup.task_id).where(Followup.id == followup_id)))
+
+    def _set(self, followup_id: int, state: str, *, reply: str | None = None, outcome: str | None = None) -> None:
+        """The follow-up's state, and its delivery's recorded outcome (what `forgecrew webhook` shows)."""
+        with self.db.session() as session:
+            row = session.get(Followup, followup_id)
+            assert row is not None
+            row.state = state
+            if reply is not None:
+                row.reply = reply
+            if state in ("refused", "merged"):
+                row.finished_at = db_now(session)
+            if outcome is not None:
+                session.execute(update(WebhookDelivery).where(and_(WebhookDelivery.delivery_id == row.delivery_id))
+                                .values(outcome=outcome).execution_options(synchronize_session=False))

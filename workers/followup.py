@@ -1,0 +1,204 @@
+"""A follow-up run: the agent changes an open pull request again, as its reviewers asked.
+
+The coordinator marks one follow-up of a task `running` when it queues the task
+(coordinator/followups/runner.py); the worker that claims the task finds it here. The run starts
+from the PR's branch head (a person's commits on it included), the agent sees the PR's diff, the
+review comments of people with write access and the follow-up's instructions, and the result is a
+new commit on the same branch, pushed only if the branch is still where the run found it: never a
+second PR, never a force over someone's commits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+
+from common.db import Database, db_now
+from common.errors import ForgecrewError
+from common.forge.base import Forge, ForgeError, PullFeedback, PushRejected, ReviewNote
+from common.gitsafe import run_git
+from common.models import Followup, Task
+from common.redact import Redactor
+from common.settings import Settings
+from common.specialties import TESTS_FAILING_LABEL
+from workers.change import build_change
+from workers.testrun import TestResult
+from workers.workspace import Workspace
+
+log = logging.getLogger(__name__)
+DIFF_LIMIT = 40_000
+NOTE_LIMIT = 4_000
+
+
+class FollowupPushRejected(ForgecrewError):
+    """Someone pushed to the PR's branch while the follow-up ran; nothing of theirs was overwritten."""
+
+
+@dataclass(frozen=True)
+class FollowupJob:
+    id: int
+    kind: str  # review, comment, ci
+    author: str
+    instructions: str
+    review_id: int | None
+    comment_id: int | None
+    pr_number: int
+
+
+@dataclass(frozen=True)
+class FollowupResult:
+    commit: str | None  # None: the agent changed nothing
+    files: tuple[str, ...]
+    problems: tuple[str, ...] = ()
+
+
+def running_followup(db: Database, task_id: int) -> FollowupJob | None:
+    """The follow-up the coordinator started for this task, if this run is one."""
+    with db.session() as session:
+        row = session.scalars(select(Followup).where(Followup.task_id == task_id, Followup.state == "running")
+                              .order_by(Followup.id).limit(1)).first()
+        task = session.get(Task, task_id)
+        if row is None or task is None or task.pr_number is None:
+            return None
+        return FollowupJob(row.id, row.kind, row.author, row.instructions, row.review_id, row.comment_id,
+                           task.pr_number)
+
+
+def finish_followup(db: Database, followup_id: int, *, state: str, reply: str) -> None:
+    with db.session() as session:
+        row = session.get(Followup, followup_id)
+        if row is not None and row.state == "running":
+            row.state, row.reply, row.finished_at = state, reply[:4000], db_now(session)
+
+
+def trusted_feedback(forge: Forge, repo: str, job: FollowupJob) -> tuple[PullFeedback, int]:
+    """The PR's reviews and review comments by people with write access; how many others were left out."""
+    try:
+        feedback = forge.pull_feedback(repo, job.pr_number)
+    except ForgeError as exc:
+        log.info("follow-up %s: reviews of #%s not readable (%s)", job.id, job.pr_number, exc)
+        return PullFeedback(), 0
+    allowed: dict[str, bool] = {}
+    for author in {note.author for note in (*feedback.reviews, *feedback.comments)}:
+        try:
+            allowed[author] = author == job.author or forge.has_write_access(repo, author)
+        except ForgeError:
+            allowed[author] = False
+    keep = lambda notes: tuple(n for n in notes if allowed[n.author])
+    kept = PullFeedback(keep(feedback.reviews), keep(feedback.comments))
+    left_out = len(feedback.reviews) + len(feedback.comments) - len(kept.reviews) - len(kept.comments)
+    return kept, left_out
+
+
+def pr_diff(mirror: Path | None, base_sha: str, head_sha: str, limit: int = DIFF_LIMIT) -> str:
+    """The PR's change against its base, from the host's mirror (never the agent's checkout)."""
+    if mirror is None or not base_sha or not head_sha:
+        return ""
+    done = run_git(["--git-dir", str(mirror), "diff", "--no-color", "--no-ext-diff", f"{base_sha}...{head_sha}"])
+    if done.returncode != 0:
+        log.info("diff of %s...%s failed: %s", base_sha, head_sha, done.stderr.strip())
+        return ""
+    text = done.stdout
+    return text if len(text) <= limit else text[:limit] + f"\n… (diff trimmed at {limit} characters)"
+
+
+def followup_message(job: FollowupJob, *, title: str, diff: str, feedback: PullFeedback, left_out: int,
+                     test_command: str | None) -> str:
+    """The first user message of a follow-up run: what the PR is, what it changes and what people asked."""
+    parts = [f"# Follow-up on pull request #{job.pr_number}: {title}",
+             ("This pull request is yours (forgecrew's). People reviewed it; change the code as they ask. "
+              "The checkout is the PR's branch as it is now."),
+             "## The pull request's diff against its base\n```diff\n" + (diff or "(empty)") + "\n```"]
+    reviews = [_review_text(r) for r in feedback.reviews if r.body.strip() or r.state]
+    if reviews:
+        parts.append("## Reviews\n" + "\n\n".join(reviews))
+    comments = [_comment_text(c) for c in feedback.comments]
+    if comments:
+        parts.append("## Review comments (file, line, what was said)\n" + "\n\n".join(comments))
+    if left_out:
+        parts.append(f"({left_out} review(s) or comment(s) by people without write access were left out.)")
+    parts.append(f"## What {job.author} asked for (this follow-up)\n" + (job.instructions.strip()
+                                                                          or "Address the review comments above."))
+    if test_command:
+        parts.append(f"## Tests\nforgecrew will run `{test_command}` after you finish; a failure comes back to you.")
+    parts.append("Make the requested changes, then call finish with a short summary of what you changed.")
+    return "\n\n".join(parts)
+
+
+def publish_followup(forge: Forge, settings: Settings, workspace: Workspace, job: FollowupJob, *, repo: str,
+                     summary: str, tests: TestResult | None, redact: Redactor,
+                     fence: Callable[[], None]) -> FollowupResult:
+    """A new commit on the PR's branch on top of the head the run started from; the PR itself stays the same."""
+    message = f"Follow-up on #{job.pr_number}: {job.kind} by {job.author}\n\n{summary.strip()[:2000]}\n"
+    change = build_change(workspace, redact(message), author=(settings.bot_name, settings.bot_email),
+                          contains_secret=redact.contains)
+    if change is None:
+        return FollowupResult(None, ())
+    files = _changed_files(change.git_dir, change.parent, change.commit)
+    fence()
+    try:
+        forge.push_branch(repo, source=change.git_dir, commit=change.commit, branch=workspace.branch,
+                          expected=workspace.remote_branch_sha)
+    except PushRejected as exc:
+        raise FollowupPushRejected(
+            f"{workspace.branch} moved while the follow-up ran (someone pushed to it), so nothing was pushed and "
+            f"nothing of theirs was overwritten; comment `@forgecrew <what to change>` on #{job.pr_number} to run "
+            f"the follow-up again on the new head ({exc})") from None
+    workspace.record_push(change.commit)
+    problems: list[str] = []
+    failing = tests is not None and not tests.passed
+    try:
+        forge.label_pull_request(repo, job.pr_number, TESTS_FAILING_LABEL, failing)
+    except ForgeError as exc:
+        problems.append(f"could not update the {TESTS_FAILING_LABEL} label: {exc}")
+    return FollowupResult(change.commit, files, tuple(problems))
+
+
+def reply_text(job: FollowupJob, result: FollowupResult, summary: str, tests: TestResult | None) -> str:
+    if result.commit is None:
+        return f"@{job.author} I looked at this and changed nothing:\n\n{summary.strip()[:3000]}"
+    listed = "\n".join(f"- `{path}`" for path in result.files[:50])
+    verdict = "no tests found" if tests is None else ("✅ " if tests.passed else "❌ ") + tests.headline()
+    return (f"@{job.author} pushed {result.commit[:12]} to this pull request.\n\n{summary.strip()[:3000]}\n\n"
+            f"Files changed:\n{listed}\n\nTests: {verdict}")
+
+
+def post_reply(forge: Forge, repo: str, job: FollowupJob, text: str) -> list[str]:
+    """In the thread of the review comment that asked, else on the PR's conversation."""
+    problems: list[str] = []
+    if job.comment_id is not None:
+        try:
+            forge.reply_to_review_comment(repo, job.pr_number, job.comment_id, text)
+            return problems
+        except ForgeError as exc:  # e.g. the comment was deleted: the PR's conversation still hears it
+            problems.append(f"could not reply in review thread {job.comment_id}: {exc}")
+    try:
+        forge.comment(repo, job.pr_number, text)
+    except ForgeError as exc:
+        problems.append(f"could not comment on #{job.pr_number}: {exc}")
+    return problems
+
+
+def _changed_files(git_dir: Path, parent: str, commit: str) -> tuple[str, ...]:
+    done = run_git(["--git-dir", str(git_dir), "diff-tree", "-r", "-z", "--no-renames", "--name-only", parent,
+                    commit])
+    return tuple(sorted(name for name in done.stdout.split("\0") if name)) if done.returncode == 0 else ()
+
+
+def _review_text(review: ReviewNote) -> str:
+    state = review.state.replace("_", " ").lower() or "commented"
+    return f"{review.author} ({state}): {_quoted(review.body) or '(no text)'}"
+
+
+def _comment_text(comment: ReviewNote) -> str:
+    where = f"`{comment.path}`" + (f" line {comment.line}" if comment.line is not None else "")
+    reply = " (a reply in the thread)" if comment.in_reply_to is not None else ""
+    return f"{where}, {comment.author}{reply}: {_quoted(comment.body)}"
+
+
+def _quoted(text: str) -> str:
+    return text.strip()[:NOTE_LIMIT]

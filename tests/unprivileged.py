@@ -38,7 +38,9 @@ def closed_ancestor(path: Path) -> Path | None:
 def prefix(uid: int = UID, *, home: Path) -> list[str]:
     """A command-line prefix that runs what follows as `uid` (and its group), with no capabilities."""
     masks = sorted({closed for path in needed_paths() if (closed := closed_ancestor(path)) is not None})
-    args = [shutil.which("bwrap") or "bwrap", "--dev-bind", "/", "/", "--die-with-parent"]
+    # --cap-add ALL keeps the full capability bounding set that a user's process on a host has (bwrap run
+    # as root would empty it); setpriv's change of uid still leaves the worker no capability at all
+    args = [shutil.which("bwrap") or "bwrap", "--dev-bind", "/", "/", "--die-with-parent", "--cap-add", "ALL"]
     for mask in masks:
         args += ["--perms", "0755", "--tmpfs", str(mask)]
     for path in needed_paths():

@@ -4,9 +4,8 @@ The sandbox always has a network namespace of its own. When a phase is granted n
 repository's setup that installs dependencies), slirp4netns gives that namespace a tap device
 whose traffic leaves through ordinary sockets of slirp4netns on the host (run as the worker's
 user, which may open /dev/net/tun and join the namespace, and confined by its own
---enable-sandbox and --enable-seccomp), with `--disable-host-loopback` so the gateway 10.0.2.2
-is not the host's 127.0.0.1. slirp4netns
-itself would still connect anywhere the host can reach (a Redis on the LAN, the host's own
+--enable-seccomp, and --enable-sandbox too for a root worker), with `--disable-host-loopback`
+so the gateway 10.0.2.2 is not the host's 127.0.0.1. slirp4netns itself would still connect anywhere the host can reach (a Redis on the LAN, the host's own
 public address), so before the command starts an nftables filter inside the sandbox's
 namespace rejects every destination but the public internet: loopback, RFC 1918 and the other
 special ranges, every address and on-link network of the host's interfaces, and what the
@@ -159,7 +158,7 @@ class UserNetwork:
         try:
             self.slirp = subprocess.Popen(
                 [self.tools.slirp4netns, "--configure", "--mtu=65520", "--disable-host-loopback",
-                 "--enable-sandbox", "--enable-seccomp", f"--ready-fd={ready_write}", f"--exit-fd={exit_read}",
+                 *_confinement(), f"--ready-fd={ready_write}", f"--exit-fd={exit_read}",
                  "--netns-type=path", *_join_owner("--userns-path", owner_fd), f"/proc/self/fd/{net_fd}", "tap0"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                 pass_fds=(ready_write, exit_read, net_fd, owner_fd), start_new_session=True)
@@ -205,6 +204,16 @@ class UserNetwork:
                 self.slirp.wait()
             if self.slirp.stderr is not None:
                 self.slirp.stderr.close()
+
+
+def _confinement() -> list[str]:
+    """slirp4netns's own confinement: seccomp always; its mount sandbox only for a root worker.
+
+    --enable-sandbox makes slirp4netns's parent join the sandbox's user namespace and become its
+    gid 0, which bubblewrap maps only for root (an unprivileged worker's namespace maps its own gid
+    alone), so there it fails with "setegid(0)" and the command would get no network at all.
+    """
+    return ["--enable-sandbox", "--enable-seccomp"] if os.geteuid() == 0 else ["--enable-seccomp"]
 
 
 def _join_owner(option: str, owner_fd: int) -> list[str]:

@@ -35,6 +35,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent))
 
 import psycopg
 
@@ -48,6 +49,8 @@ from coordinator.intake import NewTask, create_task
 from coordinator.triage import TriageDecision
 from tests import redis_slots
 from tests.fakes.anthropic_server import DEFAULT_KEY, FakeAnthropic, tool_use
+
+from bench_cluster import release_cluster  # noqa: E402
 
 PG_ADMIN = os.environ.get("FORGECREW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("FORGECREW_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -155,14 +158,8 @@ class Bench:
         LocalForge(self.settings).create_repo(REPO, source)
 
     def close(self) -> None:
-        self.db.dispose()
-        self.model.stop()
-        import redis
-
-        redis.Redis.from_url(self.settings.broker_url).flushdb()
-        self.slot.release()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+        release_cluster(db=self.db, model=self.model, broker_url=self.settings.broker_url, slot=self.slot,
+                        db_name=self.db_name, pg_admin=PG_ADMIN)
 
     def env(self) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith("FORGECREW_")}

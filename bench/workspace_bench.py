@@ -14,7 +14,10 @@ Figures (raw samples, for bench/run.py):
 - overhead.p50_s: webhook to pr_open with a zero-latency scripted model (write a file, finish),
   minus the test command's time (the generated repository has none).
 
-Series workspace_vs_size: full clone, workspace time and disk for 1k-100k files (fewer with --quick).
+Series workspace_vs_size: full clone, workspace time and disk for 1k-100k files (fewer with --quick),
+one turn each below the largest size, whose point reuses the turns above: a second round of 100k-file
+clones is what kept a full run (`bench/run.py --only workspace`) from finishing in 12 minutes.
+Label → model and overhead take max(repeats, 5) tasks (3 with --quick), each after a refill.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent))
 
 import repo_generator  # noqa: E402
+from bench_cluster import release_cluster  # noqa: E402
 
 REPO = "Codertocat/Hello-World"  # the repository of the recorded webhook payloads
 PG_ADMIN = os.environ.get("FORGECREW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -121,13 +125,18 @@ def size_series(sizes: tuple[int, ...], work: Path, repeats: int) -> list[dict[s
     points = []
     for files in sizes:
         source = repo_generator.ensure_repo(files)
-        turns = workspace_turns(source, work / f"size-{files}", repeats)
-        points.append({"files": files, "workspace_s": statistics.median(turns["workspace.workspace_s"]),
-                       "full_clone_s": statistics.median(turns["workspace.full_clone_s"]),
-                       "disk_mb": round(statistics.median(turns["workspace.disk_ratio"]) * turns["checkout_bytes"][0] / 1e6, 1),
-                       "checkout_mb": round(turns["checkout_bytes"][0] / 1e6, 1)})
+        points.append(_point(files, workspace_turns(source, work / f"size-{files}", repeats)))
         shutil.rmtree(work / f"size-{files}", ignore_errors=True)
     return points
+
+
+def _point(files: int, turns: dict[str, list[float]]) -> dict[str, Any]:
+    """One point of the workspace-vs-size plot from workspace_turns' samples (the largest reuses the main turns)."""
+    checkout = turns["checkout_bytes"][0]
+    return {"files": files, "workspace_s": statistics.median(turns["workspace.workspace_s"]),
+            "full_clone_s": statistics.median(turns["workspace.full_clone_s"]),
+            "disk_mb": round(statistics.median(turns["workspace.disk_ratio"]) * checkout / 1e6, 1),
+            "checkout_mb": round(checkout / 1e6, 1)}
 
 
 class Cluster:
@@ -220,17 +229,10 @@ class Cluster:
         raise RuntimeError(f"bench task {task_id} did not finish in {timeout:g} s:\n{self.processes[-1].log()[-3000:]}")
 
     def close(self) -> None:
-        import psycopg
-        import redis
-
         for process in reversed(self.processes):
             process.stop()
-        self.db.dispose()
-        self.model.stop()
-        redis.Redis.from_url(self.settings.broker_url).flushdb()
-        self.slot.release()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+        release_cluster(db=self.db, model=self.model, broker_url=self.settings.broker_url, slot=self.slot,
+                        db_name=self.db_name, pg_admin=PG_ADMIN)
 
 
 def label_to_model(source: Path, work: Path, repeats: int) -> dict[str, list[float]]:
@@ -261,9 +263,11 @@ def measure(*, quick: bool, repeats: int) -> dict[str, Any]:
         work = Path(tmp)
         os.chmod(work, 0o755)
         figures = workspace_turns(source, work / "turns", max(repeats, 1))
+        largest = _point(files, figures)
         figures.pop("checkout_bytes")
-        figures.update(label_to_model(source, work / "cluster", max(repeats, 3) if quick else max(repeats, 10)))
-        series = size_series(repo_generator.sizes(quick=quick), work / "sweep", 1 if quick else max(1, repeats // 2))
+        figures.update(label_to_model(source, work / "cluster", max(repeats, 3) if quick else max(repeats, 5)))
+        smaller = tuple(size for size in repo_generator.sizes(quick=quick) if size != files)
+        series = size_series(smaller, work / "sweep", 1) + [largest]
     return {"figures": figures, "series": {"workspace_vs_size": series}}
 
 

@@ -15,6 +15,8 @@ then is the commit made, as the bot identity, with the run's commit as its only 
 from __future__ import annotations
 
 import fnmatch
+import logging
+import os
 import posixpath
 import shutil
 import subprocess
@@ -25,6 +27,7 @@ from pathlib import Path
 from common.errors import ForgecrewError
 from common.gitsafe import base_env, run_git, write_config
 from common.redact import TOKEN_PATTERNS
+from workers.dir_snapshot import DirSnapshot, new_name_candidates
 from workers.workspace import GitFailed, Workspace
 
 DENIED_PATTERNS = (".env", ".env.*", "*.pem", "*.key", "id_rsa*", "id_ed25519*", "id_ecdsa*", "id_dsa*",
@@ -32,6 +35,9 @@ DENIED_PATTERNS = (".env", ".env.*", "*.pem", "*.key", "id_rsa*", "id_ed25519*",
 TEMPLATE_SUFFIXES = (".example", ".sample", ".template", ".dist")
 MAX_FILE_BYTES = 50 * 1024 * 1024
 LINK_MODE, GITLINK_MODE = "120000", "160000"
+MAX_CANDIDATES = 5000  # more new names than this: one walk of the tree is cheaper than matching them all
+MAX_PATHSPEC_BYTES = 512 * 1024  # paths go on git's command line: well within the kernel's limit
+log = logging.getLogger(__name__)
 
 
 class ChangeRefused(ForgecrewError):
@@ -64,9 +70,10 @@ def build_change(workspace: Workspace, message: str, *, author: tuple[str, str],
         # the checkout's stat data from before the agent ran: `add` hashes only files whose stat changed
         # (ctime included, which no process can set back), and the tree still comes from this index alone
         shutil.copy2(workspace.clean_index, git.git_dir / "index")  # its mtime too: racy-git checks need it
+        _stage_changes(git, workspace, DirSnapshot.load(workspace.clean_dirs))
     else:
         git.ok("read-tree", parent)
-    git.ok("add", "--all", "--", ".")
+        git.ok("add", "--all", "--", ".")
     tree = git.ok("write-tree").strip()
     if tree == git.ok("rev-parse", f"{parent}^{{tree}}").strip():
         return None
@@ -84,6 +91,44 @@ def build_change(workspace: Workspace, message: str, *, author: tuple[str, str],
     base = workspace.base_sha or parent
     files = git.ok("diff-tree", "-r", "-z", "--no-renames", "--name-only", base, tree).split("\0")
     return Change(commit, parent, sorted(path for path in files if path), git.git_dir)
+
+
+def _stage_changes(git: _PrivateGit, workspace: Workspace, snapshot: DirSnapshot | None) -> None:
+    """Stage the checkout over clean.index, telling git which paths changed instead of walking the tree.
+
+    Measured at 100,000 files, `git add --all` spent about half its time opening every directory for
+    untracked files. `diff-files` still stats every tracked file (edits, deletions, modes, files
+    turned into links; no index write), new files can only be under directories the snapshot saw
+    change or never saw (workers/dir_snapshot.py), and one `update-index` stages both. Without a
+    snapshot of this commit, or whenever the short cut meets a case it does not handle as `add` would,
+    the whole tree is walked as before.
+    """
+    paths = None
+    if snapshot is not None and snapshot.commit == workspace.clean_index_sha:
+        try:
+            paths = _changed_paths(git, workspace.checkout, snapshot)
+            if paths is not None:
+                git.with_paths("update-index", "--add", "--remove", "--replace", paths=paths)
+        except (GitFailed, OSError) as exc:  # e.g. a directory the agent made unreadable, a nested repository
+            log.warning("staging only the changed paths failed, walking the whole checkout: %s", exc)
+            paths = None
+    if paths is None:
+        git.ok("add", "--all", "--", ".")
+
+
+def _changed_paths(git: _PrivateGit, checkout: Path, snapshot: DirSnapshot) -> list[str] | None:
+    """Tracked paths whose stat changed (deletions first) and new untracked, unignored files; None: walk instead."""
+    fields = git.ok("diff-files", "-z", "--name-status").split("\0")  # measured: overlapping it with the
+    candidates = new_name_candidates(checkout, snapshot)  # directory scan only made both slower on 2 cores
+    changes = list(zip(fields[0::2], fields[1::2]))
+    deleted = [path for status, path in changes if status == "D"]
+    if any(os.path.lexists(checkout / path) for path in deleted):
+        return None  # beyond a new link, or a file turned directory: `add` knows those cases, update-index not
+    if len(candidates) > MAX_CANDIDATES or sum(len(path) + 1 for path in candidates) > MAX_PATHSPEC_BYTES:
+        return None
+    listed = git.with_paths("ls-files", "--others", "--exclude-standard", "-z", paths=candidates)
+    new = [path.rstrip("/") for path in listed.split("\0") if path]
+    return deleted + [path for status, path in changes if status != "D" and path] + new
 
 
 class _PrivateGit:
@@ -112,6 +157,10 @@ class _PrivateGit:
         if result.returncode != 0:
             raise GitFailed(f"git {args[0]} failed while building the change: {result.stderr.strip()[:500]}")
         return result.stdout
+
+    def with_paths(self, *args: str, paths: list[str]) -> str:
+        """`git args -- paths`; nothing to do, and no git run, without any paths."""
+        return self.ok(*args, "--", *paths) if paths else ""
 
     def blobs(self, shas: list[str]) -> Iterator[tuple[str, bytes]]:
         """Each blob's content, in order, from one `git cat-file --batch`."""

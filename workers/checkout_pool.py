@@ -34,9 +34,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from common.gitsafe import HARDENING, base_env, checkout_config, config_text, run_git, write_config
+from workers import dir_snapshot
 
 log = logging.getLogger(__name__)
 Owner = tuple[int, int] | None
+SNAPSHOT_NAME = "forgecrew-clean-dirs.json"  # in a ready entry's .git; moved out before any agent runs
 
 
 class CheckoutPool:
@@ -183,11 +185,32 @@ def build_checkout(mirror: Path, dest: Path, clone_url: str, owner: Owner, *, se
         if owner and not as_owner:
             give(dest, owner)  # changes every file's ctime: the refresh below then reads every file once
         if settle:  # off the task's path only: a checkout built for a waiting task is given as it is
-            time.sleep(max(0.0, 1.05 - (time.time() - (dest / ".git" / "index").stat().st_mtime)))
+            written = max(time.time(), (dest / ".git" / "index").stat().st_mtime)  # the last write to the tree
+            time.sleep(max(0.0, 1.05 - (time.time() - written)))
             git(dest, "update-index", "-q", "--refresh", check=False)
             if owner:
                 give(dest / ".git", owner)
+            dirs = git(dest, "ls-tree", "-r", "-d", "-z", "--name-only", sha).split("\0")
+            dir_snapshot.take(dest, sha, [name for name in dirs if name]).save(dest / ".git" / SNAPSHOT_NAME)
     return sha
+
+
+def move_snapshot(checkout: Path, built_at: str, start: str, written: list[str], target: Path) -> None:
+    """Move the entry's directory snapshot out of the agent's reach to `target`, for the task's start commit.
+
+    `written`: the paths moving from `built_at` to `start` wrote, whose directories publishing must list.
+    Without a snapshot of `built_at` (an entry built inline), `target` is left absent and publishing
+    lists every directory, as before.
+    """
+    source = checkout / ".git" / SNAPSHOT_NAME
+    snapshot = dir_snapshot.DirSnapshot.load(source)
+    source.unlink(missing_ok=True)
+    target.unlink(missing_ok=True)
+    if snapshot is None or snapshot.commit != built_at:
+        return
+    snapshot.mark_changed(written)
+    snapshot.commit = start
+    snapshot.save(target)
 
 
 class _Git:

@@ -54,7 +54,7 @@ from urllib.parse import urlsplit
 
 from common.errors import ForgecrewError
 from common.gitsafe import GitCredential, checkout_config, mirror_config, run_git, write_config
-from workers.checkout_pool import CheckoutPool, Owner, build_checkout, git_in, give
+from workers.checkout_pool import CheckoutPool, Owner, build_checkout, git_in, give, move_snapshot
 
 MIRROR_CONFIG = (("gc.auto", "0"), ("gc.pruneExpire", "never"), ("maintenance.auto", "false"))
 RUNNING = "running"
@@ -174,6 +174,11 @@ class Workspace:
         return self.path / "clean.index"
 
     @property
+    def clean_dirs(self) -> Path:
+        """The stat of the untouched checkout's directories (workers/dir_snapshot.py), beside clean.index."""
+        return self.path / "clean.dirs"
+
+    @property
     def home(self) -> Path:
         return self.path / "home"
 
@@ -238,7 +243,8 @@ class WorkspaceManager:
         mirror = self.mirror_path(repo)
         self._update_mirror(mirror, clone_url, credential)
         task_dir = self.task_dir(task_id)
-        for leftover in ("repo", "home", "tmp", "publish.git", "clean.index"):  # earlier runs' transcripts stay
+        leftovers = ("repo", "home", "tmp", "publish.git", "clean.index", "clean.dirs")  # earlier transcripts stay
+        for leftover in leftovers:
             if self.pool.size:
                 self.pool.discard(task_dir / leftover)
             else:
@@ -356,6 +362,7 @@ class WorkspaceManager:
         if owner:
             give(checkout, owner, changed)
             give(checkout / ".git", owner)
+        move_snapshot(checkout, current, start, changed, checkout.parent / "clean.dirs")
         # copy2 keeps the index file's mtime: git rechecks the content of entries as new as it ("racily clean")
         shutil.copy2(checkout / ".git" / "index", checkout.parent / "clean.index")
         meta = {

@@ -356,6 +356,8 @@ class WorkspaceManager:
         if current != start:
             names = git_in(checkout, "diff-tree", "-r", "-z", "--no-renames", "--name-only", current, start)
             changed = [name for name in names.split("\0") if name]
+            if not taken:  # built just now (and chowned): stat data is stale, and read-tree -m refuses such entries
+                git_in(checkout, "update-index", "-q", "--refresh", check=False)
             git_in(checkout, "read-tree", "-m", "-u", current, start)
         git_in(checkout, "update-ref", f"refs/heads/{branch}", start)
         git_in(checkout, "symbolic-ref", "HEAD", f"refs/heads/{branch}")

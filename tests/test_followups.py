@@ -7,6 +7,7 @@ the cap, and that a started one moves the task pr_open -> queued onto its queue.
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -152,3 +153,33 @@ def test_a_reviews_comments_run_as_one_follow_up(client: TestClient, db: Databas
     rows = wait_for(lambda: settled(db, 2), what="both decided")
     assert sorted(r.state for r in rows) == ["merged", "running"]
     assert rows[0].comment_id == 601 and rows[0].kind == "comment"
+
+
+def _add(db: Database, task_id: int, state: str, delivery: str) -> int:
+    with db.session() as session:
+        row = Followup(task_id=task_id, delivery_id=delivery, kind="comment", author="maintainer",
+                       instructions="x", state=state)
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def test_the_sweep_ends_what_can_never_run_and_starts_the_next(client: TestClient, db: Database,
+                                                                task_id: int) -> None:
+    stuck, waiting = _add(db, task_id, "running", "d-stuck"), _add(db, task_id, "pending", "d-waiting")
+    runner = client.app.state.followups  # type: ignore[attr-defined]
+    runner.sweep()
+    assert [r.state for r in followups(db)] == ["running", "pending"]  # a worker may be just finishing
+    with db.session() as session:  # ... but not for minutes
+        task = session.get(Task, task_id)
+        assert task is not None
+        task.updated_at = task.updated_at - timedelta(seconds=600)
+    runner.sweep()
+    rows = {r.id: r for r in followups(db)}
+    assert rows[stuck].state == "failed" and "worker stopped" in (rows[stuck].reply or "")
+    assert rows[waiting].state == "running" and task_state(db, task_id) == "queued"
+    with db.session() as session:
+        session.execute(update(Task).where(Task.id == task_id).values(state="cancelled"))
+    late = _add(db, task_id, "pending", "d-late")
+    runner.sweep()
+    assert {r.id: r.state for r in followups(db)}[late] == "failed"

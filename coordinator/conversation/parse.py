@@ -24,7 +24,9 @@ HELP = """forgecrew answers these, from people with write access to the reposito
 - `/forgecrew cancel`: stop the task (a running agent stops at its next step)
 - `/forgecrew route <specialty>`: move a task that has not started to another specialty's queue
 - `/forgecrew help`: this list
-- `@forgecrew <request>`: start a task on this issue with the request as its instruction"""
+- `@forgecrew <request>`: start a task on this issue with the request as its instruction
+- on forgecrew's pull request, `@forgecrew <what to change>` (or a review requesting changes): a follow-up \
+commit on the same pull request"""
 
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _INLINE_CODE = re.compile(r"(`+).*?\1", re.DOTALL)

@@ -29,6 +29,8 @@ from coordinator.dispatch import Dispatcher
 log = logging.getLogger(__name__)
 ACTOR = "followups"
 PENDING_GRACE_SECONDS = 10.0
+# A follow-up still `running` this long after its task went back to pr_open (or failed) lost its worker.
+ORPHAN_SECONDS = 120.0
 STARTED = ("running", "done", "failed")  # what counts against MAX_FOLLOWUPS_PER_PR
 # A task can take its next follow-up from these states (a failed follow-up leaves its PR open).
 IDLE = (TaskState.PR_OPEN.value, TaskState.FAILED.value)
@@ -56,11 +58,32 @@ class FollowupRunner:
                 Followup.state == "received", Followup.created_at < settled).order_by(Followup.id).limit(100)))
             waiting = list(session.scalars(select(Followup.task_id).join(Task, Task.id == Followup.task_id).where(
                 Followup.state == "pending", Task.state.in_(IDLE)).distinct()))
+        self._end_orphans()
         for followup_id in received:
             self._logged(followup_id)
         for task_id in waiting:
             self.start_next(task_id)
         return received
+
+    def _end_orphans(self) -> None:
+        """Follow-ups that can never run: their task ended (merged, closed, cancelled), or a worker died
+        between putting the task back and recording the follow-up's end. A stuck `running` one would
+        hold every later follow-up of its PR."""
+        with self.db.session() as session:
+            now = db_now(session)
+            ended = (TaskState.DONE.value, TaskState.CANCELLED.value)
+            for row, state in session.execute(select(Followup, Task.state).join(Task, Task.id == Followup.task_id).where(
+                    Followup.state.in_(("received", "pending", "running")),
+                    Task.state.in_((*ended, *IDLE)))).all():
+                if state in ended:
+                    row.reply = f"not run: the task is {state}"
+                elif row.state == "running" and session.get(Task, row.task_id).updated_at < now - timedelta(  # type: ignore[union-attr]
+                        seconds=ORPHAN_SECONDS):
+                    row.reply = "its run ended without recording how (the worker stopped); comment again to retry"
+                else:
+                    continue
+                row.state, row.finished_at = "failed", now
+                log.info("follow-up %s of task %s ended: %s", row.id, row.task_id, row.reply)
 
     def _logged(self, followup_id: int) -> None:
         try:

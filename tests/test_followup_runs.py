@@ -97,7 +97,7 @@ def test_a_follow_up_builds_on_a_persons_commit_and_answers_in_the_review_thread
         assert [run.kind for run in session.get(Task, task.id).runs] == ["attempt", "followup"]  # type: ignore[union-attr]
 
 
-def test_a_person_pushing_during_the_run_is_never_overwritten(
+def test_a_person_pushing_during_the_run_gets_the_change_on_top_of_their_commit(
         forge_settings: Settings, db: Database, forge: LocalForge, model: FakeAnthropic, tmp_path: Path) -> None:
     task = open_pr(forge_settings, db, forge, model)
     assert task.branch and task.pr_number
@@ -110,7 +110,39 @@ def test_a_person_pushing_during_the_run_is_never_overwritten(
 
     model.add(edit_while_pat_pushes, tool_use("finish", {"summary": "Added sub()."}))
     outcome = run_task(forge_settings, db, forge, task.id)
+    assert outcome.state == "pr_open", outcome.reason
+    assert "merged onto" in outcome.reason
+    head = branch_head(forge, task.branch)
+    assert branch_head(forge, task.branch, "^") == pushed[0]  # Pat's commit kept, ours on top of it
+    shown = subprocess.run(["git", "--git-dir", str(forge.bare_path(REPO)), "show", f"{head}:calc.py"],
+                           capture_output=True, text=True, check=True).stdout
+    theirs = subprocess.run(["git", "--git-dir", str(forge.bare_path(REPO)), "show", f"{head}:PAT.md"],
+                            capture_output=True, text=True, check=True).stdout
+    assert "def sub(a, b)" in shown and theirs == "mine\n"
+    [pull] = forge.pull_requests(REPO)
+    [said] = [c["body"] for c in pull["comments"]]
+    assert said.startswith(f"@local pushed {head[:12]}") and "the tests ran before that" in said
+    with db.session() as session:
+        row = session.get(Followup, followup_id)
+        assert row is not None and row.state == "done"
+
+
+def test_a_person_pushing_a_conflicting_change_during_the_run_is_never_overwritten(
+        forge_settings: Settings, db: Database, forge: LocalForge, model: FakeAnthropic, tmp_path: Path) -> None:
+    task = open_pr(forge_settings, db, forge, model)
+    assert task.branch and task.pr_number
+    followup_id = start_followup(db, task, instructions="add sub()")
+    pushed: list[str] = []
+
+    def edit_while_pat_pushes(request: Any) -> Any:
+        conflicting = 'def add(a, b):\n    """Sum of a and b."""\n    return b + a\n'
+        pushed.append(person_pushes(forge, task.branch or "", tmp_path, "calc.py", conflicting))
+        return tool_use("edit_file", {"path": "calc.py", "old_text": "return a + b", "new_text": SUB})
+
+    model.add(edit_while_pat_pushes, tool_use("finish", {"summary": "Added sub()."}))
+    outcome = run_task(forge_settings, db, forge, task.id)
     assert outcome.state == "failed" and "moved while the follow-up ran" in outcome.reason
+    assert "conflict in `calc.py`" in outcome.reason
     assert branch_head(forge, task.branch) == pushed[0]  # Pat's commit is the branch's head, untouched
     with db.session() as session:
         row = session.get(Followup, followup_id)

@@ -35,7 +35,7 @@ NOTE_LIMIT = 4_000
 
 
 class FollowupPushRejected(ForgecrewError):
-    """Someone pushed to the PR's branch while the follow-up ran; nothing of theirs was overwritten."""
+    """Someone pushed to the PR's branch while the follow-up ran and the change cannot go on top of theirs."""
 
 
 @dataclass(frozen=True)
@@ -140,22 +140,67 @@ def publish_followup(forge: Forge, settings: Settings, workspace: Workspace, job
         return FollowupResult(None, ())
     files = _changed_files(change.git_dir, change.parent, change.commit)
     fence()
-    try:
-        forge.push_branch(repo, source=change.git_dir, commit=change.commit, branch=workspace.branch,
-                          expected=workspace.remote_branch_sha)
-    except PushRejected as exc:
-        raise FollowupPushRejected(
-            f"{workspace.branch} moved while the follow-up ran (someone pushed to it), so nothing was pushed and "
-            f"nothing of theirs was overwritten; comment `@forgecrew <what to change>` on #{job.pr_number} to run "
-            f"the follow-up again on the new head ({exc})") from None
-    workspace.record_push(change.commit)
     problems: list[str] = []
+    commit = change.commit
+    try:
+        forge.push_branch(repo, source=change.git_dir, commit=commit, branch=workspace.branch,
+                          expected=workspace.remote_branch_sha)
+    except PushRejected:
+        # a person pushed meanwhile: build on their head, or say why not; never push over it
+        theirs, commit = on_their_head(forge, repo, workspace, change.git_dir, change.parent, commit,
+                                       message=redact(message), author=(settings.bot_name, settings.bot_email),
+                                       pr_number=job.pr_number)
+        fence()
+        try:
+            forge.push_branch(repo, source=change.git_dir, commit=commit, branch=workspace.branch, expected=theirs)
+        except PushRejected as exc:
+            raise _moved(workspace.branch, job.pr_number, str(exc)) from None
+        problems.append(f"{workspace.branch} moved during the run; the change was merged onto {theirs[:12]} "
+                        "(the tests ran before that)")
+    workspace.record_push(commit)
     failing = tests is not None and not tests.passed
     try:
         forge.label_pull_request(repo, job.pr_number, TESTS_FAILING_LABEL, failing)
     except ForgeError as exc:
         problems.append(f"could not update the {TESTS_FAILING_LABEL} label: {exc}")
-    return FollowupResult(change.commit, files, tuple(problems))
+    return FollowupResult(commit, files, tuple(problems))
+
+
+def on_their_head(forge: Forge, repo: str, workspace: Workspace, git_dir: Path, parent: str, ours: str, *,
+                  message: str, author: tuple[str, str], pr_number: int) -> tuple[str, str]:
+    """(their head, our change merged onto it as a new commit), made in the worker's private git directory.
+
+    Fails with FollowupPushRejected when their head does not contain the commit the run started
+    from (history rewritten) or when their change and ours touch the same lines.
+    """
+    branch = workspace.branch
+    fetched = run_git(["--git-dir", str(git_dir), "fetch", "--quiet", "--no-tags", forge.clone_url(repo),
+                       f"+refs/heads/{branch}:refs/forgecrew/theirs"], credential=forge.git_credential(repo))
+    if fetched.returncode != 0:
+        raise _moved(branch, pr_number, f"fetching the new head failed: {fetched.stderr.strip()[:300]}")
+    git = lambda *args, env=None: run_git(["--git-dir", str(git_dir), *args], env=env)
+    theirs = git("rev-parse", "--verify", "refs/forgecrew/theirs^{commit}").stdout.strip()
+    if git("merge-base", "--is-ancestor", parent, theirs).returncode != 0:
+        raise _moved(branch, pr_number, f"its new head {theirs[:12]} no longer contains {parent[:12]}, "
+                                        "the commit the follow-up started from")
+    merged = git("merge-tree", "--write-tree", "--name-only", "--no-messages", theirs, ours)
+    if merged.returncode != 0:
+        conflicts = ", ".join(f"`{name}`" for name in merged.stdout.splitlines()[1:20] if name)
+        raise _moved(branch, pr_number, f"their change and the follow-up's conflict in {conflicts or 'some files'}")
+    name, email = author
+    identity = {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email, "GIT_COMMITTER_NAME": name,
+                "GIT_COMMITTER_EMAIL": email}
+    made = git("commit-tree", merged.stdout.split()[0], "-p", theirs, "-m", message, env=identity)
+    if made.returncode != 0:
+        raise _moved(branch, pr_number, f"committing onto their head failed: {made.stderr.strip()[:300]}")
+    return theirs, made.stdout.strip()
+
+
+def _moved(branch: str, pr_number: int, why: str) -> FollowupPushRejected:
+    return FollowupPushRejected(
+        f"{branch} moved while the follow-up ran (someone pushed to it) and {why}; nothing was pushed and "
+        f"nothing of theirs was overwritten. Comment `@forgecrew <what to change>` on #{pr_number} to run the "
+        "follow-up again on the new head.")
 
 
 def reply_text(job: FollowupJob, result: FollowupResult, summary: str, tests: TestResult | None) -> str:
@@ -163,8 +208,9 @@ def reply_text(job: FollowupJob, result: FollowupResult, summary: str, tests: Te
         return f"@{job.author} I looked at this and changed nothing:\n\n{summary.strip()[:3000]}"
     listed = "\n".join(f"- `{path}`" for path in result.files[:50])
     verdict = "no tests found" if tests is None else ("✅ " if tests.passed else "❌ ") + tests.headline()
+    notes = "".join(f"\n\nNote: {problem}." for problem in result.problems)
     return (f"@{job.author} pushed {result.commit[:12]} to this pull request.\n\n{summary.strip()[:3000]}\n\n"
-            f"Files changed:\n{listed}\n\nTests: {verdict}")
+            f"Files changed:\n{listed}\n\nTests: {verdict}{notes}")
 
 
 def post_reply(forge: Forge, repo: str, job: FollowupJob, text: str) -> list[str]:

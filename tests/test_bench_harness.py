@@ -52,7 +52,9 @@ def test_only_takes_short_and_full_names() -> None:
 
 
 def test_issue_keys_all_have_a_row_and_a_target_where_the_issue_sets_one() -> None:
-    assert list(FIGURES) == ISSUE_KEYS
+    issue_rows = [key for key in FIGURES if key in ISSUE_KEYS]
+    assert issue_rows == ISSUE_KEYS  # every key the issue names, in its order; context rows may sit between
+    assert set(FIGURES) - set(ISSUE_KEYS) == {"intake.durable_rps", "intake.durable_ratio"}
     assert FIGURES["intake.ratio"].met(0.41) and not FIGURES["sandbox.overhead_ms"].met(20.5)
     assert FIGURES["intake.rps"].met(1.0) is None
 

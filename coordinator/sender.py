@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 
@@ -22,6 +23,10 @@ log = logging.getLogger(__name__)
 ACTOR = "dispatcher"
 # Sends recorded per transaction at most: bounded locks, and a batch is still one commit under load.
 BATCH = 200
+# How long a batch waits for more after its first task: under load one transaction records many
+# sends instead of one each; an idle coordinator sends a task this much later, long before any
+# worker could tell.
+LINGER_SECONDS = 0.005
 
 
 @dataclass
@@ -92,9 +97,10 @@ class Sender:
             first = self._queue.get()
             batch = [] if first is None else [first]
             stopping = first is None
-            while len(batch) < BATCH:
+            linger_until = time.monotonic() + LINGER_SECONDS
+            while len(batch) < BATCH and not stopping:
                 try:
-                    item = self._queue.get_nowait()
+                    item = self._queue.get(timeout=max(0.0, linger_until - time.monotonic()))
                 except queue.Empty:
                     break
                 if item is None:

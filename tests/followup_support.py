@@ -41,7 +41,7 @@ def review_comment_payload(repo: str, number: int, branch: str, *, comment_id: i
 def pr_comment_payload(repo: str, number: int, *, comment_id: int, author: str, body: str) -> dict[str, Any]:
     """issue_comment created on a pull request (the issue carries `pull_request`)."""
     data = copy.deepcopy(payload("issue_comment", "created"))
-    owner, name = repo.split("/")
+    name = repo.split("/")[1]
     data["repository"].update(full_name=repo, name=name)
     data["issue"]["number"] = number
     data["issue"]["pull_request"] = {"url": f"https://api.github.com/repos/{repo}/pulls/{number}"}

@@ -24,13 +24,25 @@ from common.settings import Settings
 from tests.conftest import settings_env
 from tests.fakes.anthropic_server import DEFAULT_KEY, FakeAnthropic, tool_use
 from tests.fakes.github_server import FakeGitHub
-from tests.followup_support import pr_comment_payload, review_comment_payload, review_payload
-from tests.sample_repo import ISSUE_BODY, ISSUE_TITLE, fixing_script, last_tool_result, write_sample
-from tests.support import Process, headers, labeled_issue, start_coordinator, start_worker, wait_for
+from tests.followup_support import (
+    pr_comment_payload,
+    review_comment_payload,
+    review_payload,
+)
+from tests.sample_repo import ISSUE_BODY, ISSUE_TITLE, fixing_script, write_sample
+from tests.support import (
+    Process,
+    headers,
+    labeled_issue,
+    start_coordinator,
+    start_worker,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 REPO = "Codertocat/Hello-World"
 TOKEN = "ghp_e2eFollowupTokenForTheFakeGitHub0123"
+MISSES: list[str] = []  # what a scripted model turn did not find in its request
 SUB = 'def sub(a, b):\n    """Difference of a and b."""\n    return a - b\n'
 
 
@@ -94,11 +106,23 @@ def _task_in(db: Database, task_id: int, state: str) -> Task | None:
         return task if task.state == state else None
 
 
-def followups_done(db: Database, count: int) -> list[Followup] | None:
-    with db.session() as session:
-        rows = list(session.scalars(select(Followup).order_by(Followup.id)))
-    assert not any(row.state == "failed" for row in rows), [row.reply for row in rows]
-    return rows if len(rows) == count and all(row.state in ("done", "refused", "merged") for row in rows) else None
+def followups_done(db: Database, count: int, processes: list[Process], timeout: float = 120) -> list[Followup]:
+    """Wait for `count` follow-ups to end; a failed one fails the test at once, with the worker's log."""
+
+    def ended() -> list[Followup] | None:
+        with db.session() as session:
+            rows = list(session.scalars(select(Followup).order_by(Followup.id)))
+        if any(row.state == "failed" for row in rows):
+            return rows
+        return rows if len(rows) == count and all(row.state in ("done", "refused", "merged") for row in rows) else None
+
+    try:
+        rows = wait_for(ended, timeout=timeout, interval=0.5, what=f"{count} follow-up(s) to end")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{processes[-1].log()[-4000:]}\n{processes[0].log()[-3000:]}") from None
+    assert not any(row.state == "failed" for row in rows), (MISSES, [row.reply for row in rows],
+                                                            processes[-1].log()[-4000:])
+    return rows
 
 
 def runs(db: Database, task_id: int) -> list[TaskRun]:
@@ -117,8 +141,10 @@ def editing(old: str, new: str, *, expect: tuple[str, ...]) -> Callable[[Any], A
     def step(request: Any) -> Any:
         content = request["messages"][0]["content"]
         first = content if isinstance(content, str) else "\n".join(block.get("text", "") for block in content)
-        for text in expect:
-            assert text in first, f"{text!r} not in the follow-up's first message"
+        missing = [text for text in expect if text not in first]
+        if missing:  # the model's reply becomes a 500: the run fails, and the test says why
+            MISSES.append(f"missing {missing} in {first[:2000]!r}")
+            raise AssertionError(f"missing {missing} in a message starting {first[:300]!r}")
         return tool_use("edit_file", {"path": "calc.py", "old_text": old, "new_text": new})
 
     return step
@@ -126,8 +152,8 @@ def editing(old: str, new: str, *, expect: tuple[str, ...]) -> Callable[[Any], A
 
 def test_a_changes_requested_review_becomes_a_second_commit_on_the_same_pr(
         cluster: Callable[[], tuple[Settings, str]], db: Database, model: FakeAnthropic, github: FakeGitHub,
-        tmp_path: Path) -> None:
-    settings, url = cluster()
+        tmp_path: Path, processes: list[Process]) -> None:
+    _, url = cluster()
     task = open_pr(db, url, model)
     [pr] = github.pulls(REPO)
     first_commit = git(tmp_path / "git", "rev-parse", task.branch)
@@ -143,7 +169,7 @@ def test_a_changes_requested_review_becomes_a_second_commit_on_the_same_pr(
         REPO, pr.number, task.branch or "", review_id=review["id"], author="reviewer",
         body="We need subtraction too."))
     assert answer["status"].startswith("follow-up ")
-    [row] = wait_for(lambda: followups_done(db, 1), timeout=120, interval=0.5, what="the follow-up")
+    [row] = followups_done(db, 1, processes)
     assert "Also delete the tests" not in json.dumps([r.body for r in model.message_requests])
 
     assert github.pulls(REPO) == [pr]  # no second PR
@@ -170,8 +196,8 @@ def test_a_changes_requested_review_becomes_a_second_commit_on_the_same_pr(
 
 def test_two_follow_ups_arriving_together_run_one_after_the_other(
         cluster: Callable[[], tuple[Settings, str]], db: Database, model: FakeAnthropic, github: FakeGitHub,
-        tmp_path: Path) -> None:
-    settings, url = cluster()
+        tmp_path: Path, processes: list[Process]) -> None:
+    _, url = cluster()
     task = open_pr(db, url, model)
     [pr] = github.pulls(REPO)
     _, [thread] = github.add_review(REPO, pr.number, author="reviewer", state="COMMENTED",
@@ -187,7 +213,7 @@ def test_two_follow_ups_arriving_together_run_one_after_the_other(
         body="Say 'sum' in the docstring.", path="calc.py", line=2, review_id=thread["review_id"]))
     deliver(url, "issue_comment", pr_comment_payload(REPO, pr.number, comment_id=99001, author="reviewer",
                                                      body="@forgecrew add sub() as well"))
-    first, second = wait_for(lambda: followups_done(db, 2), timeout=120, interval=0.5, what="both follow-ups")
+    first, second = followups_done(db, 2, processes)
     assert (first.kind, second.kind, second.instructions) == ("comment", "comment", "add sub() as well")
     _, one, two = runs(db, task.id)
     assert one.finished_at is not None and two.started_at >= one.finished_at  # one after the other

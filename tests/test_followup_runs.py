@@ -47,7 +47,7 @@ def person_pushes(forge: LocalForge, branch: str, tmp: Path, name: str, text: st
     clone = tmp / f"person-{name}"
     env = {**os.environ, "GIT_AUTHOR_NAME": "Pat", "GIT_AUTHOR_EMAIL": "pat@example.com",
            "GIT_COMMITTER_NAME": "Pat", "GIT_COMMITTER_EMAIL": "pat@example.com"}
-    run = lambda *args, cwd=clone: subprocess.run(["git", *args], cwd=cwd, env=env, check=True,  # noqa: E731
+    run = lambda *args, cwd=clone: subprocess.run(["git", *args], cwd=cwd, env=env, check=True,
                                                   capture_output=True, text=True).stdout.strip()
     run("clone", "--quiet", "--branch", branch, str(forge.bare_path(REPO)), str(clone), cwd=tmp)
     (clone / name).write_text(text)

@@ -7,8 +7,8 @@ the cap, and that a started one moves the task pr_open -> queued onto its queue.
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -22,7 +22,11 @@ from common.settings import Settings
 from coordinator.app import create_app
 from tests.factories import make_task
 from tests.fakes.github_server import FakeGitHub
-from tests.followup_support import pr_comment_payload, review_comment_payload, review_payload
+from tests.followup_support import (
+    pr_comment_payload,
+    review_comment_payload,
+    review_payload,
+)
 from tests.support import headers, wait_for
 
 pytestmark = pytest.mark.integration
@@ -183,3 +187,15 @@ def test_the_sweep_ends_what_can_never_run_and_starts_the_next(client: TestClien
     late = _add(db, task_id, "pending", "d-late")
     runner.sweep()
     assert {r.id: r.state for r in followups(db)}[late] == "failed"
+
+
+def test_a_later_follow_up_never_overtakes_one_still_being_checked(client: TestClient, db: Database,
+                                                                    task_id: int) -> None:
+    """Two coordinator processes decide two follow-ups at once; the second's check may end first."""
+    first, second = _add(db, task_id, "checking", "d-first"), _add(db, task_id, "pending", "d-second")
+    runner = client.app.state.followups  # type: ignore[attr-defined]
+    assert runner.start_next(task_id) is None and task_state(db, task_id) == "pr_open"
+    with db.session() as session:
+        session.execute(update(Followup).where(Followup.id == first).values(state="pending"))
+    assert runner.start_next(task_id) == first
+    assert {r.id: r.state for r in followups(db)} == {first: "running", second: "pending"}

@@ -54,6 +54,9 @@ class FollowupRunner:
         """Decide what the pool never got, and start the next follow-up of every idle task; the reconciler calls this."""
         with self.db.session() as session:
             settled = db_now(session) - timedelta(seconds=PENDING_GRACE_SECONDS)
+            session.execute(update(Followup).where(  # a coordinator died while checking: check again
+                Followup.state == "checking", Followup.created_at < db_now(session) - timedelta(seconds=ORPHAN_SECONDS))
+                .values(state="received").execution_options(synchronize_session=False))
             received = list(session.scalars(select(Followup.id).where(
                 Followup.state == "received", Followup.created_at < settled).order_by(Followup.id).limit(100)))
             waiting = list(session.scalars(select(Followup.task_id).join(Task, Task.id == Followup.task_id).where(
@@ -140,9 +143,11 @@ class FollowupRunner:
                 Followup.task_id == task_id, Followup.state == "running"))
             if busy:
                 return None
-            row = session.scalars(select(Followup).where(Followup.task_id == task_id, Followup.state == "pending")
-                                  .order_by(Followup.id).limit(1)).first()
-            if row is None:
+            # the oldest undecided one goes first: another coordinator process may still be checking its author
+            row = session.scalars(select(Followup).where(
+                Followup.task_id == task_id, Followup.state.in_(("received", "checking", "pending")))
+                .order_by(Followup.id).limit(1)).first()
+            if row is None or row.state != "pending":
                 return None
             row.state = "running"
             if row.review_id is not None:  # a review's comments arrive as deliveries of their own: one run for all

@@ -79,6 +79,12 @@ async def bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    _, ok = await _verified_body(scope, receive)
+    await _answer(send, ok)
+
+
+async def _verified_body(scope: dict[str, Any], receive: Any) -> tuple[bytes, bool]:
+    """The request body, and whether its X-Hub-Signature-256 is right."""
     body, more = b"", True
     while more:
         message = await receive()
@@ -86,7 +92,10 @@ async def bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         more = message.get("more_body", False)
     header = dict(scope["headers"]).get(b"x-hub-signature-256", b"")
     expected = b"sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest().encode()
-    ok = hmac.compare_digest(expected, header)
+    return body, hmac.compare_digest(expected, header)
+
+
+async def _answer(send: Any, ok: bool) -> None:
     await send({"type": "http.response.start", "status": 202 if ok else 401,
                 "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": b'{"status":"accepted"}' if ok else b"{}"})
@@ -117,14 +126,8 @@ class DurableApp:
                 self.free.put_nowait(await psycopg.AsyncConnection.connect(url, autocommit=True))
             await bare_app(scope, receive, send)
             return
-        body, more = b"", True
-        while more:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
+        body, ok = await _verified_body(scope, receive)
         headers = dict(scope["headers"])
-        expected = b"sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest().encode()
-        ok = hmac.compare_digest(expected, headers.get(b"x-hub-signature-256", b""))
         if ok:
             payload = json.loads(body)
             connection = await self.free.get()
@@ -135,9 +138,7 @@ class DurableApp:
                     (headers.get(b"x-github-delivery", b"").decode(), payload.get("action"), body.decode()))
             finally:
                 self.free.put_nowait(connection)
-        await send({"type": "http.response.start", "status": 202 if ok else 401,
-                    "headers": [(b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": b'{"status":"accepted"}' if ok else b"{}"})
+        await _answer(send, ok)
 
 
 durable_app = DurableApp()

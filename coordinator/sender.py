@@ -9,14 +9,13 @@ reconciler sends it once its grace has passed, exactly as after a failed send.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-import time
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 
 
 from common.celery_app import task_label
+from coordinator.batch_thread import BatchThread
 from coordinator.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
@@ -50,18 +49,16 @@ class Sender:
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
-        self._queue: queue.SimpleQueue[Send | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._thread = BatchThread("sender", self._send, max_batch=BATCH, linger=LINGER_SECONDS)
         self._lock = threading.Lock()
         self._pending: set[Future[bool]] = set()
 
     def submit(self, send: Send) -> Future[bool]:
         """Queue a committed task for publishing; the future says whether it was sent."""
-        self._ensure_started()
         with self._lock:
             self._pending.add(send.done)
         send.done.add_done_callback(self._settled)
-        self._queue.put(send)
+        self._thread.put(send)
         return send.done
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
@@ -77,38 +74,7 @@ class Sender:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Publish what is queued, then end the thread; what it cannot finish is the reconciler's."""
-        with self._lock:
-            thread, self._thread = self._thread, None
-        if thread is not None:
-            self._queue.put(None)
-            thread.join(timeout)
-
-    def _ensure_started(self) -> None:
-        if self._thread is not None:
-            return
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="sender", daemon=True)
-                self._thread.start()
-
-    def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            batch = [] if first is None else [first]
-            stopping = first is None
-            linger_until = time.monotonic() + LINGER_SECONDS
-            while len(batch) < BATCH and not stopping:
-                try:
-                    item = self._queue.get(timeout=max(0.0, linger_until - time.monotonic()))
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
-            if batch:
-                self._send(batch)
+        self._thread.stop(timeout)
 
     def _send(self, batch: list[Send]) -> None:
         """Publish in order; on the first broker failure the rest stay unsent (TRIAGED) for the reconciler."""

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
-import threading
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
+
+from coordinator.batch_thread import BatchThread
 
 if TYPE_CHECKING:
     from coordinator.services import Services
@@ -34,51 +34,16 @@ class GroupCommit:
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._thread: BatchThread[_Item] = BatchThread("intake-writer", self.write_batch, max_batch=MAX_BATCH)
 
     async def process(self, headers: dict[str, str], body: bytes) -> Answer:
         """The delivery's answer once the transaction holding it has committed (or its error)."""
         future: Future[Answer] = Future()
-        self._ensure_started()
-        self._queue.put((headers, body, future))
+        self._thread.put((headers, body, future))
         return await asyncio.wrap_future(future)
 
     def stop(self, timeout: float = 10.0) -> None:
-        with self._lock:
-            thread, self._thread = self._thread, None
-        if thread is not None:
-            self._queue.put(None)
-            thread.join(timeout)
-
-    def _ensure_started(self) -> None:
-        if self._thread is not None:
-            return
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="intake-writer", daemon=True)
-                self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            stopping = False
-            while len(batch) < MAX_BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
-            self.write_batch(batch)
-            if stopping:
-                return
+        self._thread.stop(timeout)
 
     def write_batch(self, batch: list[_Item]) -> None:
         """One transaction for these deliveries; each future gets its answer after the commit."""

@@ -168,8 +168,12 @@ def test_a_task_past_its_soft_limit_is_stopped_with_a_clear_reason(  # type: ign
     task = wait_for(ended, timeout=30, interval=0.3, what="the soft limit to stop the task")
     assert "soft time limit of 2s" in task.failure_reason
     assert len(model.message_requests) <= 4  # stopped at the next step, not at the end of the script
-    with db.session() as session:
-        assert session.get(Task, task_id).runs[-1].outcome == "failed"
+
+    def run_outcome() -> str | None:  # the run row is finished just after the task's state
+        with db.session() as session:
+            return session.get(Task, task_id).runs[-1].outcome  # type: ignore[union-attr]
+
+    assert wait_for(run_outcome, timeout=10, interval=0.2, what="the run's outcome") == "failed"
 
 
 def test_a_thread_hung_past_its_hard_limit_fails_the_task_and_frees_the_worker(  # type: ignore[no-untyped-def]

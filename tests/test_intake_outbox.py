@@ -127,8 +127,13 @@ def test_several_processes_serve_and_one_runs_the_reconciler(make_settings, db: 
             assert response.status_code == 202, response.text
         assert client.get(f"{url}/healthz").status_code == 200
     wait_for(lambda: len(queued_ids(settings)) == 30, timeout=30, what="30 tasks sent")
-    with db.session() as session:
-        assert session.scalars(select(Task.state).distinct()).all() == ["queued"]
+
+    def states() -> list[str] | None:  # each send is recorded just after its message is published
+        with db.session() as session:
+            found = session.scalars(select(Task.state).distinct()).all()
+        return list(found) if found == ["queued"] else None
+
+    assert wait_for(states, timeout=10, what="every send recorded") == ["queued"]
     assert proc.log().count("reconciler running in process") == 1
     assert proc.stop() == 0
     assert "Finished server process" in proc.log()

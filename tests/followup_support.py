@@ -1,11 +1,28 @@
-"""Webhook payloads for follow-ups, from GitHub's recorded examples with the fields forgecrew reads changed."""
+"""Conversation tests' common ground: a seeded fake GitHub, and follow-up payloads from GitHub's recorded
+examples with the fields forgecrew reads changed."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from tests.fakes.github_server import FakeGitHub
 from tests.support import payload
+
+
+@contextmanager
+def people_on_github(repo: str, token: str) -> Iterator[FakeGitHub]:
+    """A fake GitHub with issue 7 by alice, a writer `maintainer` and a `reader`; no request outside the spec."""
+    with FakeGitHub() as server:
+        server.add_token(token, login="forgecrew[bot]")
+        server.add_repo(repo)
+        server.add_issue(repo, 7, "Crash on empty input", "Steps: run with ''", author="alice")
+        server.set_permission(repo, "maintainer", "write")
+        server.set_permission(repo, "reader", "read")
+        yield server
+        assert server.violations == [], "requests outside GitHub's OpenAPI description"
 
 
 def _point_at(data: dict[str, Any], repo: str, number: int, branch: str, sender: str) -> dict[str, Any]:

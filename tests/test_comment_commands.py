@@ -20,6 +20,7 @@ from coordinator.app import create_app
 from coordinator.conversation.parse import HELP, parse
 from tests.factories import make_task
 from tests.fakes.github_server import FakeGitHub
+from tests.followup_support import people_on_github
 from tests.support import headers, payload, wait_for
 
 pytestmark = pytest.mark.integration
@@ -29,14 +30,8 @@ TOKEN = "ghp_commandtesttoken000000000000000000"
 
 @pytest.fixture
 def github() -> Iterator[FakeGitHub]:
-    with FakeGitHub() as server:
-        server.add_token(TOKEN, login="forgecrew[bot]")
-        server.add_repo(REPO)
-        server.add_issue(REPO, 7, "Crash on empty input", "Steps: run with ''", author="alice")
-        server.set_permission(REPO, "maintainer", "write")
-        server.set_permission(REPO, "reader", "read")
+    with people_on_github(REPO, TOKEN) as server:
         yield server
-        assert server.violations == [], "requests outside GitHub's OpenAPI description"
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from coordinator.app import create_app
 from tests.factories import make_task
 from tests.fakes.github_server import FakeGitHub
 from tests.followup_support import (
+    people_on_github,
     pr_comment_payload,
     review_comment_payload,
     review_payload,
@@ -38,16 +39,10 @@ TOKEN = "ghp_followuptesttoken00000000000000000"
 
 @pytest.fixture
 def github() -> Iterator[FakeGitHub]:
-    with FakeGitHub() as server:
-        server.add_token(TOKEN, login="forgecrew[bot]")
-        server.add_repo(REPO)
-        server.add_issue(REPO, 7, "Crash on empty input", "Steps: run with ''", author="alice")
+    with people_on_github(REPO, TOKEN) as server:
         pull = server.add_issue(REPO, PR, "Fix #7: Crash on empty input", "Fixes #7", author="forgecrew[bot]")
         pull.head, pull.head_owner, pull.base = BRANCH, "acme", "main"
-        server.set_permission(REPO, "maintainer", "write")
-        server.set_permission(REPO, "reader", "read")
         yield server
-        assert server.violations == [], "requests outside GitHub's OpenAPI description"
 
 
 @pytest.fixture

@@ -112,6 +112,13 @@ class Task(Base):
     cost_usd: Mapped[float | None] = mapped_column(Float)
     # the one comment on the issue that says how the task goes, edited in place across its runs
     progress_comment_id: Mapped[int | None] = mapped_column(BigInteger)
+    # plans before code (workers/plans.py): the latest plan, its comment and number, what a person asked
+    # to change in it (read by the next planning run), and who approved it (None: not approved yet)
+    plan: Mapped[str | None] = mapped_column(Text)
+    plan_comment_id: Mapped[int | None] = mapped_column(BigInteger)
+    plan_revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    plan_feedback: Mapped[str | None] = mapped_column(Text)
+    plan_approved_by: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 

@@ -15,6 +15,8 @@ class TaskState(StrEnum):
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # a plan is posted on the issue and waits for `/forgecrew approve`; no worker or lease is held
+    AWAITING_APPROVAL = "awaiting_approval"
 
 
 S = TaskState
@@ -24,7 +26,8 @@ TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     S.TRIAGED: frozenset({S.QUEUED, S.FAILED, S.CANCELLED}),
     # queued -> queued re-sends a lost message; running -> queued is the reaper re-queueing
     S.QUEUED: frozenset({S.QUEUED, S.RUNNING, S.FAILED, S.CANCELLED}),
-    S.RUNNING: frozenset({S.TESTING, S.PR_OPEN, S.QUEUED, S.FAILED, S.CANCELLED}),
+    # running -> awaiting_approval: a planning run posted its plan (workers/plans.py)
+    S.RUNNING: frozenset({S.TESTING, S.PR_OPEN, S.QUEUED, S.AWAITING_APPROVAL, S.FAILED, S.CANCELLED}),
     S.TESTING: frozenset({S.RUNNING, S.PR_OPEN, S.QUEUED, S.FAILED, S.CANCELLED}),
     # a follow-up on an open PR runs the agent again on the same branch
     S.PR_OPEN: frozenset({S.DONE, S.QUEUED, S.CANCELLED, S.FAILED}),
@@ -32,10 +35,14 @@ TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     # failed -> done: a follow-up failed, but the pull request it left open was merged after all
     S.FAILED: frozenset({S.QUEUED, S.DONE}),
     S.CANCELLED: frozenset({S.QUEUED}),
+    # approved (the change runs with the plan) or revised (a new planning run): queued either way
+    S.AWAITING_APPROVAL: frozenset({S.QUEUED, S.CANCELLED}),
 }
 
 # States in which an issue counts as having work in flight; at most one such task per issue.
-ACTIVE_STATES: frozenset[TaskState] = frozenset({S.PENDING, S.TRIAGED, S.QUEUED, S.RUNNING, S.TESTING})
+# awaiting_approval counts: the issue's next work is that plan's, not a new task's.
+ACTIVE_STATES: frozenset[TaskState] = frozenset({S.PENDING, S.TRIAGED, S.QUEUED, S.RUNNING, S.TESTING,
+                                                 S.AWAITING_APPROVAL})
 # States a worker holds a lease in.
 LEASED_STATES: frozenset[TaskState] = frozenset({S.RUNNING, S.TESTING})
 FINAL_STATES: frozenset[TaskState] = frozenset({S.DONE, S.FAILED, S.CANCELLED, S.PR_OPEN})

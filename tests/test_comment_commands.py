@@ -205,6 +205,10 @@ def test_a_coordinator_that_died_leaves_the_command_to_the_reconciler_sweep(
     ("thanks @forgecrew!", None),
     ("hey @forgecrew, add a test\u200b for it", ("request", "add a test for it")),
     ("x" * 70_000 + "\n/forgecrew cancel", None),
+    ("@forgecrew rename `add` to `plus`", ("request", "rename `add` to `plus`")),  # code it names is kept
+    ("see `@forgecrew fix it` in the docs", None),
+    ("`x` /forgecrew cancel", None),
+    ("`/forgecrew` cancel", None),
 ])
 def test_parse_reads_only_what_a_person_wrote_as_prose(text: str, expected: tuple[str, str] | None) -> None:
     command = parse(text)

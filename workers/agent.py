@@ -64,6 +64,8 @@ class Agent:
     max_tokens_per_call: int = 8192
     allowed_tools: tuple[str, ...] = ()  # the specialty's allowance; empty = every tool
     should_stop: Callable[[], str | None] = lambda: None
+    # what people asked for on the issue since the last step (workers/requests_inbox.py)
+    incoming: Callable[[], list[str]] = lambda: []
     on_event: Callable[[str], None] = lambda message: None
     redact: Callable[[str], str] = lambda text: text  # before trimming, so no part of a secret shows
     messages: list[dict[str, Any]] = field(default_factory=list)
@@ -106,6 +108,7 @@ class Agent:
         reason = self.should_stop()
         if reason:
             raise Stopped(reason)
+        self._take_incoming()
         self.budget.check()
         tools = [*(t for t in self.toolbox.schemas() if self._allowed(t["name"])), FINISH_TOOL]
         reply = self.llm.create(system=self.system, tools=tools, messages=self.messages,
@@ -127,6 +130,13 @@ class Agent:
             raise Submitted(_text_of(content) or "The model ended its turn without a summary.")
         else:
             self._run_tools(calls)
+
+    def _take_incoming(self) -> None:
+        """A request made while the agent works joins its next turn, as a colleague's message would."""
+        for text in self.incoming():
+            self._add_user_text(text)
+            self.transcript.record("user", content=text)
+            self.on_event("a new request from the issue joined the conversation")
 
     def _cut_off(self, calls: list[dict[str, Any]]) -> None:
         """A truncated reply is neither a finish nor safe to run: end on the budget or ask to go on."""

@@ -16,13 +16,15 @@ from dataclasses import dataclass
 
 MAX_CHARS = 65_536
 MAX_ARGUMENT = 4_000
-COMMANDS = ("retry", "cancel", "route", "status", "help")
+COMMANDS = ("retry", "cancel", "route", "status", "help", "approve")
 HELP = """forgecrew answers these, from people with write access to the repository:
 
 - `/forgecrew status`: the task of this issue or pull request, its state and its pull request
 - `/forgecrew retry`: queue a failed or cancelled task again
 - `/forgecrew cancel`: stop the task (a running agent stops at its next step)
 - `/forgecrew route <specialty>`: move a task that has not started to another specialty's queue
+- `/forgecrew approve`: run the change with the plan forgecrew posted (reply `@forgecrew <changes>` to \
+revise the plan instead)
 - `/forgecrew help`: this list
 - `@forgecrew <request>`: start a task on this issue with the request as its instruction
 - on forgecrew's pull request, `@forgecrew <what to change>` (or a review requesting changes): a follow-up \
@@ -47,14 +49,14 @@ def parse(body: str | None) -> Command | None:
     if not body:
         return None
     lines = _prose_lines(body[:MAX_CHARS])
-    for line in lines:
-        slash = _SLASH.match(line)
+    for masked, raw in lines:
+        slash = _SLASH.match(masked)
         if slash:
-            return _slash_command(slash.group(1))
-    for index, line in enumerate(lines):  # what follows a mention is the request; a bare mention is talk
-        mention = _MENTION.search(line)
+            return _slash_command(raw[slash.start(1):])
+    for index, (masked, raw) in enumerate(lines):  # what follows a mention is the request; a bare mention is talk
+        mention = _MENTION.search(masked)
         if mention:
-            request = _clean("\n".join([line[mention.end():], *lines[index + 1:]]))
+            request = _clean("\n".join([raw[mention.end():], *(line for _, line in lines[index + 1:])]))
             return Command("request", request) if re.search(r"\w", request) else None
     return None
 
@@ -69,9 +71,13 @@ def _slash_command(rest: str) -> Command:
     return Command("unknown", _clean(rest))
 
 
-def _prose_lines(text: str) -> list[str]:
-    """The lines a person wrote as prose, stripped, without code blocks, quotes and inline code."""
-    lines: list[str] = []
+def _prose_lines(text: str) -> list[tuple[str, str]]:
+    """(masked, raw) for each line a person wrote as prose, without code blocks and quotes.
+
+    `masked` has inline code blanked out, at the same length, so a command is looked for only in
+    prose while what it says (`rename `foo``) is taken from `raw` at the same offsets.
+    """
+    lines: list[tuple[str, str]] = []
     fence: str | None = None
     for raw in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
         opener = _FENCE.match(raw)
@@ -84,7 +90,9 @@ def _prose_lines(text: str) -> list[str]:
             continue
         if raw.startswith(("    ", "\t")) or raw.lstrip().startswith(">"):
             continue
-        lines.append(_INLINE_CODE.sub(" ", raw).strip())
+        masked = _INLINE_CODE.sub(lambda span: " " * len(span.group(0)), raw)
+        lead = len(raw) - len(raw.lstrip())  # a command after inline code is not at the line's start
+        lines.append((masked[lead:].rstrip(), raw[lead:].rstrip()))
     return lines
 
 

@@ -133,8 +133,13 @@ class Settings(BaseSettings):
                                                  "(secondary rate limits).")
     progress_edit_interval_seconds: float = Field(10.0, ge=0, description="Least time between two edits of a "
                                                   "task's progress comment; the last state is always written.")
+    queued_notice_seconds: float = Field(15.0, ge=0, description="A task still waiting for a worker this long "
+                                         "after it was sent says so in its progress comment (0: never).")
     max_followups_per_pr: int = Field(5, ge=0, description="Follow-up runs (reviews, PR comments) per pull "
                                       "request; past them forgecrew says on the PR that a person is needed.")
+    max_ci_fixes_per_pr: int = Field(3, ge=0, description="Follow-up runs that try to fix a pull request's own "
+                                     "failing CI (check runs, commit statuses); past them forgecrew says once on "
+                                     "the PR that a person is needed.")
     bot_name: str = Field("forgecrew[bot]", description="Commit author name.")
     bot_email: str = Field("forgecrew@users.noreply.github.com", description="Commit author email.")
 

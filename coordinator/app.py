@@ -19,6 +19,7 @@ from coordinator.conversation.runner import CommandRunner
 from coordinator.followups.runner import FollowupRunner
 from coordinator.metrics import endpoint as metrics
 from coordinator.operations import Operations
+from coordinator.queued_notice import QueuedNotices
 from coordinator.services import build_services
 from coordinator.webhooks import endpoint
 from coordinator.webhooks.group_commit import GroupCommit
@@ -38,6 +39,8 @@ def create_app(settings: Settings, *, run_reconciler: bool = True) -> FastAPI:
     followups = FollowupRunner(services.db, services.dispatcher, lambda installation_id: make_forge(settings, installation_id),
                                permissions=commands.permissions)
     services.reconciler.sweeps.append(followups.sweep)
+    services.reconciler.sweeps.append(QueuedNotices(services.db, lambda installation_id: make_forge(
+        settings, installation_id)).sweep)
     watcher = WorkerWatcher(services.celery)  # worker heartbeats, for /api/v1/agents and /metrics
 
     @asynccontextmanager

@@ -28,7 +28,12 @@ class StatusLabel(StrEnum):
     WORKING = "forgecrew:working"
     PR_OPEN = "forgecrew:pr-open"
     FAILED = "forgecrew:failed"
+    AWAITING_APPROVAL = "forgecrew:awaiting-approval"  # a plan is posted; `/forgecrew approve` runs it
 
+
+# Put on an issue by a person: the agent posts a plan first and changes nothing until it is approved
+# (the repository's `.forgecrew.yml` can ask the same with `plan_first: true`). Not a route label.
+PLAN_LABEL = "forgecrew:plan"
 
 # Seconds one agent command may run unless the specialty sets command_timeout_seconds.
 DEFAULT_COMMAND_TIMEOUT = 120.0

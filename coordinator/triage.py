@@ -7,10 +7,11 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
-from common.specialties import ROUTE_LABEL_PREFIX, Specialty, SpecialtyProfile, StatusLabel
+from common.specialties import PLAN_LABEL, ROUTE_LABEL_PREFIX, Specialty, SpecialtyProfile, StatusLabel
 
 PATH_TOKEN = re.compile(r"(?<![\w@])((?:[\w.-]+/)*[\w.-]*\.[A-Za-z0-9]{1,8}|(?:[\w.-]+/)+[\w.-]*)")
-STATUS_LABELS = {label.value for label in StatusLabel}
+# forgecrew's own labels that name no specialty: the status ones, and the plan-first option
+STATUS_LABELS = {label.value for label in StatusLabel} | {PLAN_LABEL}
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class Triage(Protocol):
 
 
 def route_label_specialty(label: str) -> str | None:
-    """`forgecrew:backend` -> `backend`; None for the trigger label and status labels."""
+    """`forgecrew:backend` -> `backend`; None for the trigger label, status labels and `forgecrew:plan`."""
     if not label.startswith(ROUTE_LABEL_PREFIX) or label in STATUS_LABELS:
         return None
     return label[len(ROUTE_LABEL_PREFIX):].strip().lower() or None

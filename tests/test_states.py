@@ -6,9 +6,9 @@ from sqlalchemy import select
 
 from common.db import Database, db_now
 from common.errors import IllegalTransition
-from common.models import Base, Task, TaskEvent
+from common.models import ACTIVE_TASK_SQL, Base, Task, TaskEvent
 from common.settings import Settings
-from common.states import TRANSITIONS, TaskState
+from common.states import ACTIVE_STATES, FINAL_STATES, LEASED_STATES, TRANSITIONS, TaskState
 from common.transitions import record_creation, transition
 
 
@@ -54,3 +54,19 @@ def test_illegal_moves_are_refused(from_state: str, to_state: str) -> None:
 
 def test_retry_moves_failed_back_to_queued() -> None:
     assert TaskState.QUEUED in TRANSITIONS[TaskState.FAILED]
+
+
+def test_a_plan_waits_between_running_and_queued_holding_its_issue_but_no_lease() -> None:
+    waiting = TaskState.AWAITING_APPROVAL
+    assert waiting in TRANSITIONS[TaskState.RUNNING]
+    assert TRANSITIONS[waiting] == {TaskState.QUEUED, TaskState.CANCELLED}  # approved or revised; or dropped
+    assert waiting in ACTIVE_STATES and waiting not in LEASED_STATES and waiting not in FINAL_STATES
+    assert "'awaiting_approval'" in ACTIVE_TASK_SQL  # the unique index keeps a second task off the issue
+
+
+@pytest.mark.parametrize("from_state,to_state", [("awaiting_approval", "running"), ("awaiting_approval", "pr_open"),
+                                                 ("queued", "awaiting_approval"), ("testing", "awaiting_approval")])
+def test_a_waiting_plan_is_never_run_or_published_directly(from_state: str, to_state: str) -> None:
+    task = Task(id=8, repo="a/b", specialty="backend", state=from_state)
+    with pytest.raises(IllegalTransition, match=f"illegal state change {from_state} -> {to_state}"):
+        transition(FakeSession(), task, TaskState(to_state), actor="test")  # type: ignore[arg-type]

@@ -20,11 +20,12 @@ from common.transitions import record_note, transition
 from workers.agent import Agent, AgentResult
 from workers.budget import Budget
 from workers import followup as followups
+from workers import plans
 from workers.issue_notes import IssueNotes
 from workers.progress_comment import MARKER as PROGRESS_MARKER
 from workers.progress_comment import ProgressComment
 from workers.llm import LLMClient
-from workers.prompts import repair_message, system_prompt, task_message
+from workers.prompts import plan_message, repair_message, system_prompt, task_message
 from workers.publish import NothingToPublish, Published, PublishRequest, publish, tests_failing_advice
 from workers.repo_config import RepoConfig, instruction_files, load_repo_config
 from workers.runs import finish_run, start_run
@@ -57,6 +58,7 @@ class TaskSnapshot:
     branch: str | None
     attempt: int
     progress_comment_id: int | None = None
+    plan: plans.PlanState = plans.PlanState()
 
 
 @dataclass
@@ -141,6 +143,8 @@ class Pipeline:
         self.sandbox.prepare(self.paths)
         config = self._repo_config(workspace)
         self.profile = self._profile(task.specialty, config)
+        if self._plans_first(task, issue, config):
+            return self._plan(task, held, issue, workspace, config, should_stop)
         test_command = config.test_command or detect_test_command(workspace.checkout)
         if config.setup_command:
             self._fence(held)
@@ -166,7 +170,8 @@ class Pipeline:
         except ForgeError as exc:
             log.info("task %s: issue comments not readable from the forge (%s)", task.id, exc)
             return stored
-        people = tuple(c for c in fresh.comments if not c.body.startswith(PROGRESS_MARKER))  # not our status
+        # not our status, nor our plans: a plan reaches the model in a section of its own
+        people = tuple(c for c in fresh.comments if not c.body.startswith((PROGRESS_MARKER, plans.MARKER)))
         trusted, left_out = self._trusted_comments(task.repo, people)
         return IssueInfo(repo=task.repo, number=task.issue_number, title=task.title, body=task.body,
                          author=fresh.author, labels=fresh.labels, comments=trusted, url=fresh.url,
@@ -217,7 +222,8 @@ class Pipeline:
         return limits_for(self.settings, self.profile, wall_seconds=wall_seconds, network=network)
 
     def _agent_run(self, task: TaskSnapshot, issue: IssueInfo, workspace: Workspace, config: RepoConfig,
-                   test_command: str | None, should_stop: Callable[[], str | None]) -> AgentResult:
+                   test_command: str | None, should_stop: Callable[[], str | None], *,
+                   planning: bool = False) -> AgentResult:
         profile = self.profile
         budget = Budget(self.settings.max_turns, self.settings.max_output_tokens,
                         self.settings.max_wall_seconds, self.settings.max_cost_usd)
@@ -225,27 +231,32 @@ class Pipeline:
         # one file per task, appended by every run: this line starts this run's part of it
         transcript.record("run", run_id=self.run_id, task_id=task.id, attempt=task.attempt,
                           specialty=profile.name, branch=workspace.branch, model=self.settings.model,
-                          followup=self.followup.id if self.followup else None)
+                          followup=self.followup.id if self.followup else None, planning=planning)
         self.agent = Agent(
             llm=self.llm_factory(),
             toolbox=self._toolbox(profile, budget),
             budget=budget,
             transcript=transcript,
-            system=system_prompt(profile, repo=task.repo, branch=workspace.branch),
+            system=system_prompt(profile, repo=task.repo, branch=workspace.branch, planning=planning),
             should_stop=should_stop,
             on_event=self._agent_event,
             redact=self.redact,
-            allowed_tools=profile.tools,
+            allowed_tools=plans.planning_tools(profile.tools) if planning else profile.tools,
         )
         self.progress(f"agent ({profile.name}, model {self.settings.model}) started")
-        if self.followup is not None:
+        if planning:
+            message = plan_message(issue, workspace.checkout, instructions=instruction_files(workspace.checkout),
+                                   extra=config.instructions, previous_plan=task.plan.plan,
+                                   changes=task.plan.feedback)
+        elif self.followup is not None:
             feedback, left_out = followups.trusted_feedback(self.forge, task.repo, self.followup)
             message = followups.followup_message(
                 self.followup, title=issue.title, feedback=feedback, left_out=left_out, test_command=test_command,
                 diff=followups.pr_diff(workspace.mirror, workspace.base_sha, workspace.head_sha))
         else:
+            approved = task.plan.plan if task.plan.approved_by else None
             message = task_message(issue, workspace.checkout, instructions=instruction_files(workspace.checkout),
-                                   extra=config.instructions, test_command=test_command)
+                                   extra=config.instructions, test_command=test_command, approved_plan=approved)
         return self._checked(self.agent.run(message))
 
     def _checked(self, result: AgentResult) -> AgentResult:
@@ -283,6 +294,32 @@ class Pipeline:
             self._checked(self.agent.run(repair_message(self.tests.headline(), self.tests.output,
                                                         round_number + 1, self.settings.repair_rounds)))
         return self.tests
+
+    def _plans_first(self, task: TaskSnapshot, issue: IssueInfo, config: RepoConfig) -> bool:
+        """Plan before changing: asked by label or .forgecrew.yml, on an issue (where it is approved), no plan yet."""
+        return (self.followup is None and task.issue_number is not None
+                and plans.needs_plan(task.plan, issue.labels, config))
+
+    def _plan(self, task: TaskSnapshot, held: Claim, issue: IssueInfo, workspace: Workspace, config: RepoConfig,
+              should_stop: Callable[[], str | None]) -> Outcome:
+        """A read-only run whose summary is the plan: posted on the issue, kept on the task, which then waits.
+
+        Posted before it is recorded: a task must never wait for the approval of a plan nobody can see.
+        """
+        assert task.issue_number is not None
+        result = self._agent_run(task, issue, workspace, config, None, should_stop, planning=True)
+        revision, plan = task.plan.revision + 1, self.redact(result.summary)
+        workspace.mark_finished(TaskState.AWAITING_APPROVAL.value)
+        self._fence(held)  # a task cancelled meanwhile posts no plan
+        comment_id = plans.post_plan(self.forge, task.repo, task.issue_number,
+                                     plans.plan_comment(task.id, plan, revision, feedback=task.plan.feedback))
+        detail = f"plan revision {revision} posted (comment {comment_id}); waiting for `/forgecrew approve`"
+        plans.record_plan(self.db, held, plan=plan, revision=revision, comment_id=comment_id, detail=detail)
+        self.progress(detail)
+        problems = [self.notes.label(StatusLabel.AWAITING_APPROVAL),
+                    self._status(final=True, state=TaskState.AWAITING_APPROVAL.value, tests="", pr="", reason="",
+                                 advice=plans.ADVICE)]
+        return Outcome(TaskState.AWAITING_APPROVAL.value, detail + "".join(f"; {p}" for p in problems if p))
 
     def _publish(self, task: TaskSnapshot, held: Claim, workspace: Workspace, issue: IssueInfo,
                  tests: TestResult | None) -> Outcome:
@@ -386,7 +423,9 @@ class Pipeline:
         with self.db.session() as session:
             row = load_fenced(session, held)
             return TaskSnapshot(row.id, row.repo, row.issue_number, row.title, row.body, row.specialty,
-                                row.branch, row.attempt, row.progress_comment_id)
+                                row.branch, row.attempt, row.progress_comment_id,
+                                plans.PlanState(row.plan, row.plan_revision or 0, row.plan_feedback,
+                                                row.plan_approved_by))
 
     def _fence(self, held: Claim) -> None:
         """Raise LeaseLost unless this worker still holds the task (and push its lease forward)."""

@@ -72,7 +72,8 @@ class ProgressComment:
 
 
 STATE_WORDS = {"running": "working", "testing": "running the tests", "pr_open": "pull request open",
-               "failed": "failed", "cancelled": "cancelled", "queued": "queued"}
+               "failed": "failed", "cancelled": "cancelled", "queued": "queued",
+               "awaiting_approval": "plan awaiting approval"}
 
 
 def render(task_id: int, facts: dict[str, Any]) -> str:

@@ -24,13 +24,30 @@ How to work:
 - When the change is complete, call finish with a short Markdown summary for the pull request: what changed, \
 why, and what a reviewer should check. If the issue cannot be resolved, call finish and explain why."""
 
+PLAN_SYSTEM_TEMPLATE = """\
+You are forgecrew's {specialty} agent, planning a change to the repository {repo}. A person with write \
+access reads your plan and approves it or asks for changes; only then does the change itself begin.
+
+{stance}
+
+How to plan:
+- Read the code that matters with list_files, search and read_file. In this run you can only read: \
+nothing you do changes the repository, and no command runs.
+- Every path is relative to the repository root; you cannot leave it.
+- When you know what to do, call finish with the plan as Markdown: the files to change and what changes in \
+each, the tests to add or update, and any question or risk the person should weigh. Keep it short enough to \
+read in a minute. If the issue cannot be resolved, say why in the plan."""
+
 TREE_LIMIT = 300
 README_LIMIT = 6_000
 
 
-def system_prompt(profile: SpecialtyProfile, *, repo: str, branch: str) -> str:
-    return SYSTEM_TEMPLATE.format(specialty=profile.name, repo=repo, branch=branch,
-                                  stance=profile.system_prompt or "Make the smallest correct change.")
+def system_prompt(profile: SpecialtyProfile, *, repo: str, branch: str, planning: bool = False) -> str:
+    """The change's rules, or with `planning` a read-only run whose finish summary is the plan."""
+    stance = profile.system_prompt or "Make the smallest correct change."
+    if planning:
+        return PLAN_SYSTEM_TEMPLATE.format(specialty=profile.name, repo=repo, stance=stance)
+    return SYSTEM_TEMPLATE.format(specialty=profile.name, repo=repo, branch=branch, stance=stance)
 
 
 def file_tree(checkout: Path, limit: int = TREE_LIMIT) -> str:
@@ -61,8 +78,33 @@ def readme(checkout: Path) -> str:
 
 
 def task_message(issue: IssueInfo, checkout: Path, *, instructions: dict[str, str], extra: str,
-                 test_command: str | None) -> str:
-    """The first user message: the issue and what the agent should know about the repository."""
+                 test_command: str | None, approved_plan: str | None = None) -> str:
+    """The first user message: the issue, the repository, and the plan a person approved, if any."""
+    parts = _context(issue, checkout, instructions=instructions, extra=extra)
+    if test_command:
+        parts.append(f"## Tests\nforgecrew will run `{test_command}` after you finish; a failure comes back to you.")
+    if approved_plan:
+        parts.append("## Approved plan\nA person with write access approved this plan; carry it out.\n\n"
+                     + approved_plan.strip())
+    parts.append("Resolve the issue, then call finish.")
+    return "\n\n".join(parts)
+
+
+def plan_message(issue: IssueInfo, checkout: Path, *, instructions: dict[str, str], extra: str,
+                 previous_plan: str | None = None, changes: str | None = None) -> str:
+    """A planning run's first message; a revision carries the plan it revises and what to change in it."""
+    parts = _context(issue, checkout, instructions=instructions, extra=extra)
+    if previous_plan:
+        parts.append("## Your previous plan\n" + previous_plan.strip())
+    if changes:
+        parts.append("## Changes requested to the plan (by a person with write access)\n" + changes.strip())
+    parts.append("Write the revised plan, then call finish with it." if previous_plan
+                 else "Plan the change (read only, change nothing), then call finish with the plan.")
+    return "\n\n".join(parts)
+
+
+def _context(issue: IssueInfo, checkout: Path, *, instructions: dict[str, str], extra: str) -> list[str]:
+    """What both kinds of run read first: the issue, its writers' comments, the files and instructions."""
     parts = [f"# Issue #{issue.number}: {issue.title}" if issue.number else f"# Task: {issue.title}",
              issue.body.strip() or "(no description)"]
     if issue.comments or issue.comments_left_out:
@@ -79,10 +121,7 @@ def task_message(issue: IssueInfo, checkout: Path, *, instructions: dict[str, st
         parts.append(f"## Instructions from {name}\n{content}")
     if extra.strip():
         parts.append("## Instructions from .forgecrew.yml\n" + extra.strip())
-    if test_command:
-        parts.append(f"## Tests\nforgecrew will run `{test_command}` after you finish; a failure comes back to you.")
-    parts.append("Resolve the issue, then call finish.")
-    return "\n\n".join(parts)
+    return parts
 
 
 def repair_message(headline: str, output: str, round_number: int, rounds: int) -> str:

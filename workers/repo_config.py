@@ -33,6 +33,8 @@ class RepoConfig(BaseModel):
     test_timeout: int = Field(900, gt=0, description="Seconds before the test run is killed.")
     setup_network: bool = Field(False, description="Ask for user-mode network during setup_command (to install "
                                 "dependencies); it never reaches the worker's host or private networks.")
+    plan_first: bool = Field(False, description="Post a plan on the issue first and change nothing until a person "
+                             "with write access answers `/forgecrew approve` (as the `forgecrew:plan` label asks).")
 
 
 def load_repo_config(checkout: Path) -> RepoConfig:

@@ -1,4 +1,5 @@
-"""What an operator can do to tasks (submit, retry, cancel): one layer under both the CLI and the REST API.
+"""What an operator can do to tasks (submit, retry, cancel, approve or revise a plan): one layer under the CLI,
+the REST API and comment commands.
 
 Each call commits its state change first and talks to the broker after, as intake does: a
 broker that is down never loses the change, the reconciler sends what could not be sent.
@@ -34,7 +35,9 @@ log = logging.getLogger(__name__)
 S = TaskState
 RETRYABLE = frozenset({S.FAILED, S.CANCELLED})
 # pr_open too: a person may want the task closed without waiting for the PR to be merged or closed
-CANCELLABLE = frozenset({S.PENDING, S.TRIAGED, S.QUEUED, S.RUNNING, S.TESTING, S.PR_OPEN})
+CANCELLABLE = frozenset({S.PENDING, S.TRIAGED, S.QUEUED, S.RUNNING, S.TESTING, S.PR_OPEN, S.AWAITING_APPROVAL})
+# What a revision request may carry into the next planning run's prompt.
+CHANGES_LIMIT = 4_000
 REPO_NAME = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 
 
@@ -103,6 +106,35 @@ class Operations:
         self.dispatcher.dispatch(task_id, actor=actor)
         return self._detail(task_id)
 
+    def approve(self, task_id: int, *, by: str, actor: str) -> dict[str, Any]:
+        """Run the change with the plan the task waits on: awaiting_approval -> queued, sent as a retry is.
+
+        `by` is the person who approved (for the event and the next run's prompt); the worker that
+        claims the task sees the approval and runs the change with the plan in its first message.
+        """
+        with self.db.session() as session:
+            task = self._waiting(session, task_id, "approved")
+            task.plan_approved_by = by[:100]
+            transition(session, task, S.QUEUED, actor=actor,
+                       detail=f"plan revision {task.plan_revision} approved by {by}")
+            task.dispatched_at = None
+        self.dispatcher.dispatch(task_id, actor=actor)
+        return self._detail(task_id)
+
+    def revise_plan(self, task_id: int, changes: str, *, by: str, actor: str) -> dict[str, Any]:
+        """Queue a new planning run that reads the waiting plan and `changes`; it posts the revised plan."""
+        changes = changes.strip()
+        if not changes:
+            raise InvalidRequest("say what to change in the plan, e.g. `@forgecrew also handle negative numbers`")
+        with self.db.session() as session:
+            task = self._waiting(session, task_id, "revised")
+            task.plan_feedback = changes[:CHANGES_LIMIT]
+            transition(session, task, S.QUEUED, actor=actor,
+                       detail=f"revision of plan {task.plan_revision} asked by {by}: {changes[:500]}")
+            task.dispatched_at = None
+        self.dispatcher.dispatch(task_id, actor=actor)
+        return self._detail(task_id)
+
     def cancel(self, task_id: int, *, actor: str, reason: str = "") -> dict[str, Any]:
         """Cancel a task that is not finished; a running worker sees it at its next step and stops.
 
@@ -163,6 +195,15 @@ class Operations:
             log.warning("task %s: could not revoke its messages (%s: %s); a worker that gets one skips it",
                         task_id, type(exc).__name__, exc)
 
+    def _waiting(self, session: Session, task_id: int, verb: str) -> Task:
+        """The task, locked, if its plan waits for approval; else TaskConflict saying why not."""
+        task = self._locked(session, task_id)
+        state = TaskState(task.state)
+        if state is not S.AWAITING_APPROVAL:
+            raise TaskConflict(f"task {task_id} is {state.value}, not waiting for a plan's approval, so nothing "
+                               f"can be {verb}{_plan_hint(task, state)}", task_id=task_id, state=state.value)
+        return task
+
     @staticmethod
     def _locked(session: Session, task_id: int) -> Task:
         task = session.get(Task, task_id, with_for_update=True)
@@ -179,7 +220,21 @@ class Operations:
             return task_detail(task)
 
 
+def _plan_hint(task: Task, state: TaskState) -> str:
+    """Why a task has no plan to approve or revise, and what would give it one."""
+    if task.plan_approved_by:
+        return f"; its plan was approved by {task.plan_approved_by} already"
+    if state in (S.QUEUED, S.RUNNING) and task.plan_feedback:
+        return "; a revised plan is being written and will be posted on the issue"
+    if task.plan is None and state in (S.PENDING, S.TRIAGED, S.QUEUED, S.RUNNING, S.TESTING):
+        return ("; it is working without a plan (add the `forgecrew:plan` label, or `plan_first: true` in "
+                ".forgecrew.yml, before a task starts to get a plan first)")
+    return ""
+
+
 def _hint(state: TaskState) -> str:
+    if state is S.AWAITING_APPROVAL:
+        return "; its plan waits for approval: comment `/forgecrew approve`, or cancel it to start over"
     if state in (S.PENDING, S.TRIAGED, S.QUEUED, S.RUNNING, S.TESTING):
         return "; it is still in flight (cancel it first to start over)"
     if state is S.PR_OPEN:

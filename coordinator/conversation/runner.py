@@ -23,6 +23,7 @@ from common.errors import ForgecrewError
 from common.forge.base import Forge
 from common.models import CommentCommand, Task, WebhookDelivery
 from common.specialties import profiles
+from common.states import TaskState
 from common.transitions import record_note
 from coordinator.conversation.parse import HELP
 from coordinator.intake import active_task_id
@@ -156,6 +157,10 @@ class CommandRunner:
             if command.name == "cancel":
                 self.operations.cancel(task_id, actor=actor, reason=f"cancelled by {command.author} in a comment")
                 return f"task {task_id} is cancelled; a running agent stops at its next step."
+            if command.name == "approve":
+                detail = self.operations.approve(task_id, by=command.author, actor=actor)
+                return (f"plan approved: task {task_id} is queued on {detail['specialty']} to make the change "
+                        "as planned.")
             if command.name == "route":
                 specialty = command.argument.split()[0].lower() if command.argument else ""
                 if not specialty:
@@ -186,18 +191,29 @@ class CommandRunner:
                 facts.append(f"pull request {task.pr_url}")
             if task.failure_reason:
                 facts.append(f"failed because: {task.failure_reason}")
+            if task.state == TaskState.AWAITING_APPROVAL:
+                facts.append(f"plan revision {task.plan_revision} waits for `/forgecrew approve` or "
+                             "`@forgecrew <changes to the plan>`")
             if task.cost_usd is not None:
                 facts.append(f"{task.input_tokens + task.output_tokens} tokens, ${task.cost_usd:.4f}")
         return "; ".join(facts) + "."
 
     def _request(self, command: CommentCommand, task_id: int | None, actor: str) -> str:
+        """A new task, a note for the active one, or, while a plan waits, the changes for a revised plan."""
+        waiting = False
         with self.db.session() as session:
             active = active_task_id(session, command.repo, command.number)
             if active is not None:
                 task = session.get(Task, active)
                 assert task is not None
-                record_note(session, task, actor=actor, detail=f"request from {command.author}: "
-                                                              f"{command.argument[:1000]}")
+                waiting = task.state == TaskState.AWAITING_APPROVAL
+                if not waiting:
+                    record_note(session, task, actor=actor, detail=f"request from {command.author}: "
+                                                                  f"{command.argument[:1000]}")
+        if active is not None and waiting:
+            self.operations.revise_plan(active, command.argument, by=command.author, actor=actor)
+            return (f"revising the plan of task {active} with your changes; the revised plan will be posted here "
+                    "for approval.")
         if active is not None:
             return (f"task {active} is already working on this issue; I noted your request on it. Once its pull "
                     "request opens, review it or comment there with what to change.")

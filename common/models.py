@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -226,6 +227,8 @@ class Followup(Base):
     """
 
     __tablename__ = "followups"
+    # a check suite, its runs and a commit status all report one failing commit: one CI fix for it
+    __table_args__ = (UniqueConstraint("task_id", "head_sha"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
@@ -235,6 +238,7 @@ class Followup(Base):
     instructions: Mapped[str] = mapped_column(Text, default="")
     review_id: Mapped[int | None] = mapped_column(BigInteger)
     comment_id: Mapped[int | None] = mapped_column(BigInteger)  # the review comment to answer in its thread
+    head_sha: Mapped[str | None] = mapped_column(String(64))  # a ci follow-up's failing commit; None otherwise
     installation_id: Mapped[int | None] = mapped_column(BigInteger)
     state: Mapped[str] = mapped_column(String(20), default="received", index=True)
     reply: Mapped[str | None] = mapped_column(Text)

@@ -12,7 +12,7 @@ from common.settings import Settings
 from coordinator.dispatch import Dispatcher
 from coordinator.reconciler import Reconciler
 from coordinator.sender import Sender
-from coordinator.webhooks import comments, followups, issues, lifecycle, ping
+from coordinator.webhooks import checks, comments, followups, issues, lifecycle, ping
 from coordinator.webhooks.router import Router
 
 
@@ -30,7 +30,7 @@ class Services:
 def webhook_router() -> Router:
     """Every webhook concern, combined in one place."""
     router = Router()
-    for module in (ping, issues, lifecycle, comments, followups):
+    for module in (ping, issues, lifecycle, comments, followups, checks):
         router.include(module.router)
     return router
 

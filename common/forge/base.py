@@ -75,6 +75,37 @@ class PullFeedback:
     comments: tuple[ReviewNote, ...] = ()
 
 
+@dataclass(frozen=True)
+class CheckAnnotation:
+    """One line a check run pointed at (checks/list-annotations): where, how bad, what it said."""
+
+    path: str
+    line: int | None
+    level: str  # notice, warning, failure
+    message: str
+    title: str = ""
+
+
+@dataclass(frozen=True)
+class FailingCheck:
+    """A check run or commit status of a commit that did not pass."""
+
+    name: str  # a check run's name, or a commit status's context
+    conclusion: str  # failure, timed_out, action_required; a status's failure or error
+    kind: str = "check run"  # or "status"
+    title: str = ""
+    summary: str = ""  # a check run's output summary, or a status's description
+    url: str = ""
+    annotations: tuple[CheckAnnotation, ...] = ()
+
+
+# What counts as a failed check run, and as a failed commit status (success, neutral, skipped, pending do not).
+FAILED_CONCLUSIONS = frozenset({"failure", "timed_out", "action_required"})
+FAILED_STATES = frozenset({"failure", "error"})
+MAX_CHECKS = 20  # failing checks read per commit
+MAX_ANNOTATIONS = 30  # annotations read per check run
+
+
 class Forge(Protocol):
     """Each method is idempotent where the pipeline may repeat it (retries, redeliveries)."""
 
@@ -138,4 +169,16 @@ class Forge(Protocol):
 
     def reply_to_review_comment(self, repo: str, number: int, comment_id: int, body: str) -> None:
         """Answer review comment `comment_id` in its own thread (pulls/create-reply-for-review-comment)."""
+        ...
+
+    def pull_head_sha(self, repo: str, number: int) -> str:
+        """The commit pull request `number`'s head is at now (pulls/get): CI results of older ones are stale."""
+        ...
+
+    def failing_checks(self, repo: str, sha: str) -> tuple[FailingCheck, ...]:
+        """Commit `sha`'s failed check runs with their annotations, then its failed commit statuses.
+
+        At most MAX_CHECKS of them and MAX_ANNOTATIONS annotations each (checks/list-for-ref,
+        checks/list-annotations, repos/get-combined-status-for-ref); a forge without CI has none.
+        """
         ...

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from itertools import islice
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,13 +16,15 @@ from urllib.parse import urlsplit
 import jwt
 import requests
 from github import Auth, Github, GithubException, GithubIntegration, GithubRetry
+from github.CheckRun import CheckRun
 from github.GithubException import BadCredentialsException, RateLimitExceededException
 from github.PullRequest import PullRequest
 from github.Repository import Repository
 
 from common.errors import SettingsError
-from common.forge.base import (CommentGone, ForgeError, IssueComment, IssueInfo, PullFeedback, PullRequestInfo,
-                               PushRejected, ReviewNote)
+from common.forge.base import (FAILED_CONCLUSIONS, FAILED_STATES, MAX_ANNOTATIONS, MAX_CHECKS, CheckAnnotation,
+                               CommentGone, FailingCheck, ForgeError, IssueComment, IssueInfo, PullFeedback,
+                               PullRequestInfo, PushRejected, ReviewNote)
 from common.gitsafe import GitCredential, run_git
 from common.settings import Settings
 from common.specialties import StatusLabel
@@ -460,6 +463,42 @@ class GitHubForge:
         with self._errors(f"replying to review comment {comment_id} on #{number}", repo,
                           not_found=f"review comment {comment_id} on #{number} of {repo} not found"):
             self._repo(repo).get_pull(number).create_review_comment_reply(comment_id, body)
+
+    def pull_head_sha(self, repo: str, number: int) -> str:
+        with self._errors(f"reading pull request #{number}", repo,
+                          not_found=f"pull request #{number} not found in {repo}"):
+            return str(self._repo(repo).get_pull(number).head.sha)
+
+    def failing_checks(self, repo: str, sha: str) -> tuple[FailingCheck, ...]:
+        """The latest run of each check (GitHub's default filter) and the combined status, failed ones only."""
+        with self._errors(f"reading the checks of commit {sha[:12]}", repo,
+                          not_found=f"commit {sha[:12]} not found in {repo}"):
+            commit = self._repo(repo).get_commit(sha)  # lazy: no request of its own
+            found: list[FailingCheck] = []
+            for run in commit.get_check_runs():
+                if len(found) >= MAX_CHECKS:
+                    break
+                if run.conclusion in FAILED_CONCLUSIONS:
+                    found.append(self._failing_run(run))
+            for status in commit.get_combined_status().statuses:
+                if len(found) < MAX_CHECKS and status.state in FAILED_STATES:
+                    found.append(FailingCheck(name=status.context or "status", conclusion=status.state,
+                                              kind="status", summary=status.description or "",
+                                              url=status.target_url or ""))
+        return tuple(found)
+
+    @staticmethod
+    def _failing_run(run: CheckRun) -> FailingCheck:
+        output = run.output
+        notes = []
+        if output is not None and output.annotations_count:
+            for note in islice(run.get_annotations(), MAX_ANNOTATIONS):
+                notes.append(CheckAnnotation(path=note.path or "", line=note.start_line,
+                                             level=note.annotation_level or "", message=note.message or "",
+                                             title=note.title or ""))
+        return FailingCheck(name=run.name, conclusion=run.conclusion, title=(output.title if output else None) or "",
+                            summary=(output.summary if output else None) or "", url=run.html_url or "",
+                            annotations=tuple(notes))
 
     @staticmethod
     def _open_pr(gh_repo: Repository, repo: str, branch: str) -> PullRequest | None:

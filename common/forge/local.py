@@ -21,8 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from common.forge.base import (CommentGone, ForgeError, IssueComment, IssueInfo, PullFeedback, PullRequestInfo,
-                               PushRejected, ReviewNote)
+from common.forge.base import (CommentGone, FailingCheck, ForgeError, IssueComment, IssueInfo, PullFeedback,
+                               PullRequestInfo, PushRejected, ReviewNote)
 from common.gitsafe import GitCredential, run_git
 from common.settings import Settings
 from common.specialties import StatusLabel
@@ -157,6 +157,19 @@ class LocalForge:
         self._add_to_pull(repo, number, "review_comments", {"author": self.bot_name, "body": body,
                                                             "path": thread.get("path", ""), "line": thread.get("line"),
                                                             "in_reply_to": comment_id})
+
+    def pull_head_sha(self, repo: str, number: int) -> str:
+        """Where the PR's branch is in the bare repository now."""
+        branch = self._pull(repo, number)["branch"]
+        found = run_git(["--git-dir", str(self._existing(repo)), "rev-parse", "--verify", "--quiet",
+                         f"refs/heads/{branch}^{{commit}}"])
+        if found.returncode != 0:
+            raise ForgeError(f"branch {branch} of pull request #{number} is not in {repo}")
+        return found.stdout.strip()
+
+    def failing_checks(self, repo: str, sha: str) -> tuple[FailingCheck, ...]:
+        """Bare repositories run no CI."""
+        return ()
 
     def edit_comment(self, repo: str, number: int, comment_id: int, body: str) -> None:
         with self._locked(repo):

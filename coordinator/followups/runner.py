@@ -3,10 +3,11 @@
 Runs in the coordinator after the delivery's commit (and from the reconciler's sweep, for what a
 coordinator that died left behind). A follow-up is `received` until its author's write access is
 known (the cached collaborator-permission check comment commands use); then `pending`, or
-`refused` (recorded, never run). A task whose PR is open and that runs no follow-up takes the
-oldest pending one: it moves pr_open -> queued with an event naming it and is sent; the worker
-that claims the task finds that `running` follow-up and runs it (workers/followup.py). The next
-one starts when the task is back on pr_open.
+`refused` (recorded, never run). A `ci` follow-up (a failing check of the PR) has no author to
+check: ci.py decides it from the PR's head and its own cap. A task whose PR is open and that runs
+no follow-up takes the oldest pending one: it moves pr_open -> queued with an event naming it and
+is sent; the worker that claims the task finds that `running` follow-up and runs it
+(workers/followup.py). The next one starts when the task is back on pr_open.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from common.states import TaskState
 from common.transitions import transition
 from coordinator.conversation.runner import PermissionCache
 from coordinator.dispatch import Dispatcher
+from coordinator.followups.ci import CI, decide_ci
 
 log = logging.getLogger(__name__)
 ACTOR = "followups"
 PENDING_GRACE_SECONDS = 10.0
 # A follow-up still `running` this long after its task went back to pr_open (or failed) lost its worker.
 ORPHAN_SECONDS = 120.0
-STARTED = ("running", "done", "failed")  # what counts against MAX_FOLLOWUPS_PER_PR
+STARTED = ("running", "done", "failed")  # what counts against MAX_FOLLOWUPS_PER_PR (ci: MAX_CI_FIXES_PER_PR)
 # A task can take its next follow-up from these states (a failed follow-up leaves its PR open).
 IDLE = (TaskState.PR_OPEN.value, TaskState.FAILED.value)
 
@@ -105,7 +107,10 @@ class FollowupRunner:
             task = session.get(Task, row.task_id)
             assert task is not None
             repo, number, author, installation = task.repo, task.pr_number, row.author, row.installation_id
+            kind, head_sha = row.kind, row.head_sha
         forge = self.forge_for(installation)
+        if kind == CI:
+            return self._decide_ci(followup_id, forge, repo, number, head_sha)
         try:
             allowed = self.permissions.allowed(forge, repo, author)
         except ForgeError:
@@ -132,6 +137,26 @@ class FollowupRunner:
         self._set(followup_id, "pending", outcome=f"follow-up {followup_id} pending")
         self.start_next(self._task_id(followup_id))
         return "pending"
+
+    def _decide_ci(self, followup_id: int, forge: Forge, repo: str, number: int | None, sha: str | None) -> str:
+        """A failing CI run needs no person's access, but its commit must be the PR's head (ci.py)."""
+        if number is None or not sha:
+            self._set(followup_id, "refused", reply="no pull request or commit to fix",
+                      outcome="refused: no pull request or commit")
+            return "refused"
+        try:
+            decision = decide_ci(self.db, forge, followup_id, repo=repo, number=number, sha=sha)
+        except ForgeError:
+            self._set(followup_id, "received")  # unknown yet: the sweep asks again
+            raise
+        self._set(followup_id, decision.state, reply=decision.reply, outcome=decision.outcome,
+                  instructions=decision.instructions)
+        log.info("ci follow-up %s on %s#%s: %s", followup_id, repo, number, decision.outcome)
+        if decision.comment is not None:
+            forge.comment(repo, number, decision.comment)
+        if decision.state == "pending":
+            self.start_next(self._task_id(followup_id))
+        return decision.state
 
     def start_next(self, task_id: int) -> int | None:
         """Move an idle task with a pending follow-up to queued and send it; the follow-up started, if any."""
@@ -179,8 +204,8 @@ class FollowupRunner:
         with self.db.session() as session:
             row = session.get(Followup, followup_id)
             assert row is not None
-            earlier = session.scalar(select(func.count()).select_from(Followup).where(
-                Followup.task_id == row.task_id, Followup.id != row.id,
+            earlier = session.scalar(select(func.count()).select_from(Followup).where(  # ci fixes: their own cap
+                Followup.task_id == row.task_id, Followup.id != row.id, Followup.kind != CI,
                 Followup.state.in_((*STARTED, "pending"))))
         return int(earlier or 0) >= self.db.settings.max_followups_per_pr
 
@@ -188,7 +213,8 @@ class FollowupRunner:
         with self.db.session() as session:
             return int(session.scalar(select(Followup.task_id).where(Followup.id == followup_id)))
 
-    def _set(self, followup_id: int, state: str, *, reply: str | None = None, outcome: str | None = None) -> None:
+    def _set(self, followup_id: int, state: str, *, reply: str | None = None, outcome: str | None = None,
+             instructions: str | None = None) -> None:
         """The follow-up's state, and its delivery's recorded outcome (what `forgecrew webhook` shows)."""
         with self.db.session() as session:
             row = session.get(Followup, followup_id)
@@ -196,6 +222,8 @@ class FollowupRunner:
             row.state = state
             if reply is not None:
                 row.reply = reply
+            if instructions is not None:
+                row.instructions = instructions
             if state in ("refused", "merged"):
                 row.finished_at = db_now(session)
             if outcome is not None:

@@ -136,6 +136,7 @@ class FakeIssue:
     base: str = ""
     draft: bool = False
     reviews: list[dict[str, Any]] = field(default_factory=list)  # pull requests': id, login, state, body
+    head_sha: str | None = None  # a pull request's head commit; None: FakeGitHub.branch_head, else a made-up sha
     review_comments: list[dict[str, Any]] = field(default_factory=list)  # id, login, path, line, body, review_id
 
 
@@ -146,6 +147,8 @@ class FakeRepo:
     private: bool = False
     roles: dict[str, str] = field(default_factory=dict)
     issues: dict[int, FakeIssue] = field(default_factory=dict)
+    check_runs: list[dict[str, Any]] = field(default_factory=list)  # id, head_sha, name, conclusion, output, notes
+    statuses: list[dict[str, Any]] = field(default_factory=list)  # id, sha, state, context, description, target_url
 
     @property
     def owner(self) -> str:
@@ -208,6 +211,8 @@ class FakeGitHub:
         self._faults: list[tuple[str, re.Pattern[str], Reply, bool, Callable[[], None] | None]] = []
         self._lock = threading.RLock()
         self._comment_ids = 0
+        # where a branch of a repository is now (e.g. read from the git repository the pushes go to)
+        self.branch_head: Callable[[str, str], str | None] | None = None
         self._remaining = 5000
         self._examples = {name: json.dumps(ex["value"]) for name, ex in load_spec()["components"]["examples"].items()}
         self._server = _Server(("127.0.0.1", 0), _Handler)
@@ -276,6 +281,27 @@ class FakeGitHub:
                    "review_id": review_id, "in_reply_to": in_reply_to, "at": _now_iso()}
         pull.review_comments.append(comment)
         return comment
+
+    def add_check_run(self, full_name: str, head_sha: str, name: str, *, conclusion: str | None = "failure",
+                      title: str = "", summary: str = "",
+                      annotations: tuple[dict[str, Any], ...] = ()) -> dict[str, Any]:
+        """A completed check run (conclusion None: in progress); annotations are {path, line, level, message}."""
+        with self._lock:
+            self._comment_ids += 1
+            run = {"id": self._comment_ids, "head_sha": head_sha, "name": name, "conclusion": conclusion,
+                   "title": title, "summary": summary, "annotations": list(annotations), "at": _now_iso()}
+            self.repos[full_name].check_runs.append(run)
+            return run
+
+    def add_status(self, full_name: str, sha: str, context: str, state: str, *, description: str = "",
+                   target_url: str | None = None) -> dict[str, Any]:
+        """A commit status (state error, failure, pending or success); a later one of a context replaces it."""
+        with self._lock:
+            self._comment_ids += 1
+            status = {"id": self._comment_ids, "sha": sha, "context": context, "state": state,
+                      "description": description, "target_url": target_url, "at": _now_iso()}
+            self.repos[full_name].statuses.append(status)
+            return status
 
     def set_permission(self, full_name: str, username: str, role: str) -> None:
         """role: admin, maintain, write, triage, read or none."""
@@ -436,6 +462,8 @@ class FakeGitHub:
             "pulls/get": self._get_pull, GRAPHQL_OP: self._graphql,
             "pulls/list-reviews": self._list_reviews, "pulls/list-review-comments": self._list_review_comments,
             "pulls/create-reply-for-review-comment": self._reply_to_review_comment,
+            "checks/list-for-ref": self._list_check_runs, "checks/list-annotations": self._list_annotations,
+            "repos/get-combined-status-for-ref": self._combined_status,
         }
 
     def _repo(self, params: dict[str, str]) -> FakeRepo:
@@ -606,6 +634,68 @@ class FakeGitHub:
                     url=f"{self.api_url}/repos/{repo.full_name}/pulls/comments/{comment['id']}")
         return data
 
+    def _list_check_runs(self, params: dict[str, str], query: dict[str, str], body: Any) -> tuple[int, Any, dict]:
+        """The ref's check runs, newest first; filter=latest (the default) keeps the newest of each name."""
+        repo = self._repo(params)
+        found = [run for run in reversed(repo.check_runs) if run["head_sha"] == params["ref"]
+                 and query.get("check_name") in (None, run["name"])
+                 and query.get("status") in (None, "completed" if run["conclusion"] else "in_progress")]
+        if query.get("filter", "latest") == "latest":
+            seen: set[str] = set()
+            found = [run for run in found if not (run["name"] in seen or seen.add(run["name"]))]
+        status, items, headers = self._page([self._check_run_json(repo, run) for run in found], query,
+                                            f"/repos/{repo.full_name}/commits/{params['ref']}/check-runs")
+        return status, {"total_count": len(found), "check_runs": items}, headers
+
+    def _list_annotations(self, params: dict[str, str], query: dict[str, str], body: Any) -> tuple[int, Any, dict]:
+        repo = self._repo(params)
+        run = next((r for r in repo.check_runs if str(r["id"]) == params["check_run_id"]), None)
+        if run is None:
+            raise Reply(404, error_body(404, "Not Found"))
+        template = self._example("check-annotation-items", repo.full_name)[0]
+        items = [{**template, "path": note["path"], "start_line": note.get("line") or 1,
+                  "end_line": note.get("line") or 1, "start_column": None, "end_column": None,
+                  "annotation_level": note.get("level", "failure"), "title": note.get("title"),
+                  "message": note["message"], "raw_details": None,
+                  "blob_href": f"{self.web_url}/{repo.full_name}/blob/{run['head_sha']}/{note['path']}"}
+                 for note in run["annotations"]]
+        return self._page(items, query, f"/repos/{repo.full_name}/check-runs/{run['id']}/annotations")
+
+    def _combined_status(self, params: dict[str, str], query: dict[str, str], body: Any) -> tuple[int, Any, dict]:
+        """GitHub's rule: failure if any context failed or errored, pending if any is pending or none exist."""
+        repo = self._repo(params)
+        latest: dict[str, dict[str, Any]] = {}
+        for status in repo.statuses:
+            if status["sha"] == params["ref"]:
+                latest[status["context"]] = status
+        states = {status["state"] for status in latest.values()}
+        state = ("failure" if states & {"failure", "error"} else "pending" if not states or "pending" in states
+                 else "success")
+        data = self._example("combined-commit-status", repo.full_name)
+        template = data["statuses"][0]
+        data.update(state=state, sha=params["ref"], total_count=len(latest), repository=self._repo_json(repo),
+                    commit_url=f"{self.api_url}/repos/{repo.full_name}/commits/{params['ref']}",
+                    url=f"{self.api_url}/repos/{repo.full_name}/commits/{params['ref']}/status",
+                    statuses=[{**template, "id": s["id"], "node_id": f"SC_{s['id']}", "state": s["state"],
+                               "context": s["context"], "description": s["description"] or None,
+                               "target_url": s["target_url"], "created_at": s["at"], "updated_at": s["at"],
+                               "url": f"{self.api_url}/repos/{repo.full_name}/statuses/{s['sha']}"}
+                              for s in latest.values()])
+        return 200, data, {}
+
+    def _check_run_json(self, repo: FakeRepo, run: dict[str, Any]) -> dict[str, Any]:
+        data = copy.deepcopy(self._example("check-run-paginated", repo.full_name)["check_runs"][0])
+        done = run["conclusion"] is not None
+        data.update(id=run["id"], head_sha=run["head_sha"], node_id=f"CR_{run['id']}", name=run["name"],
+                    status="completed" if done else "in_progress", conclusion=run["conclusion"],
+                    started_at=run["at"], completed_at=run["at"] if done else None, pull_requests=[],
+                    url=f"{self.api_url}/repos/{repo.full_name}/check-runs/{run['id']}",
+                    html_url=f"{self.web_url}/{repo.full_name}/runs/{run['id']}")
+        data["output"] = {"title": run["title"] or None, "summary": run["summary"] or None, "text": None,
+                          "annotations_count": len(run["annotations"]),
+                          "annotations_url": f"{data['url']}/annotations"}
+        return data
+
     def _graphql(self, params: dict[str, str], query: dict[str, str], body: Any) -> tuple[int, Any, dict]:
         """markPullRequestReadyForReview only; GraphQL reports errors with status 200, as GitHub does."""
         if f"{READY_MUTATION}(input: $input)" not in body["query"]:
@@ -695,9 +785,10 @@ class FakeGitHub:
                     milestone=None, assignee=None, assignees=[], requested_reviewers=[], requested_teams=[],
                     locked=False, merged_at=None, auto_merge=None)
         sha = hashlib.sha1(f"{repo.full_name}:{issue.head}".encode()).hexdigest()
+        head_sha = issue.head_sha or (self.branch_head(repo.full_name, issue.head or "") if self.branch_head else None)
         for side, ref, owner in (("head", issue.head, issue.head_owner), ("base", issue.base, repo.owner)):
-            data[side].update(ref=ref, label=f"{owner}:{ref}", sha=sha, user=self._user(owner),
-                              repo=self._repo_json(repo))
+            data[side].update(ref=ref, label=f"{owner}:{ref}", sha=(head_sha if side == "head" else None) or sha,
+                              user=self._user(owner), repo=self._repo_json(repo))
         return data
 
 

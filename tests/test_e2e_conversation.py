@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from common.settings import Settings
 from tests.conftest import settings_env
 from tests.fakes.anthropic_server import DEFAULT_KEY, FakeAnthropic, tool_use
 from tests.fakes.github_server import FakeGitHub
+from tests.followup_support import review_payload
 from tests.sample_repo import ISSUE_BODY, ISSUE_TITLE, fixing_script, write_sample
 from tests.support import Process, headers, labeled_issue, payload, start_coordinator, start_worker, wait_for
 
@@ -175,3 +177,58 @@ def test_cancel_in_a_comment_stops_the_running_agent(
     assert github.pulls(REPO) == []
     bodies = [c["body"] for c in github.issue(REPO, ISSUE).comments if c["login"] == BOT]
     assert any(body.startswith("@maintainer task ") and "cancelled" in body for body in bodies)
+
+
+def test_a_whole_conversation_label_progress_pr_review_follow_up_reply(
+        url: str, db: Database, model: FakeAnthropic, github: FakeGitHub, tmp_path: Path,
+        processes: list[Process]) -> None:
+    """What a person sees on GitHub, start to end; printed as a timeline (pytest -s) for the docs."""
+    model.add(*fixing_script())
+    task_id = label(url)
+    task = wait_for(lambda: task_in(db, task_id, "pr_open", "failed"), timeout=120, what="the PR")
+    assert task.state == "pr_open", (task.failure_reason, processes[-1].log()[-3000:])
+    [pr] = github.pulls(REPO)
+    [progress] = [c for c in github.issue(REPO, ISSUE).comments if c["login"] == BOT]  # one, edited in place
+    assert "pull request open" in progress["body"] and f"/pull/{pr.number}" in progress["body"]
+    assert "tokens:" in progress["body"] and "tests: " in progress["body"]
+
+    review, [line] = github.add_review(
+        REPO, pr.number, author="maintainer", state="CHANGES_REQUESTED", body="Close, but we need sub() too.",
+        comments=({"path": "calc.py", "line": 3, "body": "Add sub(a, b) below add()."},))
+    sub = 'def sub(a, b):\n    """Difference of a and b."""\n    return a - b'
+
+    def edit_after_reading_the_review(request: Any) -> Any:
+        first = texts(request)
+        assert "Close, but we need sub() too." in first and "Add sub(a, b) below add()." in first, first[:2000]
+        return tool_use("edit_file", {"path": "calc.py", "old_text": "return a + b",
+                                      "new_text": "return a + b\n\n\n" + sub})
+
+    model.add(edit_after_reading_the_review, tool_use("finish", {"summary": "Added `sub()` below `add()`."}))
+    data = review_payload(REPO, pr.number, task.branch or "", review_id=review["id"], author="maintainer",
+                          body="Close, but we need sub() too.")
+    assert deliver(url, "pull_request_review", data)["status"].startswith("follow-up ")
+
+    def replied() -> list[dict[str, Any]] | None:
+        bodies = [c for c in github.issue(REPO, pr.number).comments if c["login"] == BOT]
+        return bodies or None
+
+    [reply] = wait_for(replied, timeout=120, what="the follow-up's reply")
+    remote = tmp_path / "git" / f"{REPO}.git"
+    log = subprocess.run(["git", "--git-dir", str(remote), "log", "--format=%h %s", f"main..{task.branch}"],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert len(log) == 2 and log[0].split(" ", 1)[1].startswith(f"Follow-up on #{pr.number}: review by maintainer")
+    assert reply["body"].startswith(f"@maintainer pushed {log[0].split()[0]}") and "✅" in reply["body"]
+    assert github.pulls(REPO) == [pr]  # the same pull request, no second one
+    assert line["id"] not in [c["in_reply_to"] for c in github.repos[REPO].issues[pr.number].review_comments]
+    [progress_after] = [c for c in github.issue(REPO, ISSUE).comments if c["login"] == BOT]
+    assert progress_after["id"] == progress["id"]
+
+    print(f"\n--- issue #{ISSUE} ---")
+    for c in github.issue(REPO, ISSUE).comments:
+        print(f"[{c['login']}] {c['body']}\n")
+    print(f"--- pull request #{pr.number}: {pr.title} (head {pr.head}) ---")
+    print(f"[maintainer] review CHANGES_REQUESTED: {review['body']}")
+    print(f"[maintainer] on calc.py line 3: {line['body']}")
+    for c in github.issue(REPO, pr.number).comments:
+        print(f"[{c['login']}] {c['body']}\n")
+    print("--- commits on the branch ---\n" + "\n".join(log))

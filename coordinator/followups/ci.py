@@ -9,13 +9,16 @@ was given. Past MAX_CI_FIXES_PER_PR started fixes forgecrew says once on the PR 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
 
 from common.db import Database
-from common.forge.base import FailingCheck, Forge
+from common.forge.base import FailingCheck, Forge, ForgeError
 from common.models import Followup
+
+log = logging.getLogger(__name__)
 
 CI = "ci"
 STARTED = ("running", "done", "failed")
@@ -34,7 +37,11 @@ class CiDecision:
 
 
 def decide_ci(db: Database, forge: Forge, followup_id: int, *, repo: str, number: int, sha: str) -> CiDecision:
-    """Stale, over the cap, nothing failing any more, or pending with the failing checks; ForgeError propagates."""
+    """Stale, over the cap, unreadable, nothing failing any more, or pending with the failing checks.
+
+    A ForgeError reading the PR's head propagates (the sweep decides again); one reading the checks
+    refuses, since PyGithub has already retried what was transient.
+    """
     head = forge.pull_head_sha(repo, number)
     if head != sha:
         why = f"commit {sha[:12]} is no longer the head of #{number} ({head[:12]} is)"
@@ -49,7 +56,11 @@ def decide_ci(db: Database, forge: Forge, followup_id: int, *, repo: str, number
         return CiDecision("refused", f"refused: over {limit} CI fixes" + (" (already said on the PR)" if said else ""),
                           reply=text if not said else f"over {limit} CI fixes; already said on the PR",
                           comment=None if said else text)
-    checks = forge.failing_checks(repo, sha)
+    try:
+        checks = forge.failing_checks(repo, sha)
+    except ForgeError as exc:  # e.g. a fine-grained token, which GitHub never grants Checks: say so, do not loop
+        log.warning("ci follow-up %s: the checks of %s@%s are not readable: %s", followup_id, repo, sha[:12], exc)
+        return CiDecision("refused", f"refused: the checks of {sha[:12]} are not readable", reply=str(exc)[:1000])
     if not checks:
         why = f"no check or status of {sha[:12]} fails any more"
         return CiDecision("refused", f"ignored: {why}", reply=why)

@@ -28,6 +28,7 @@ from workers.llm import LLMClient
 from workers.prompts import plan_message, repair_message, system_prompt, task_message
 from workers.publish import NothingToPublish, Published, PublishRequest, publish, tests_failing_advice
 from workers.repo_config import RepoConfig, instruction_files, load_repo_config
+from workers.requests_inbox import RequestInbox
 from workers.runs import finish_run, start_run
 from workers.sandbox import Limits, Sandbox, SandboxPaths, limits_for, make_sandbox
 from workers.sandbox.factory import UNSANDBOXED_WARNING
@@ -131,8 +132,10 @@ class Pipeline:
                                           number=task.issue_number, comment_id=task.progress_comment_id,
                                           interval=self.settings.progress_edit_interval_seconds)
             # written at the agent's first step, not here: the first model request waits for no forge call
+            job = self.followup
             self.status.facts.update(state="running", specialty=task.specialty, attempt=task.attempt, turns=0,
-                                     tests="", pr="", reason="", advice="")
+                                     tests="", pr=f"#{job.pr_number}" if job else "", reason="", advice="",
+                                     followup=job.id if job else None)
         issue = self._issue(task)
         branch = task.branch or branch_name(task.issue_number, issue.title, task_id=task.id)
         self._update(held, branch=branch)
@@ -239,6 +242,7 @@ class Pipeline:
             transcript=transcript,
             system=system_prompt(profile, repo=task.repo, branch=workspace.branch, planning=planning),
             should_stop=should_stop,
+            incoming=self._inbox(task).take,
             on_event=self._agent_event,
             redact=self.redact,
             allowed_tools=plans.planning_tools(profile.tools) if planning else profile.tools,
@@ -258,6 +262,10 @@ class Pipeline:
             message = task_message(issue, workspace.checkout, instructions=instruction_files(workspace.checkout),
                                    extra=config.instructions, test_command=test_command, approved_plan=approved)
         return self._checked(self.agent.run(message))
+
+    def _inbox(self, task: TaskSnapshot) -> RequestInbox:
+        """A follow-up reads only what comes after it started; a first run or a retry reads every request."""
+        return RequestInbox.from_now(self.db, task.id) if self.followup is not None else RequestInbox(self.db, task.id)
 
     def _checked(self, result: AgentResult) -> AgentResult:
         self.progress(f"agent ended: {result.outcome} after {result.turns} turns")
@@ -364,7 +372,7 @@ class Pipeline:
             release(row)
         reply = self.redact(followups.reply_text(job, result, summary, tests))
         problems = followups.post_reply(self.forge, task.repo, job, reply)
-        self._status(final=True, state="pr_open", pr=f"#{job.pr_number} ({pushed} for a follow-up)",
+        self._status(final=True, state="pr_open", pr=f"#{job.pr_number} ({pushed} by follow-up {job.id})",
                      tests=tests.headline() if tests else "no tests found", advice="")
         return Outcome(TaskState.PR_OPEN.value, detail + "".join(f"; {p}" for p in problems))
 
@@ -380,8 +388,9 @@ class Pipeline:
         followups.finish_followup(self.db, job.id, state="failed", reply=outcome.reason)
         forge = getattr(self, "forge", None)
         if forge is not None:
+            to = "" if job.kind == "ci" else f"@{job.author} "  # a CI fix answers the PR, not the checks' bot
             followups.post_reply(forge, task.repo, job, self.redact(
-                f"@{job.author} this follow-up did not work: {outcome.reason[:1500]}"))
+                f"{to}this follow-up did not work: {outcome.reason[:1500]}"))
 
     def _announce(self, published: Published, request: PublishRequest, branch: str) -> list[str]:
         """Label the issue and write the progress comment's last state; what failed goes into the detail."""

@@ -81,7 +81,8 @@ def render(task_id: int, facts: dict[str, Any]) -> str:
     state = facts.get("state", "queued")
     lines = [MARKER, f"**forgecrew** · task {task_id} · {STATE_WORDS.get(state, state)}", ""]
     where = f"on **{facts['specialty']}**" if facts.get("specialty") else ""
-    attempt = f", attempt {facts['attempt']}" if facts.get("attempt") else ""
+    attempt = (f", follow-up {facts['followup']}" if facts.get("followup")  # a follow-up is no new attempt
+               else f", attempt {facts['attempt']}" if facts.get("attempt") else "")
     turns = f", {facts['turns']} model turns so far" if facts.get("turns") and state == "running" else ""
     lines.append(f"- {state.replace('_', ' ')} {where}{attempt}{turns}".replace("  ", " ").rstrip())
     if facts.get("tests"):

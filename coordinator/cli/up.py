@@ -110,7 +110,8 @@ def banner(plan: Plan, *, host: str, port: int, flower_port: int | None, broker:
     lines = [
         f"forgecrew is starting; state in {settings.home}",
         f"  webhook URL     {url}/webhooks/github  (content type application/json, events: Issues, "
-        "Issue comments, Pull requests, Pull request reviews, Pull request review comments)",
+        "Issue comments, Pull requests, Pull request reviews, Pull request review comments, Check suites, "
+        "Check runs, Statuses)",
         f"  webhook secret  {settings.secret('webhook_secret')}",
         f"  REST API        {url}/api/v1  bearer token {settings.secret('api_token')}  (OpenAPI at {url}/docs)",
         f"  metrics         {url}/metrics",

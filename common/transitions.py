@@ -28,6 +28,11 @@ def transition(session: Session, task: Task, to_state: TaskState, *, actor: str,
     return event
 
 
+# A note whose detail starts so, by a comment command's actor, is a request for the running agent
+# (workers/requests_inbox.py reads it).
+REQUEST_NOTE_PREFIX = "request from "
+
+
 def record_note(session: Session, task: Task, *, actor: str, detail: str) -> TaskEvent:
     """An audit event that changes no state (from and to are the current one): a fact worth keeping."""
     event = TaskEvent(task=task, from_state=task.state, to_state=task.state, actor=actor, detail=detail,

@@ -15,9 +15,9 @@ from sqlalchemy import func, select
 
 from common.db import Database
 from common.models import TaskEvent
+from common.transitions import REQUEST_NOTE_PREFIX as REQUEST_PREFIX
 
 log = logging.getLogger(__name__)
-REQUEST_PREFIX = "request from "
 COMMENT_ACTOR = "comment:"
 
 

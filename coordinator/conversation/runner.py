@@ -24,7 +24,7 @@ from common.forge.base import Forge
 from common.models import CommentCommand, Task, WebhookDelivery
 from common.specialties import profiles
 from common.states import TaskState
-from common.transitions import record_note
+from common.transitions import REQUEST_NOTE_PREFIX, record_note
 from coordinator.conversation.parse import HELP
 from coordinator.intake import active_task_id
 from coordinator.operations import Operations
@@ -208,15 +208,16 @@ class CommandRunner:
                 assert task is not None
                 waiting = task.state == TaskState.AWAITING_APPROVAL
                 if not waiting:
-                    record_note(session, task, actor=actor, detail=f"request from {command.author}: "
+                    record_note(session, task, actor=actor, detail=f"{REQUEST_NOTE_PREFIX}{command.author}: "
                                                                   f"{command.argument[:1000]}")
         if active is not None and waiting:
             self.operations.revise_plan(active, command.argument, by=command.author, actor=actor)
             return (f"revising the plan of task {active} with your changes; the revised plan will be posted here "
                     "for approval.")
         if active is not None:
-            return (f"task {active} is already working on this issue; I noted your request on it. Once its pull "
-                    "request opens, review it or comment there with what to change.")
+            return (f"task {active} is already working on this issue; its agent gets your request at its next "
+                    "step (a task still queued gets it when it starts). Once its pull request opens, review it or "
+                    "comment there with what to change.")
         detail = self.operations.submit(repo=command.repo, issue=command.number, title=None,
                                         requested_by=command.author, instruction=command.argument)
         return f"on it: task {detail['id']} is queued on {detail['specialty']}."

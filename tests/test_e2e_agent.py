@@ -119,38 +119,3 @@ def test_labeled_issue_becomes_a_pr_on_github(make_settings, db: Database, model
     for path in [*workspace.rglob("*"), *(git_root / f"{REPO}.git").rglob("*")]:
         if path.is_file():
             assert token.encode() not in path.read_bytes(), path
-
-
-def test_task_of_a_killed_worker_runs_again_on_another(make_settings, db: Database, model: FakeAnthropic,  # type: ignore[no-untyped-def]
-                                                       tmp_path: Path, processes: list[Process]) -> None:
-    import dataclasses
-    import os
-    import signal
-
-    from tests.fakes.anthropic_server import tool_use
-
-    settings: Settings = make_settings(forge="local", anthropic_api_key=DEFAULT_KEY, anthropic_base_url=model.base_url,
-                                       lease_seconds=3, reaper_interval_seconds=1)
-    forge = LocalForge(settings)
-    forge.create_repo(REPO, write_sample(tmp_path / "sample"))
-    forge.create_issue(REPO, 1, ISSUE_TITLE, ISSUE_BODY)
-    # the first worker's model call hangs until it is killed; the rest of the script fixes the bug
-    model.add(dataclasses.replace(tool_use("list_files", {"path": "."}), delay=60), *fixing_script())
-    env = settings_env(settings)
-    coordinator, url = start_coordinator(env, tmp_path)
-    processes.append(coordinator)
-    doomed = start_worker(env, tmp_path, "backend")
-    response = deliver(url, labeled_issue("forgecrew:backend", title=ISSUE_TITLE, body=ISSUE_BODY))
-    task_id = response.json()["task_id"]
-    wait_for(lambda: len(model.message_requests) == 1, timeout=60, what="first model call")
-    os.killpg(doomed.popen.pid, signal.SIGKILL)  # the whole worker, pool children included
-    doomed.stop()
-    processes.append(start_worker(env, tmp_path, "backend"))
-    task = final_task(db, task_id)
-    assert task.state == "pr_open", task.failure_reason
-    with db.session() as session:
-        details = [e.detail for e in session.get(Task, task_id).events]
-        runs = [(run.attempt, run.outcome) for run in session.get(Task, task_id).runs]
-    assert any("expired on attempt 1; requeued" in detail for detail in details)
-    assert task.attempt == 2 and runs == [(1, "lost"), (2, "pr_open")]
-    assert len(forge.pull_requests(REPO)) == 1

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import threading
 import uuid
 from datetime import timedelta
@@ -87,28 +85,6 @@ def test_broker_down_every_delivery_is_answered_and_each_task_sent_once_it_retur
     assert reconcile_later(settings, db) == []
     ids = queued_ids(settings)
     assert len(ids) == 20 and len(set(ids)) == 20
-
-
-def test_a_202_means_committed_even_if_the_coordinator_dies_right_after(make_settings, db: Database, tmp_path: Path,
-                                                                        processes: list[Process]) -> None:
-    settings = make_settings()
-    env = settings_env(settings.model_copy(update={"broker_url": CLOSED_BROKER}))
-    port = free_port()
-    proc = Process(["coordinator", "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--no-reconciler"],
-                   env, tmp_path / "coordinator.log")
-    processes.append(proc)
-    url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: proc.alive() and httpx.get(f"{url}/healthz", timeout=1).status_code == 200, timeout=30,
-             what="coordinator up")
-    body = json.dumps(labeled_issue("forgecrew:backend", number=77)).encode()
-    response = httpx.post(f"{url}/webhooks/github", content=body, headers=headers("issues", body), timeout=30)
-    os.kill(proc.popen.pid, signal.SIGKILL)  # before its sender could publish anything
-    assert response.status_code == 202, response.text
-    task_id = response.json()["task_id"]
-    with db.session() as session:
-        assert session.get(Task, task_id).state == "triaged"
-    assert reconcile_later(settings, db) == [task_id]
-    assert queued_ids(settings) == [f"forgecrew-task-{task_id}-1"]
 
 
 def test_several_processes_serve_and_one_runs_the_reconciler(make_settings, db: Database, tmp_path: Path,

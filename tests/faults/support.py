@@ -93,16 +93,23 @@ class Forge:
     def add_issue(self, number: int, title: str, body: str) -> None:
         self.github.add_issue(REPO, number, title, body, labels=("forgecrew:backend",))
 
+    def git(self, *args: str) -> str:
+        """A read-only git command in the remote's bare repository."""
+        return subprocess.run(["git", *args], cwd=self.git_root / f"{REPO}.git", capture_output=True, text=True,
+                              check=True).stdout
+
     def branches(self) -> dict[str, str]:
         """forgecrew branches on the git remote, name to head commit."""
-        out = subprocess.run(["git", "for-each-ref", "--format=%(refname:strip=2) %(objectname)", "refs/heads/"],
-                             cwd=self.git_root / f"{REPO}.git", capture_output=True, text=True, check=True).stdout
-        heads = dict(line.split() for line in out.splitlines())
+        heads = dict(line.split() for line in self.git("for-each-ref", "--format=%(refname:strip=2) %(objectname)",
+                                                       "refs/heads/").splitlines())
         return {name: sha for name, sha in heads.items() if name.startswith("forgecrew/")}
 
     def file_at(self, ref: str, path: str) -> str:
-        return subprocess.run(["git", "show", f"{ref}:{path}"], cwd=self.git_root / f"{REPO}.git",
-                              capture_output=True, text=True, check=True).stdout
+        return self.git("show", f"{ref}:{path}")
+
+    def authors_since_main(self, ref: str) -> list[str]:
+        """Who wrote each commit `ref` has and main has not."""
+        return self.git("log", "--format=%an", f"main..{ref}").split()
 
     def pulls(self) -> list[Any]:
         return self.github.pulls(REPO)

@@ -113,6 +113,9 @@ def test_worker_sigkilled_between_push_and_pr_makes_one_branch_and_one_pr(
                  duplicated=max(len(pulls) - 1, 0) + max(len(branches) - 1, 0), attempts=end.attempt)
     assert end.state == "pr_open", (end.failure_reason, end.details())
     assert list(pushed) == [end.branch]  # attempt 1 had pushed when it died
+    # what attempt 2 replaced was attempt 1's own commit on main, nobody else's
+    bot = fault_settings().bot_name
+    assert forge.authors_since_main(pushed[end.branch]) == [bot] == forge.authors_since_main(end.branch)
     assert end.attempt == 2 and end.runs == [(1, "lost"), (2, "pr_open")]
     assert "expired on attempt 1; requeued" in end.details()
     assert list(branches) == [end.branch] and "return a + b" in forge.file_at(end.branch, "calc.py")

@@ -11,6 +11,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, BackgroundTasks, Depends, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import bindparam, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from common.db import FROZEN_NOW, clock_sql, clock_value, insert_for
@@ -25,6 +27,10 @@ api = APIRouter()
 
 # Outcome of a delivery refused before any handler ran; its redelivery (same id) is handled afresh.
 REJECTED = "rejected: "
+# The database cannot be reached (down, restarting, pool exhausted): answered 503, so GitHub records
+# a failed delivery that can be redelivered once it is back.
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
+DATABASE_RETRY_AFTER_SECONDS = 30
 
 
 class BodyTooLarge(Exception):
@@ -77,6 +83,11 @@ async def github_webhook(
         return JSONResponse({"error": "missing or invalid X-Hub-Signature-256"}, status_code=401)
     try:
         answer = await request.app.state.intake.process(dict(request.headers), body)
+    except DATABASE_UNAVAILABLE as exc:
+        log.warning("delivery %s not recorded: the database is unavailable (%s)",
+                    request.headers.get("x-github-delivery"), str(exc).splitlines()[0])
+        return JSONResponse({"error": "database unavailable; the delivery was not recorded, redeliver it later"},
+                            status_code=503, headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)})
     except Exception:  # the outermost handler: log with context, answer 500 so GitHub may redeliver
         log.exception("delivery %s (%s) failed; nothing was recorded", request.headers.get("x-github-delivery"),
                       request.headers.get("x-github-event"))

@@ -8,6 +8,10 @@ from pydantic import BaseModel, Field
 
 from common.states import TaskState
 
+# Limits of what PostgreSQL stores, stated in the schema so a request past them is a 422, not a 500.
+MAX_ID = 2**31 - 1  # task ids and issue numbers are PostgreSQL integers
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL (0x00)
+
 
 class ErrorBody(BaseModel):
     detail: str = Field(description="What went wrong and what to do about it.")
@@ -98,16 +102,17 @@ class SubmitRequest(BaseModel):
     """Work started without a webhook: an existing issue, or a title and body of its own (one is needed)."""
 
     repo: str = Field(pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$", description="owner/name")
-    issue: int | None = Field(None, gt=0, description="Issue number; its title and body are used.")
-    title: str | None = Field(None, min_length=1, max_length=500, description="Without an issue: what to do.")
-    body: str = Field("", max_length=65536)
-    specialty: str | None = Field(None, description="Skip triage and use this queue.")
-    requested_by: str = Field("api", min_length=1, max_length=100,
+    issue: int | None = Field(None, gt=0, le=MAX_ID, description="Issue number; its title and body are used.")
+    title: str | None = Field(None, min_length=1, max_length=500, pattern=NO_NUL,
+                              description="Without an issue: what to do.")
+    body: str = Field("", max_length=65536, pattern=NO_NUL)
+    specialty: str | None = Field(None, pattern=NO_NUL, description="Skip triage and use this queue.")
+    requested_by: str = Field("api", min_length=1, max_length=100, pattern=NO_NUL,
                               description="Recorded in the audit log as who asked.")
 
 
 class CancelRequest(BaseModel):
-    reason: str = Field("", max_length=1000, description="Recorded in the audit log.")
+    reason: str = Field("", max_length=1000, pattern=NO_NUL, description="Recorded in the audit log.")
 
 
 class ActiveTask(BaseModel):

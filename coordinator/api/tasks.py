@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, status
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import selectinload
 
@@ -16,7 +16,7 @@ from common.models import Task
 from common.serialize import task_detail, task_summary
 from common.states import TaskState
 from coordinator.api.auth import Actor
-from coordinator.api.schemas import CancelRequest, ErrorBody, SubmitRequest, TaskDetail, TaskPage
+from coordinator.api.schemas import MAX_ID, NO_NUL, CancelRequest, ErrorBody, SubmitRequest, TaskDetail, TaskPage
 from coordinator.operations import Operations
 from coordinator.services import Services
 from coordinator.webhooks.endpoint import get_services
@@ -25,10 +25,13 @@ api = APIRouter(prefix="/tasks", tags=["tasks"])
 ServicesDep = Annotated[Services, Depends(get_services)]
 NOT_FOUND = {404: {"model": ErrorBody, "description": "No task has this id."}}
 CONFLICT = {409: {"model": ErrorBody, "description": "The task's state does not allow this."}}
+# FastAPI answers 400 itself for a body that is no UTF-8 text (invalid JSON text is a 422)
+UNREADABLE = {400: {"model": ErrorBody, "description": "The body is not UTF-8 text."}}
 BAD_INPUT = {400: {"model": ErrorBody, "description": "The request names no usable work (e.g. an unknown "
-                   "specialty)."},
+                   "specialty), or its body is not UTF-8 text."},
              502: {"model": ErrorBody, "description": "The forge would not give the issue."}}
 MAX_PAGE = 500
+TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="The task's id.")]
 
 
 def _filtered(query: Select[Any], state: TaskState | None, repo: str | None, specialty: str | None) -> Select[Any]:
@@ -43,10 +46,10 @@ def _filtered(query: Select[Any], state: TaskState | None, repo: str | None, spe
 def list_tasks(
     services: ServicesDep,
     state: Annotated[TaskState | None, Query(description="Only tasks in this state.")] = None,
-    repo: Annotated[str | None, Query(description="Only this owner/name.")] = None,
-    specialty: Annotated[str | None, Query(description="Only this specialty (queue).")] = None,
+    repo: Annotated[str | None, Query(pattern=NO_NUL, description="Only this owner/name.")] = None,
+    specialty: Annotated[str | None, Query(pattern=NO_NUL, description="Only this specialty (queue).")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Tasks per page.")] = 50,
-    offset: Annotated[int, Query(ge=0, description="Tasks to skip (from next_offset).")] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID, description="Tasks to skip (from next_offset).")] = 0,
 ) -> dict[str, Any]:
     with services.db.session() as session:
         total = session.scalar(_filtered(select(func.count()).select_from(Task), state, repo, specialty)) or 0
@@ -59,7 +62,7 @@ def list_tasks(
 
 
 @api.get("/{task_id}", response_model=TaskDetail, responses=NOT_FOUND, summary="One task with its audit log")
-def show_task(task_id: int, services: ServicesDep) -> dict[str, Any]:
+def show_task(task_id: TaskId, services: ServicesDep) -> dict[str, Any]:
     with services.db.session() as session:
         task = session.get(Task, task_id, options=[selectinload(Task.events), selectinload(Task.runs)])
         if task is None:
@@ -103,14 +106,14 @@ def submit_task(request: Annotated[SubmitRequest, Body()], operations: Operation
 
 @api.post("/{task_id}/retry", response_model=TaskDetail, responses={**NOT_FOUND, **CONFLICT},
           summary="Queue a failed or cancelled task again")
-def retry_task(task_id: int, operations: OperationsDep, actor: Actor) -> dict[str, Any]:
+def retry_task(task_id: TaskId, operations: OperationsDep, actor: Actor) -> dict[str, Any]:
     with _answering():
         return operations.retry(task_id, actor=actor)
 
 
-@api.post("/{task_id}/cancel", response_model=TaskDetail, responses={**NOT_FOUND, **CONFLICT},
+@api.post("/{task_id}/cancel", response_model=TaskDetail, responses={**NOT_FOUND, **CONFLICT, **UNREADABLE},
           summary="Cancel a task that is not finished")
-def cancel_task(task_id: int, operations: OperationsDep, actor: Actor,
+def cancel_task(task_id: TaskId, operations: OperationsDep, actor: Actor,
                 request: Annotated[CancelRequest | None, Body()] = None) -> dict[str, Any]:
     """A running worker notices at its next step and stops; queued messages are revoked."""
     with _answering():

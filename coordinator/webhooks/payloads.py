@@ -8,12 +8,22 @@ forgecrew does not read are not checked; handlers keep reading the payload itsel
 from __future__ import annotations
 
 import json
-from typing import Any
+import re
+from typing import Annotated, Any
 from urllib.parse import parse_qs
 
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+# An unpaired surrogate (a paired one is decoded into its character): JSON may escape one, UTF-8 cannot hold it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+# Bounds of the columns these land in (GitHub's own limits are far below): past them, a 400 and not a 500.
+Login = Annotated[StrictStr, Field(max_length=100)]
+RepoName = Annotated[StrictStr, Field(max_length=200)]
+Number = Annotated[StrictInt, Field(ge=0, le=2**31 - 1)]  # issue and pull request numbers: PostgreSQL integer
+Id = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]  # GitHub's ids: PostgreSQL bigint
 
 
 class MalformedPayload(ValueError):
@@ -25,16 +35,16 @@ class _Part(BaseModel):
 
 
 class Account(_Part):
-    login: StrictStr = ""
+    login: Login = ""
     type: StrictStr | None = None
 
 
 class Repository(_Part):
-    full_name: StrictStr
+    full_name: RepoName
 
 
 class Installation(_Part):
-    id: StrictInt
+    id: Id
 
 
 class Label(_Part):
@@ -42,7 +52,7 @@ class Label(_Part):
 
 
 class Issue(_Part):
-    number: StrictInt
+    number: Number
     title: StrictStr | None = None
     body: StrictStr | None = None
     state: StrictStr | None = None
@@ -59,7 +69,7 @@ class Branch(_Part):
 
 
 class PullRequest(_Part):
-    number: StrictInt
+    number: Number
     merged: StrictBool | None = None
     head: Branch | None = None
     body: StrictStr | None = None
@@ -76,7 +86,7 @@ class Envelope(_Part):
     issue: Issue | None = None
     pull_request: PullRequest | None = None
     label: Label | None = None
-    number: StrictInt | None = None
+    number: Number | None = None
     hook_id: StrictInt | None = None
 
 
@@ -91,8 +101,27 @@ def parse_body(body: bytes, content_type: str | None) -> dict[str, Any]:
         raise MalformedPayload(f"malformed JSON ({exc})") from None
     if not isinstance(payload, dict):
         raise MalformedPayload("malformed JSON (payload is not a JSON object)")
+    raw = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+    if b"\\u" in raw or b"\xed" in raw:  # only an escape (or raw surrogate bytes) can carry either
+        check_text(payload)
     check_shape(payload)
     return payload
+
+
+def check_text(payload: Any) -> None:
+    """Refuse text PostgreSQL cannot store: NUL, or an unpaired surrogate (not UTF-8). GitHub sends neither."""
+    pending = [payload]
+    while pending:  # not recursive: a payload may nest deeper than Python's stack
+        value = pending.pop()
+        if isinstance(value, str):
+            if "\x00" in value or _SURROGATE.search(value):
+                raise MalformedPayload("text with a NUL character or an unpaired UTF-16 surrogate, which GitHub "
+                                       "never sends")
+        elif isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
 
 
 def check_shape(payload: dict[str, Any]) -> None:

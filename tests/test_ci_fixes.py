@@ -91,7 +91,8 @@ def followups(db: Database) -> list[Followup]:
 
 def settled(db: Database, count: int) -> list[Followup] | None:
     rows = followups(db)
-    return rows if len(rows) == count and all(r.state not in ("received", "checking") for r in rows) else None
+    # `pending` is a step too: an idle task's follow-up moves on to `running` in the next transaction
+    return rows if len(rows) == count and all(r.state not in ("received", "checking", "pending") for r in rows) else None
 
 
 def test_a_failing_check_run_queues_a_ci_fix_with_the_failing_checks_and_annotations(

@@ -150,3 +150,29 @@ def test_a_person_pushing_a_conflicting_change_during_the_run_is_never_overwritt
     [pull] = forge.pull_requests(REPO)
     [said] = [c["body"] for c in pull["comments"]]
     assert said.startswith("@local this follow-up did not work") and "moved while the follow-up ran" in said
+
+
+def test_a_ci_fix_for_a_commit_the_branch_moved_past_does_not_run(
+        forge_settings: Settings, db: Database, forge: LocalForge, model: FakeAnthropic, tmp_path: Path) -> None:
+    task = open_pr(forge_settings, db, forge, model)
+    assert task.branch and task.pr_number
+    failed_at = branch_head(forge, task.branch)
+    theirs = person_pushes(forge, task.branch, tmp_path, "NOTES.md", "Pat fixed CI by hand.\n")
+    with db.session() as session:
+        row = Followup(task_id=task.id, delivery_id="d-ci", kind="ci", author="github-actions[bot]",
+                       instructions="tests failed", head_sha=failed_at, state="running")
+        session.add(row)
+        transition(session, session.get(Task, task.id), TaskState.QUEUED, actor="test", detail="ci fix")
+        session.flush()
+        followup_id = row.id
+    requests_before = len(model.message_requests)
+
+    assert run_task(forge_settings, db, forge, task.id).state == "pr_open"
+    assert len(model.message_requests) == requests_before  # no model call, no tokens spent
+    assert branch_head(forge, task.branch) == theirs  # nothing pushed
+    with db.session() as session:
+        done = session.get(Followup, followup_id)
+        assert done is not None and done.state == "done"
+        assert f"failed were of {failed_at[:12]}" in (done.reply or "") and theirs[:12] in (done.reply or "")
+    said = [c["body"] for c in forge._pull(REPO, task.pr_number).get("comments", [])]
+    assert not any("did not work" in body or "pushed" in body for body in said), said  # a quiet skip

@@ -50,6 +50,7 @@ class FollowupJob:
     review_id: int | None
     comment_id: int | None
     pr_number: int
+    head_sha: str | None = None  # a CI fix: the commit whose checks failed
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,15 @@ def running_followup(db: Database, task_id: int) -> FollowupJob | None:
         if row is None or task is None or task.pr_number is None:
             return None
         return FollowupJob(row.id, row.kind, row.author, row.instructions, row.review_id, row.comment_id,
-                           task.pr_number)
+                           task.pr_number, row.head_sha)
+
+
+def stale_ci_fix(job: FollowupJob, head_sha: str) -> str | None:
+    """Why a CI fix must not run: the branch moved past the commit whose checks failed (their new run decides)."""
+    if job.kind != "ci" or not job.head_sha or head_sha == job.head_sha:
+        return None
+    return (f"not run: the checks that failed were of {job.head_sha[:12]}, and the pull request's branch is now at "
+            f"{head_sha[:12]}; the checks of the new head decide whether a fix is needed")
 
 
 def finish_followup(db: Database, followup_id: int, *, state: str, reply: str) -> None:

@@ -140,6 +140,9 @@ class Pipeline:
         branch = task.branch or branch_name(task.issue_number, issue.title, task_id=task.id)
         self._update(held, branch=branch)
         workspace = self._workspace(task, branch)
+        stale = self.followup and followups.stale_ci_fix(self.followup, workspace.head_sha)
+        if stale:
+            return self._back_to_pr(held, workspace, stale)
         self.paths = SandboxPaths(workspace.checkout, workspace.home, workspace.tmp,
                                   objects=workspace.mirror / "objects" if workspace.mirror else None,
                                   name=task.repo.rsplit("/", 1)[-1])
@@ -375,6 +378,16 @@ class Pipeline:
         self._status(final=True, state="pr_open", pr=f"#{job.pr_number} ({pushed} by follow-up {job.id})",
                      tests=tests.headline() if tests else "no tests found", advice="")
         return Outcome(TaskState.PR_OPEN.value, detail + "".join(f"; {p}" for p in problems))
+
+    def _back_to_pr(self, held: Claim, workspace: Workspace, reason: str) -> Outcome:
+        """End a follow-up that has nothing to do without touching the branch; the PR takes the next one."""
+        self.progress(reason)
+        workspace.mark_finished("pr_open")
+        with self.db.session() as session:
+            row = load_fenced(session, held)
+            transition(session, row, TaskState.PR_OPEN, actor=held.owner, detail=reason[:1000])
+            release(row)
+        return Outcome(TaskState.PR_OPEN.value, reason)
 
     def _end_followup(self, task: TaskSnapshot, outcome: Outcome) -> None:
         """The follow-up's own record; a failed one is said on the PR, whose task can take the next one."""

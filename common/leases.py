@@ -55,7 +55,7 @@ def claim(db: Database, task_id: int, owner: str, *, queue: str | None = None) -
                 transition(session, task, TaskState.FAILED, actor=owner,
                            detail=f"worker {task.lease_owner} was lost on attempt {task.attempt} "
                                   f"of {settings.max_attempts}; giving up")
-                task.failure_reason = "worker lost too many times"
+                task.failure_reason = f"worker lost on {task.attempt} attempts (last: {task.lease_owner})"
                 _clear_lease(task)
                 return None
             transition(session, task, TaskState.QUEUED, actor=owner,

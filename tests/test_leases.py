@@ -111,6 +111,22 @@ def test_reaper_requeues_stale_runs_then_fails_after_max_attempts(make_settings,
     assert any("requeued" in d for d in details) and any("giving up" in d for d in details)
 
 
+def test_a_worker_finding_the_last_attempt_lost_fails_it_with_the_reapers_reason(make_settings, db: Database
+                                                                                 ) -> None:  # type: ignore[no-untyped-def]
+    """The message can reach a worker before the reaper sees the lease expire; the reason still says
+    how many times, and whose, as the reaper's does."""
+    last = Database(make_settings(max_attempts=1))
+    try:
+        task_id = make_task(db)
+        claim(last, task_id, "w1")
+        expire_lease(db, task_id)
+        assert claim(last, task_id, "w2") is None
+    finally:
+        last.dispose()
+    task = state(db, task_id)
+    assert task.state == "failed" and task.failure_reason == "worker lost on 1 attempts (last: w1)"
+
+
 def test_live_leases_are_left_alone(make_settings, db: Database) -> None:  # type: ignore[no-untyped-def]
     settings = make_settings()
     reconciler = Reconciler(Database(settings), Dispatcher(Database(settings), make_celery(settings)))

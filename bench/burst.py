@@ -243,6 +243,7 @@ def audit(items: list[Item], answers: list[Answer], db_url: str, broker_url: str
     return {
         "requests": len(items), "valid_distinct": len(valid), "resends": sum(item.resend for item in items),
         "bad_signatures": len(bad), "tasks_expected": len(expected), "tasks_found": len(tasks),
+        "specialties": len({specialty for _, _, _, specialty, _ in tasks}),
         "lost": sum(1 for d in valid if rows[d] == 0) + sum(1 for t in expected if found[t] == 0),
         "duplicated": sum(n - 1 for d, n in rows.items() if n > 1) + sum(n - 1 for n in found.values() if n > 1)
         + sum(1 for t in found if t not in expected) + sum(n - 1 for n in created.values() if n > 1),

@@ -6,14 +6,14 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from common.db import Database, db_now
 from common.errors import LeaseLost, TaskCancelled, TaskNotFound
-from common.models import Task, TaskEvent
+from common.models import Task, TaskEvent, TaskRun
 from common.states import LEASED_STATES, TaskState
 from common.transitions import transition
 
@@ -51,6 +51,7 @@ def claim(db: Database, task_id: int, owner: str, *, queue: str | None = None) -
                 log.info("task %s is held by %s until %s; skipping", task_id, task.lease_owner,
                          task.lease_expires_at)
                 return None
+            close_lost_runs(session, task.id, task.lease_owner, now)
             if task.attempt >= settings.max_attempts:
                 transition(session, task, TaskState.FAILED, actor=owner,
                            detail=f"worker {task.lease_owner} was lost on attempt {task.attempt} "
@@ -117,6 +118,18 @@ def cancellation(session: Session, task_id: int) -> TaskCancelled | None:
     return TaskCancelled(f"cancelled by {who}{why}")
 
 
+def close_lost_runs(session: Session, task_id: int, owner: str | None, now: datetime) -> None:
+    """A run whose worker died never recorded its end; say what happened to it.
+
+    Called by whoever finds the lease expired first: the reaper, or a worker taking the task over.
+    """
+    session.execute(
+        update(TaskRun)
+        .where(TaskRun.task_id == task_id, TaskRun.finished_at.is_(None))
+        .values(finished_at=now, outcome="lost", detail=f"worker {owner} stopped renewing its lease")
+    )
+
+
 def release(task: Task) -> None:
     _clear_lease(task)
 
@@ -140,6 +153,8 @@ class Heartbeat:
         self.lost = threading.Event()
         self.reason: str | None = None
         self._polled = time.monotonic()
+        self._renewed = time.monotonic()  # when the last renewal that succeeded was sent
+        self._lock = threading.Lock()  # the thread and stop_reason() renew; one give-up decision
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{held.task_id}", daemon=True)
 
@@ -169,13 +184,29 @@ class Heartbeat:
 
     def _renew(self) -> bool:
         """One renewal; False once the lease is gone for good."""
+        sent = time.monotonic()
         try:
             renew(self.db, self.held)
         except LeaseLost as exc:
-            log.warning("task %s: %s", self.held.task_id, exc)
-            self.reason = str(exc)
-            self.lost.set()
+            self._give_up(str(exc))
             return False
-        except Exception:  # a database blip: keep trying until the lease runs out
-            log.exception("heartbeat for task %s failed; retrying", self.held.task_id)
+        except Exception as exc:  # a database blip: keep trying until the lease runs out
+            unrenewed = time.monotonic() - self._renewed
+            if unrenewed < self.db.settings.lease_seconds:
+                log.warning("heartbeat for task %s failed (%s); retrying", self.held.task_id,
+                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                return True
+            # past the lease the reaper may give the task to another worker: stop before writing anything
+            self._give_up(f"task {self.held.task_id}: could not renew its lease for {unrenewed:.0f}s "
+                          f"(FORGECREW_LEASE_SECONDS={self.db.settings.lease_seconds}): "
+                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            return False
+        self._renewed = sent
         return True
+
+    def _give_up(self, reason: str) -> None:
+        with self._lock:
+            if not self.lost.is_set():
+                log.warning("%s", reason)
+                self.reason = reason
+                self.lost.set()

@@ -13,12 +13,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Row, Select, or_, select, update
-from sqlalchemy.orm import Session
 
 from common.celery_app import message_id, task_label
 from common.db import Database, db_now
-from common.leases import release
-from common.models import Task, TaskRun
+from common.leases import close_lost_runs, release
+from common.models import Task
 from common.states import LEASED_STATES, TaskState
 from common.transitions import transition
 from coordinator.broker_messages import held_message_ids
@@ -91,7 +90,7 @@ class Reconciler:
             for task in stale:
                 owner, attempt = task.lease_owner, task.attempt
                 release(task)
-                self._close_lost_runs(session, task.id, owner, now)
+                close_lost_runs(session, task.id, owner, now)
                 if attempt >= self.settings.max_attempts:
                     task.failure_reason = f"worker lost on {attempt} attempts (last: {owner})"
                     transition(session, task, TaskState.FAILED, actor=ACTOR,
@@ -103,15 +102,6 @@ class Reconciler:
                                detail=f"lease of {owner} expired on attempt {attempt}; requeued")
                     task.dispatched_at = None
                     report.requeued.append(task.id)
-
-    @staticmethod
-    def _close_lost_runs(session: Session, task_id: int, owner: str | None, now: datetime) -> None:
-        """A run whose worker died never recorded its end; say what happened to it."""
-        session.execute(
-            update(TaskRun)
-            .where(TaskRun.task_id == task_id, TaskRun.finished_at.is_(None))
-            .values(finished_at=now, outcome="lost", detail=f"worker {owner} stopped renewing its lease")
-        )
 
     def _resend(self, now: datetime | None, report: Report) -> None:
         """Send tasks whose send failed, requeued runs, and queued tasks whose message was lost."""

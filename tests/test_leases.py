@@ -127,6 +127,21 @@ def test_a_worker_finding_the_last_attempt_lost_fails_it_with_the_reapers_reason
     assert task.state == "failed" and task.failure_reason == "worker lost on 1 attempts (last: w1)"
 
 
+def test_a_worker_taking_over_an_expired_lease_closes_the_lost_run(db: Database) -> None:
+    """Before the reaper comes by, a message can reach a worker; the dead worker's run still ends as lost."""
+    from common.models import TaskRun
+    from workers.runs import start_run
+
+    task_id = make_task(db)
+    lost = start_run(db, claim(db, task_id, "w1"))
+    expire_lease(db, task_id)
+    taken = claim(db, task_id, "w2")
+    assert taken is not None and taken.attempt == 2
+    with db.session() as session:
+        run = session.get(TaskRun, lost)
+        assert (run.outcome, run.detail) == ("lost", "worker w1 stopped renewing its lease") and run.finished_at
+
+
 def test_live_leases_are_left_alone(make_settings, db: Database) -> None:  # type: ignore[no-untyped-def]
     settings = make_settings()
     reconciler = Reconciler(Database(settings), Dispatcher(Database(settings), make_celery(settings)))

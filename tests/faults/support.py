@@ -41,7 +41,7 @@ def record_fault(name: str, *, recovered: float | None, lost: int, duplicated: i
     """
     recovery = f"recovered in {recovered:.1f} s" if recovered is not None else "nothing to recover"
     line = f"FAULT {name}: {recovery}, lost {lost}, duplicated {duplicated}"
-    line += "".join(f", {key.replace('_', ' ')} {value}" for key, value in extra.items())
+    line += "".join(f", {_figure(key, value)}" for key, value in extra.items())
     print(line)
     path = os.environ.get("FORGECREW_FAULTS_REPORT")
     if path:
@@ -51,6 +51,13 @@ def record_fault(name: str, *, recovered: float | None, lost: int, duplicated: i
         with open(path, "a", encoding="utf-8") as out:
             out.write(json.dumps(entry) + "\n")
     return line
+
+
+def _figure(key: str, value: Any) -> str:
+    """`answered_in_seconds=2.4` reads as `answered in 2.4 s`."""
+    if key.endswith("_seconds"):
+        return f"{key.removesuffix('_seconds').replace('_', ' ')} {value} s"
+    return f"{key.replace('_', ' ')} {value}"
 
 
 # ---- a model that serves several tasks, and attempts, at once -----------------------------------

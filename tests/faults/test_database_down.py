@@ -87,3 +87,55 @@ def test_database_down_the_webhook_answers_503_and_its_redelivery_makes_the_task
     assert duplicate.status_code == 200 and duplicate.json()["status"] == "duplicate"
     assert tasks == 1 and deliveries(pg_db, delivery) == 1
     assert [to for to, _, _ in story(pg_db, task_id).events] == ["pending", "triaged", "queued"]
+
+
+class Gate:
+    """Holds the model's first reply of the first attempt until the test opens it."""
+
+    def __init__(self) -> None:
+        self.reached, self.opened = threading.Event(), threading.Event()
+
+    def first_turn(self, body: dict[str, Any]) -> Any:
+        if not self.reached.is_set():
+            self.reached.set()
+            assert self.opened.wait(90), "the test never opened the gate"
+        return fixing_script()[0]
+
+
+def pushes(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_database_down_mid_task_the_worker_stops_before_pushing_and_the_task_resumes(
+        fault_settings: Callable[..., Settings], pg: PrivatePostgres, pg_db: Database, model: FakeAnthropic,
+        forge: Forge, tmp_path: Path, processes: list[Process]) -> None:
+    """The database goes away while the agent works, for longer than the lease. The worker cannot
+    renew, gives the task up and pushes nothing; after recovery the task runs again and opens one PR."""
+    gate, push_log = Gate(), tmp_path / "pushes.log"
+    install_hook(forge.git_root / f"{REPO}.git", "post-receive", PUSH_LOG_HOOK.format(log=push_log))
+    serve_per_issue(model, {ISSUE_TITLE: [gate.first_turn, *fixing_script()[1:]]})
+    forge.add_issue(1, ISSUE_TITLE, ISSUE_BODY)
+    settings = fault_settings(database_url=pg.url)
+    env = settings_env(settings)
+    coordinator, url = start_coordinator(env, tmp_path)
+    processes.append(coordinator)
+    [worker] = start_workers(env, tmp_path, "backend", 1, processes)
+    response = deliver(url, labeled_issue("forgecrew:backend", number=1, title=ISSUE_TITLE, body=ISSUE_BODY))
+    assert response.status_code == 202, response.text
+    task_id = response.json()["task_id"]
+    assert gate.reached.wait(90), worker.log()[-3000:]
+    pg.stop()
+    wait_for(lambda: "could not renew its lease" in worker.log(), timeout=30, what="the worker to give the lease up")
+    pg.start()
+    restarted = time.monotonic()
+    gate.opened.set()  # attempt 1's agent goes on, and must stop at its next step
+    end = wait_final(pg_db, task_id)
+    recovered = time.monotonic() - restarted
+    pulls, branch_pushes = forge.pulls(), [line for line in pushes(push_log) if "refs/heads/forgecrew/" in line]
+    record_fault("4b database down mid-task under a worker", recovered=recovered, lost=int(end.state != "pr_open"),
+                 duplicated=max(len(pulls) - 1, 0) + max(len(branch_pushes) - 1, 0), attempts=end.attempt)
+    assert end.state == "pr_open", (end.failure_reason, end.details())
+    assert end.attempt == 2 and [outcome for _, outcome in end.runs] in (["lost", "pr_open"], ["lease_lost", "pr_open"])
+    assert "expired on attempt 1; requeued" in end.details()
+    assert len(branch_pushes) == 1 and len(pulls) == 1 and forge.pr_creations() == 1  # attempt 1 pushed nothing
+    assert worker.alive()

@@ -214,7 +214,8 @@ def test_two_follow_ups_arriving_together_run_one_after_the_other(
     deliver(url, "issue_comment", pr_comment_payload(REPO, pr.number, comment_id=99001, author="reviewer",
                                                      body="@forgecrew add sub() as well"))
     first, second = followups_done(db, 2, processes)
-    assert (first.kind, second.kind, second.instructions) == ("comment", "comment", "add sub() as well")
+    assert (first.kind, second.kind, second.instructions) == ("comment", "pr_comment", "add sub() as well")
+    assert thread["reactions"] == ["eyes"]  # acknowledged like a command
     _, one, two = runs(db, task.id)
     assert one.finished_at is not None and two.started_at >= one.finished_at  # one after the other
     head = git(tmp_path / "git", "rev-parse", task.branch)

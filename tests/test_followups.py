@@ -194,3 +194,19 @@ def test_a_later_follow_up_never_overtakes_one_still_being_checked(client: TestC
         session.execute(update(Followup).where(Followup.id == first).values(state="pending"))
     assert runner.start_next(task_id) == first
     assert {r.id: r.state for r in followups(db)} == {first: "running", second: "pending"}
+
+
+def test_the_comments_that_ask_get_eyes_as_commands_do(client: TestClient, db: Database, task_id: int,
+                                                       github: FakeGitHub) -> None:
+    asked = github.add_comment(REPO, PR, "@forgecrew rename it", author="maintainer")
+    post(client, "issue_comment", pr_comment_payload(REPO, PR, comment_id=asked["id"], author="maintainer",
+                                                     body="@forgecrew rename it"))
+    _, [line] = github.add_review(REPO, PR, author="maintainer", state="COMMENTED",
+                                  comments=({"path": "calc.py", "line": 2, "body": "Name this better."},))
+    post(client, "pull_request_review_comment", review_comment_payload(
+        REPO, PR, BRANCH, comment_id=line["id"], author="maintainer", body="Name this better.", path="calc.py",
+        line=2))
+    rows = wait_for(lambda: settled(db, 2), what="both decided")
+    assert [(r.kind, r.comment_id) for r in rows] == [("pr_comment", asked["id"]), ("comment", line["id"])]
+    assert asked["reactions"] == ["eyes"] and line["reactions"] == ["eyes"]
+    assert github.calls("POST", rf"/pulls/comments/{line['id']}/reactions$")  # the review comment's own endpoint

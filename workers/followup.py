@@ -264,7 +264,7 @@ def reply_text(job: FollowupJob, result: FollowupResult, summary: str, tests: Te
 def post_reply(forge: Forge, repo: str, job: FollowupJob, text: str) -> list[str]:
     """In the thread of the review comment that asked, else on the PR's conversation."""
     problems: list[str] = []
-    if job.comment_id is not None:
+    if job.comment_id is not None and job.kind == "comment":  # a pr_comment's id is no review thread
         try:
             forge.reply_to_review_comment(repo, job.pr_number, job.comment_id, text)
             return problems

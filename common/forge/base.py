@@ -141,8 +141,11 @@ class Forge(Protocol):
         """Replace the body of comment `comment_id`; CommentGone when it was deleted."""
         ...
 
-    def react(self, repo: str, number: int, comment_id: int, content: str) -> None:
-        """Put a reaction (eyes, +1, confused, ...) on a comment of issue or PR `number`: an acknowledgement."""
+    def react(self, repo: str, number: int, comment_id: int, content: str, *, review_comment: bool = False) -> None:
+        """Put a reaction (eyes, +1, confused, ...) on a comment of issue or PR `number`: an acknowledgement.
+
+        `review_comment`: the comment is one on a line of pull request `number`'s diff.
+        """
         ...
 
     def set_status_label(self, repo: str, number: int, label: StatusLabel) -> None:

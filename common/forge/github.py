@@ -382,9 +382,14 @@ class GitHubForge:
                 raise CommentGone(f"comment {comment_id} on {repo}#{number} was deleted") from exc
             raise
 
-    def react(self, repo: str, number: int, comment_id: int, content: str) -> None:
+    def react(self, repo: str, number: int, comment_id: int, content: str, *, review_comment: bool = False) -> None:
         with self._errors(f"reacting to comment {comment_id} on #{number}", repo,
                           not_found=f"comment {comment_id} on #{number} of {repo} not found"):
+            if review_comment:  # one request: PyGithub would first fetch the pull request and the comment
+                split_repo(repo)
+                self._gh().requester.requestJsonAndCheck(
+                    "POST", f"/repos/{repo}/pulls/comments/{comment_id}/reactions", input={"content": content})
+                return
             self._repo(repo).get_issue(number).get_comment(comment_id).create_reaction(content)
 
     def set_status_label(self, repo: str, number: int, label: StatusLabel) -> None:

@@ -180,8 +180,8 @@ class LocalForge:
             found[0].update(body=body, edited_at=_now())
             self._save_issue(repo, record)
 
-    def react(self, repo: str, number: int, comment_id: int, content: str) -> None:
-        """Kept on the issue's record, as {comment id: [contents]}."""
+    def react(self, repo: str, number: int, comment_id: int, content: str, *, review_comment: bool = False) -> None:
+        """Kept on the issue's record, as {comment id: [contents]} (comment ids are unique in a repository)."""
         with self._locked(repo):
             record = self.issue_record(repo, number)
             record.setdefault("reactions", {}).setdefault(str(comment_id), []).append(content)

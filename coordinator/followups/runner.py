@@ -27,6 +27,7 @@ from common.transitions import transition
 from coordinator.conversation.runner import PermissionCache
 from coordinator.dispatch import Dispatcher
 from coordinator.followups.ci import CI, decide_ci
+from coordinator.webhooks.followups import COMMENT as REVIEW_COMMENT
 
 log = logging.getLogger(__name__)
 ACTOR = "followups"
@@ -107,8 +108,10 @@ class FollowupRunner:
             task = session.get(Task, row.task_id)
             assert task is not None
             repo, number, author, installation = task.repo, task.pr_number, row.author, row.installation_id
-            kind, head_sha = row.kind, row.head_sha
+            kind, head_sha, comment_id = row.kind, row.head_sha, row.comment_id
         forge = self.forge_for(installation)
+        if comment_id is not None and number is not None:
+            acknowledge(forge, repo, number, comment_id, review_comment=kind == REVIEW_COMMENT)
         if kind == CI:
             return self._decide_ci(followup_id, forge, repo, number, head_sha)
         try:
@@ -229,3 +232,11 @@ class FollowupRunner:
             if outcome is not None:
                 session.execute(update(WebhookDelivery).where(and_(WebhookDelivery.delivery_id == row.delivery_id))
                                 .values(outcome=outcome).execution_options(synchronize_session=False))
+
+
+def acknowledge(forge: Forge, repo: str, number: int, comment_id: int, *, review_comment: bool) -> None:
+    """👀 on the comment that asked, as for comment commands; best effort (a deleted comment is no error)."""
+    try:
+        forge.react(repo, number, comment_id, "eyes", review_comment=review_comment)
+    except ForgeError as exc:
+        log.info("could not acknowledge comment %s on %s#%s: %s", comment_id, repo, number, exc)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from common.models import CommentCommand
 from coordinator.conversation.parse import parse
 from coordinator.intake import repo_allowed
-from coordinator.webhooks.followups import COMMENT, record_followup, task_of_pr
+from coordinator.webhooks.followups import PR_COMMENT, record_followup, task_of_pr
 from coordinator.webhooks.router import Delivery, Outcome, Router
 
 router = Router()
@@ -33,7 +33,8 @@ def on_comment(delivery: Delivery) -> Outcome:
         task = task_of_pr(delivery, repo, int(issue["number"]), None)
         if task is not None:
             author = str((comment.get("user") or {}).get("login") or delivery.sender.get("login") or "?")
-            return record_followup(delivery, task, COMMENT, command.argument, author=author)
+            return record_followup(delivery, task, PR_COMMENT, command.argument, author=author,
+                                   comment_id=int(comment["id"]))
     row = CommentCommand(
         delivery_id=delivery.delivery_id, repo=repo, number=int(issue["number"]), comment_id=int(comment["id"]),
         author=str((comment.get("user") or {}).get("login") or delivery.sender.get("login") or "?")[:100],

@@ -24,7 +24,8 @@ router = Router()
 FOLLOWABLE = tuple(s.value for s in (TaskState.PR_OPEN, TaskState.QUEUED, TaskState.RUNNING, TaskState.TESTING,
                                      TaskState.FAILED))
 REVIEW = "review"
-COMMENT = "comment"
+COMMENT = "comment"  # on a line of the diff (pull_request_review_comment)
+PR_COMMENT = "pr_comment"  # in the pull request's conversation (issue_comment)
 
 
 @router.on("pull_request_review", "submitted")

@@ -455,6 +455,7 @@ class FakeGitHub:
             APP_TOKEN_OP: self._create_token, "rate-limit/get": self._rate_limit, "repos/get": self._get_repo,
             "repos/get-collaborator-permission-level": self._permission,
             "reactions/create-for-issue-comment": self._react, "issues/get": self._get_issue,
+            "reactions/create-for-pull-request-review-comment": self._react_to_review_comment,
             "issues/get-comment": self._get_comment, "issues/update-comment": self._update_comment,
             "issues/list-comments": self._list_comments, "issues/create-comment": self._create_comment,
             "issues/add-labels": self._add_labels, "issues/remove-label": self._remove_label,
@@ -524,6 +525,17 @@ class FakeGitHub:
 
     def _react(self, params: dict[str, str], query: dict[str, str], body: Any) -> tuple[int, Any, dict]:
         _, _, comment = self._find_comment(params)
+        comment.setdefault("reactions", []).append(body["content"])
+        data = self._example("reaction")
+        data.update(content=body["content"], created_at=_now_iso())
+        return 201, data, {}
+
+    def _react_to_review_comment(self, params: dict[str, str], query: dict[str, str],
+                                 body: Any) -> tuple[int, Any, dict]:
+        comment = next((c for issue in self._repo(params).issues.values() for c in issue.review_comments
+                        if str(c["id"]) == params["comment_id"]), None)
+        if comment is None:
+            raise Reply(404, error_body(404, "Not Found"))
         comment.setdefault("reactions", []).append(body["content"])
         data = self._example("reaction")
         data.update(content=body["content"], created_at=_now_iso())

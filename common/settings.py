@@ -147,6 +147,8 @@ class Settings(BaseSettings):
     anthropic_base_url: str | None = Field(None, description="Messages API base URL override.")
     model: str = Field("claude-sonnet-4-6", description="Model name, free-form.")
     fallback_models: CommaList = Field(default_factory=list, description="Tried in order on overload.")
+    model_timeout_seconds: float = Field(600.0, gt=0, description="Seconds one model request may wait for "
+                                         "the API (its answer, or the next streamed chunk) before it is retried.")
     max_turns: int = Field(60, gt=0, description="Model calls per run.")
     max_output_tokens: int = Field(200_000, gt=0, description="Output tokens per run.")
     max_wall_seconds: int = Field(1800, gt=0, description="Wall time of one agent run.")

@@ -275,7 +275,8 @@ class LLMClient:
         """The client a worker uses, configured from FORGECREW_* settings."""
         settings.require("anthropic_api_key", purpose="the agent calls the Anthropic Messages API")
         return cls(api_key=settings.secret("anthropic_api_key"), base_url=settings.anthropic_base_url,
-                   model=settings.model, fallback_models=settings.fallback_models, **options)
+                   model=settings.model, fallback_models=settings.fallback_models,
+                   **{"timeout": settings.model_timeout_seconds, **options})
 
     @property
     def base_url(self) -> str:

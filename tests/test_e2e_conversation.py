@@ -188,8 +188,10 @@ def test_a_whole_conversation_label_progress_pr_review_follow_up_reply(
     task = wait_for(lambda: task_in(db, task_id, "pr_open", "failed"), timeout=120, what="the PR")
     assert task.state == "pr_open", (task.failure_reason, processes[-1].log()[-3000:])
     [pr] = github.pulls(REPO)
-    [progress] = [c for c in github.issue(REPO, ISSUE).comments if c["login"] == BOT]  # one, edited in place
-    assert "pull request open" in progress["body"] and f"/pull/{pr.number}" in progress["body"]
+    [progress] = wait_for(lambda: [c for c in github.issue(REPO, ISSUE).comments if c["login"] == BOT
+                                    and "pull request open" in c["body"]], what="the progress comment's last edit")
+    assert len([c for c in github.issue(REPO, ISSUE).comments if c["login"] == BOT]) == 1  # one, edited in place
+    assert f"/pull/{pr.number}" in progress["body"]
     assert "tokens:" in progress["body"] and "tests: " in progress["body"]
 
     review, [line] = github.add_review(
@@ -232,3 +234,31 @@ def test_a_whole_conversation_label_progress_pr_review_follow_up_reply(
     for c in github.issue(REPO, pr.number).comments:
         print(f"[{c['login']}] {c['body']}\n")
     print("--- commits on the branch ---\n" + "\n".join(log))
+
+
+def test_a_retry_after_a_failure_edits_the_same_progress_comment(
+        url: str, db: Database, model: FakeAnthropic, github: FakeGitHub, processes: list[Process]) -> None:
+    model.add(tool_use("finish", {"summary": "I could not find the bug."}))  # no change: the run fails
+    task_id = label(url)
+    failed = wait_for(lambda: task_in(db, task_id, "failed", "pr_open"), timeout=120, what="the first run to end")
+    assert failed.state == "failed", processes[-1].log()[-3000:]
+    progress = lambda: [c for c in github.issue(REPO, ISSUE).comments
+                        if c["login"] == BOT and c["body"].startswith("<!-- forgecrew:progress -->")]
+    # the task is failed first, then its comment says so: the record never lags behind the issue
+    [before] = wait_for(lambda: [c for c in progress() if "· failed" in c["body"]], what="the comment to say failed")
+    assert len(progress()) == 1
+    first_text = before["body"]
+
+    model.add(*fixing_script())
+    retry = comment(github, "/forgecrew retry")
+    deliver(url, "issue_comment", retry)
+    done = wait_for(lambda: command_done(db, retry["comment"]["id"]), what="the retry")
+    assert done.state == "done" and "queued again" in (done.reply or "")
+    task = wait_for(lambda: task_in(db, task_id, "pr_open", "failed"), timeout=120, what="the retried run")
+    assert task.state == "pr_open", (task.failure_reason, processes[-1].log()[-3000:])
+    assert task.attempt == 2
+    [after] = wait_for(lambda: [c for c in progress() if "pull request open" in c["body"]], what="the final edit")
+    assert len(progress()) == 1  # the same comment, edited: never a second one
+    assert after["id"] == before["id"] and after["body"] != first_text
+    assert "pull request open" in after["body"] and "attempt 2" in after["body"]
+    assert len(github.pulls(REPO)) == 1

@@ -11,11 +11,20 @@ import pytest
 from common.settings import Settings
 from tests.fakes.anthropic_server import FakeAnthropic
 from tests.fakes.github_server import FakeGitHub
-from tests.faults.support import Forge, forge_settings, make_forge
+from tests.faults.support import Forge, forge_settings, make_forge, stop_together
+from tests.support import Process
 
 # A lease of 4 s renewed every ~1.3 s, reaped every second: a dead worker's task is back in seconds.
 LEASE_SECONDS = 4
 REAPER_INTERVAL_SECONDS = 1.0
+
+
+@pytest.fixture
+def processes() -> Iterator[list[Process]]:
+    """tests/conftest.py's, stopping everything at once (SIGTERM, then SIGKILL past 20 s)."""
+    started: list[Process] = []
+    yield started
+    stop_together(started)
 
 
 @pytest.fixture

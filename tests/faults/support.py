@@ -150,16 +150,44 @@ def forge_settings(forge: Forge, model: FakeAnthropic) -> dict[str, Any]:
 def start_workers(env: dict[str, str], tmp: Path, specialty: str, count: int, processes: list[Process],
                   *extra: str) -> list[Process]:
     """`count` workers of one task at a time each, started together: they boot in parallel."""
+    return await_ready(spawn_workers(env, tmp, specialty, count, processes, *extra))
+
+
+def spawn_workers(env: dict[str, str], tmp: Path, specialty: str, count: int, processes: list[Process],
+                  *extra: str) -> list[Process]:
+    """Start the workers without waiting: they boot while the test starts the rest (await_ready)."""
     started = []
     for _ in range(count):
         name = f"{specialty.split(',')[0]}-{uuid.uuid4().hex[:6]}"
         started.append(Process(["worker", "--specialty", specialty, "--hostname", f"{name}@test",
                                 "--concurrency", "1", *extra], env, tmp / f"worker-{name}.log"))
     processes.extend(started)  # stopped at the end, even the ones that never came up
-    for proc in started:
+    return started
+
+
+def await_ready(workers: list[Process]) -> list[Process]:
+    for proc in workers:
         wait_for(lambda: " ready." in proc.log() or not proc.alive(), timeout=90, what=f"worker {proc.log_path}")
         assert proc.alive(), proc.log()[-3000:]
-    return started
+    return workers
+
+
+def stop_together(processes: list[Process], timeout: float = 20) -> None:
+    """SIGTERM every process at once, then wait for each: a fault test starts several, and one by one
+    their warm shutdowns add up."""
+    for proc in processes:
+        if proc.alive() and proc.prefixed:
+            os.killpg(proc.popen.pid, signal.SIGTERM)
+        elif proc.alive():
+            proc.popen.terminate()
+    deadline = time.monotonic() + timeout
+    for proc in processes:
+        try:
+            proc.popen.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            pass  # Process.stop SIGKILLs it
+    for proc in reversed(processes):
+        proc.stop()
 
 
 def holder(db: Database, task_id: int, workers: Sequence[Process]) -> Process:

@@ -24,8 +24,8 @@ from common.settings import Settings
 from common.specialties import queue_names
 from tests.conftest import settings_env
 from tests.fakes.anthropic_server import FakeAnthropic
-from tests.faults.support import (REPO, Forge, deliver, queued_messages, record_fault, serve_per_issue, start_workers,
-                                  story, wait_final)
+from tests.faults.support import (REPO, Forge, await_ready, deliver, queued_messages, record_fault, serve_per_issue,
+                                  spawn_workers, start_workers, story, wait_final)
 from tests.sample_repo import ISSUE_BODY, ISSUE_TITLE, fixing_script
 from tests.support import Process, free_port, headers, labeled_issue, payload, start_coordinator, wait_for
 
@@ -99,7 +99,7 @@ def test_coordinator_killed_between_commit_and_send_the_reconciler_sends_it(
     serve_per_issue(model, {ISSUE_TITLE: fixing_script()})
     forge.add_issue(1, ISSUE_TITLE, ISSUE_BODY)
     settings = fault_settings()
-    start_workers(settings_env(settings), tmp_path, "backend", 1, processes)
+    booting = spawn_workers(settings_env(settings), tmp_path, "backend", 1, processes)
     doomed_settings = settings.model_copy(update={"broker_url": black_hole.url, "dispatch_timeout_seconds": 30.0})
     doomed, url = coordinator_process(settings_env(doomed_settings), tmp_path, "--workers", "1", "--no-reconciler")
     processes.append(doomed)
@@ -119,6 +119,7 @@ def test_coordinator_killed_between_commit_and_send_the_reconciler_sends_it(
 
     coordinator, _ = start_coordinator(settings_env(settings), tmp_path)  # the restart, reconciler and all
     processes.append(coordinator)
+    await_ready(booting)
     wait_for(lambda: story(db, task_id).state != "triaged", timeout=60, what="the reconciler's send")
     sent_after = time.monotonic() - killed
     end = wait_final(db, task_id)

@@ -13,8 +13,8 @@ from common.db import Database
 from common.settings import Settings
 from tests.conftest import settings_env
 from tests.fakes.anthropic_server import FakeAnthropic, text
-from tests.faults.support import (REPO, Forge, deliver, holder, kill, record_fault, serve_per_issue, start_workers,
-                                  story, task_of_issue, wait_final)
+from tests.faults.support import (REPO, Forge, await_ready, deliver, holder, kill, record_fault, serve_per_issue,
+                                  spawn_workers, story, task_of_issue, wait_final)
 from tests.sample_repo import ISSUE_BODY, ISSUE_TITLE, fixing_script
 from tests.support import Process, labeled_issue, start_coordinator, wait_for
 
@@ -42,9 +42,10 @@ def cluster(settings: Settings, tmp_path: Path, processes: list[Process], worker
             count: int = 2) -> str:
     """A coordinator (with its reconciler) and `count` backend workers; the coordinator's URL."""
     env = settings_env(settings)
+    booting = spawn_workers(env, tmp_path, "backend", count, processes)
     coordinator, url = start_coordinator(env, tmp_path)
     processes.append(coordinator)
-    workers.extend(start_workers(env, tmp_path, "backend", count, processes))
+    workers.extend(await_ready(booting))
     return url
 
 

@@ -15,8 +15,8 @@ from common.db import Database
 from common.settings import Settings
 from tests.conftest import settings_env
 from tests.fakes.anthropic_server import FakeAnthropic
-from tests.faults.support import (Forge, deliver, holder, kill, queued_messages, record_fault, serve_per_issue,
-                                  start_workers, task_of_issue, wait_final)
+from tests.faults.support import (Forge, await_ready, deliver, holder, kill, queued_messages, record_fault,
+                                  serve_per_issue, spawn_workers, task_of_issue, wait_final)
 from tests.sample_repo import ISSUE_BODY, ISSUE_TITLE, fixing_script
 from tests.support import Process, labeled_issue, start_coordinator, wait_for
 
@@ -45,9 +45,10 @@ def run_cluster(settings: Settings, tmp_path: Path, processes: list[Process], wo
                 count: int) -> int:
     """A coordinator, `count` backend workers, and the issue delivered; the task's id."""
     env = settings_env(settings)
+    booting = spawn_workers(env, tmp_path, "backend", count, processes)
     coordinator, url = start_coordinator(env, tmp_path)
     processes.append(coordinator)
-    workers.extend(start_workers(env, tmp_path, "backend", count, processes))
+    workers.extend(await_ready(booting))
     response = deliver(url, labeled_issue("forgecrew:backend", title=ISSUE_TITLE, body=ISSUE_BODY))
     assert response.status_code == 202, response.text
     return response.json()["task_id"]

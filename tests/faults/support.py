@@ -23,7 +23,7 @@ from common.settings import Settings
 from tests.fakes.anthropic_server import FakeAnthropic, Spec, Step
 from tests.fakes.github_server import FakeGitHub
 from tests.sample_repo import write_sample
-from tests.support import Process, headers, wait_for
+from tests.support import Process, children_of, headers, wait_for
 
 REPO = "Codertocat/Hello-World"  # the repository of GitHub's example payloads
 TOKEN = "ghp_faultTokenForTheFakeGitHub0123456789"
@@ -196,7 +196,8 @@ def holder(db: Database, task_id: int, workers: Sequence[Process]) -> Process:
         owner = session.get(Task, task_id).lease_owner or ""
     found = LEASE_OWNER_PID.search(owner)
     assert found, f"task {task_id} has no lease holder ({owner!r})"
-    [proc] = [proc for proc in workers if proc.popen.pid == int(found.group(1))]
+    pid = int(found.group(1))  # the worker itself (threads, solo) or one of its pool children (prefork)
+    [proc] = [proc for proc in workers if pid == proc.popen.pid or pid in children_of(proc.popen.pid)]
     return proc
 
 

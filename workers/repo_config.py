@@ -17,6 +17,11 @@ CONFIG_NAME = ".forgecrew.yml"
 CONFIG_LIMIT = 64 * 1024
 INSTRUCTION_FILES = ("AGENTS.md", "CLAUDE.md")
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
+# A config is a few flat keys. Deeper nesting is a bomb: PyYAML's composer recurses per level and its
+# scanner slows quadratically with flow depth (60,000 `[` take minutes); aliases past a few are too.
+MAX_DEPTH = 20
+MAX_ALIASES = 100
+MAX_PROBLEMS = 5  # validation errors quoted in the message; the rest are counted
 
 
 class RepoConfigError(ForgecrewError):
@@ -45,16 +50,51 @@ def load_repo_config(checkout: Path) -> RepoConfig:
         raise RepoConfigError(str(exc)) from None
     if text is None:
         return RepoConfig()
+    data = _parse(text) or {}
+    if not isinstance(data, dict):
+        raise RepoConfigError(f"{CONFIG_NAME} must be a mapping of keys to values")
     try:
-        data = yaml.safe_load(text) or {}
-        if not isinstance(data, dict):
-            raise RepoConfigError(f"{CONFIG_NAME} must be a mapping of keys to values")
         return RepoConfig.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        problems = "; ".join(f"{_location(e['loc'])}: {e['msg']}" for e in errors[:MAX_PROBLEMS])
+        more = f"; and {len(errors) - MAX_PROBLEMS} more" if len(errors) > MAX_PROBLEMS else ""
+        raise RepoConfigError(f"{CONFIG_NAME}: {problems}{more}") from None
+
+
+def _parse(text: str) -> object:
+    """yaml.safe_load behind the depth and alias limits; every way PyYAML fails becomes a RepoConfigError."""
+    try:
+        _check_structure(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise RepoConfigError(f"{CONFIG_NAME} is not valid YAML{_where(exc)}") from None
-    except ValidationError as exc:
-        problems = "; ".join(f"{_location(e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise RepoConfigError(f"{CONFIG_NAME}: {problems}") from None
+    except (ValueError, OverflowError):  # PyYAML's constructors: 2001-13-45, `!!int x`, a 5,000-digit number
+        raise RepoConfigError(f"{CONFIG_NAME} has a value YAML cannot construct (an impossible date, a malformed "
+                              "!!int or !!float, or a number of more than 4,300 digits)") from None
+    except RecursionError:  # not expected past _check_structure; kept so no input can crash the worker
+        raise RepoConfigError(f"{CONFIG_NAME} is nested too deeply") from None
+
+
+def _check_structure(text: str) -> None:
+    """Refuse nesting past MAX_DEPTH and aliases past MAX_ALIASES, reading YAML's events (not recursive)."""
+    depth = aliases = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise RepoConfigError(f"{CONFIG_NAME} nests more than {MAX_DEPTH} levels deep{_at(event)}")
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
+        elif isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_ALIASES:
+                raise RepoConfigError(f"{CONFIG_NAME} uses more than {MAX_ALIASES} aliases (*name){_at(event)}")
+
+
+def _at(event: yaml.Event) -> str:
+    mark = event.start_mark
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
 
 
 def _where(exc: yaml.YAMLError) -> str:

@@ -38,10 +38,11 @@ def read_bytes(checkout: Path, relative: str, *, limit: int, truncate: bool = Fa
         fd = _step(fd, part, relative, 0 if index == len(parts) - 1 else os.O_DIRECTORY)
         if fd < 0:
             return None
+    info = os.fstat(fd)  # before fdopen, which raises IsADirectoryError for a directory of that name
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise RepoFileRefused(f"{relative} in the repository is not a regular file; forgecrew does not read it")
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise RepoFileRefused(f"{relative} in the repository is not a regular file; forgecrew does not read it")
         if info.st_size > limit and not truncate:
             raise RepoFileRefused(f"{relative} in the repository is {info.st_size} bytes; forgecrew reads it only "
                                   f"up to {limit} bytes")

@@ -159,7 +159,11 @@ async def _fire(url: str, items: list[Item], concurrency: int) -> tuple[list[Ans
                            "X-Hub-Signature-256": item.signature, "Content-Type": "application/json",
                            "User-Agent": "GitHub-Hookshot/burst"}
                 started = time.perf_counter()
-                response = await client.post("/webhooks/github", content=item.body, headers=headers)
+                try:
+                    response = await client.post("/webhooks/github", content=item.body, headers=headers)
+                except httpx.TransportError as exc:  # counted (status 0), never retried: GitHub would not either
+                    answers[index] = Answer(0, time.perf_counter() - started, {"error": repr(exc)})
+                    continue
                 seconds = time.perf_counter() - started
                 try:
                     body = response.json()
@@ -250,6 +254,7 @@ def audit(items: list[Item], answers: list[Answer], db_url: str, broker_url: str
         "wrong_queue": sum(1 for task_id, _, _, specialty, _ in tasks if queues.get(task_id) != [specialty]),
         "not_sent_once": sum(1 for *_, count in tasks if count != 1),
         "server_errors": sum(1 for answer in answers if answer.status >= 500),
+        "transport_errors": sum(1 for answer in answers if answer.status == 0),
         "bad_accepted": sum(1 for item, answer in zip(items, answers) if item.kind == "bad" and answer.status != 401),
         "bad_persisted": sum(1 for d in bad if rows[d]),
         "valid_refused": sum(1 for item, answer in zip(items, answers)
@@ -287,7 +292,8 @@ def run_burst(deliveries: int, concurrency: int = 32, *, baseline: bool = True) 
             bench.close()
     figures = timing(answers, wall)
     result: dict[str, Any] = {"deliveries": deliveries, "concurrency": concurrency, **figures, "counts": counts,
-                              "statuses": dict(Counter(str(a.status) for a in answers))}
+                              "statuses": dict(Counter(str(a.status) for a in answers)),
+                              "transport_error_samples": [a.body["error"] for a in answers if a.status == 0][:3]}
     if bare:
         result.update(bare_rps=bare["rps"], bare_p50_ms=bare["p50_ms"], bare_p99_ms=bare["p99_ms"],
                       ratio=round(figures["rps"] / bare["rps"], 3))
@@ -320,7 +326,8 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     counts = result["counts"]
-    bad = [key for key in ("lost", "duplicated", "wrong_queue", "not_sent_once", "server_errors", "bad_accepted",
+    bad = [key for key in ("lost", "duplicated", "wrong_queue", "not_sent_once", "server_errors", "transport_errors",
+                           "bad_accepted",
                            "bad_persisted", "valid_refused") if counts[key]]
     if bad:
         sys.exit(f"burst failed: {', '.join(f'{key} {counts[key]}' for key in bad)}")

@@ -26,6 +26,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -36,6 +37,7 @@ from bench_cluster import release_cluster  # noqa: E402
 
 PG_ADMIN = os.environ.get("FORGECREW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("FORGECREW_TEST_REDIS", "redis://127.0.0.1:6379")
+PG_PORT, REDIS_PORT = urlparse(PG_ADMIN).port or 5432, urlparse(REDIS_URL).port or 6379
 FLAT_FACTOR = 1.2
 RESEND_EVERY = 10  # every tenth delivery is a resend of the one before (GitHub's redelivery)
 
@@ -89,6 +91,33 @@ def open_fds(pids: list[int]) -> int:
         except OSError:
             continue
     return total
+
+
+def tcp_peers() -> dict[int, int]:
+    """Socket inode -> remote port of every established TCP connection of this network namespace."""
+    peers = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "01":  # ESTABLISHED
+                peers[int(fields[9])] = int(fields[2].rsplit(":", 1)[1], 16)
+    return peers
+
+
+def connections_to(pids: list[int], port: int, peers: dict[int, int]) -> int:
+    """How many of these processes' sockets are connected to `port`: which process holds the database's connections."""
+    count = 0
+    for pid in pids:
+        try:
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        count += sum(1 for link in links if link.startswith("socket:[") and peers.get(int(link[8:-1])) == port)
+    return count
 
 
 def pg_connections(admin: Any, db_name: str) -> int:
@@ -177,7 +206,8 @@ class Cluster:
 
     def pids(self) -> dict[str, list[int]]:
         with self.lock:
-            return {role: tree(proc.popen.pid) for role, proc in self.processes.items()}
+            # a worker being restarted is skipped, not counted as zero
+            return {role: tree(proc.popen.pid) for role, proc in self.processes.items() if proc.alive()}
 
     def stop(self) -> None:
         with self.lock:
@@ -205,8 +235,10 @@ class Sampler:
     def sample(self, elapsed: float, sent: int) -> dict[str, Any]:
         row: dict[str, Any] = {"t": round(elapsed), "sent": sent}
         workers_rss, workers_fds = 0.0, 0
+        peers = tcp_peers()
         for role, pids in self.cluster.pids().items():
             row[f"{role}.rss_mb"], row[f"{role}.fds"] = rss_mb(pids), open_fds(pids)
+            row[f"{role}.pg"], row[f"{role}.redis"] = connections_to(pids, PG_PORT, peers), connections_to(pids, REDIS_PORT, peers)
             if role.startswith("worker:"):
                 workers_rss += row[f"{role}.rss_mb"]
                 workers_fds += row[f"{role}.fds"]
@@ -236,8 +268,8 @@ def task_states(cluster: Cluster) -> dict[str, int]:
 def summary(rows: list[dict[str, Any]], warmup: float) -> dict[str, dict[str, Any]]:
     """first / after warm-up / last / max of each resource metric, and whether it stayed flat."""
     warm = next((row for row in rows if row["t"] >= warmup), rows[-1])
-    metrics = [key for key in rows[0] if key.endswith((".rss_mb", ".fds")) or key in ("pg_connections",
-                                                                                        "redis_clients")]
+    metrics = [key for key in rows[0] if key.endswith((".rss_mb", ".fds", ".pg", ".redis"))
+               or key in ("pg_connections", "redis_clients")]
     out = {}
     for key in metrics:
         values = [row[key] for row in rows if key in row]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
-from common.forge.base import Forge, ForgeError, PullRequestInfo
+from common.forge.base import Forge, ForgeError, PullRequestInfo, PushRejected
+from common.gitsafe import run_git
 from common.redact import Redactor
 from common.settings import Settings
 from common.specialties import TESTS_FAILING_LABEL
@@ -93,6 +95,7 @@ def publish(forge: Forge, settings: Settings, workspace: Workspace, request: Pub
     if change is None:
         raise NothingToPublish("the agent made no changes to the repository")
     files = change.files
+    _refuse_others_commits(workspace, change.git_dir, settings.bot_email)
     fence()
     forge.push_branch(request.repo, source=change.git_dir, commit=change.commit, branch=workspace.branch,
                       expected=workspace.remote_branch_sha)
@@ -103,6 +106,25 @@ def publish(forge: Forge, settings: Settings, workspace: Workspace, request: Pub
         body=redact(pr_body(request, files)), draft=request.tests_fail,
     )
     return _after_opening(forge, request, pr)
+
+
+def _refuse_others_commits(workspace: Workspace, git_dir: Path, bot_email: str) -> None:
+    """A run replaces the branch with its own commit: fine over forgecrew's earlier attempts, never over a person's.
+
+    The branch as it was when the run cloned it (the push's lease) is read in the worker's own git
+    directory, which borrows the mirror's objects: never in the checkout the agent could rewrite.
+    """
+    if not workspace.remote_branch_sha:
+        return
+    since = [f"^{workspace.base_sha}"] if workspace.base_sha else []
+    done = run_git(["--git-dir", str(git_dir), "log", "--format=%h %ae %ce", workspace.remote_branch_sha, *since])
+    others = ([line.split()[0] for line in done.stdout.splitlines()
+               if any(email != bot_email for email in line.split()[1:])] if done.returncode == 0 else ["?"])
+    if others:
+        listed = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise PushRejected(f"push of {workspace.branch} to {workspace.repo} refused: the branch already exists with "
+                           f"commits forgecrew did not make ({listed}); forgecrew never forces over other people's "
+                           "commits: rename or delete that branch, then retry")
 
 
 def _after_opening(forge: Forge, request: PublishRequest, pr: PullRequestInfo) -> Published:

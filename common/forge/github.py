@@ -220,6 +220,17 @@ def split_repo(repo: str) -> tuple[str, str]:
     return owner, name
 
 
+def _push_refusal_hint(said: str) -> str:
+    """What a person can do about a refused push, before git's own words (the first line people read)."""
+    if "stale info" in said or "fetch first" in said or "non-fast-forward" in said:
+        return (" because someone else pushed to the branch while forgecrew worked; forgecrew never forces over "
+                "other people's commits: merge or delete that branch, then retry")
+    if "protected branch" in said.lower():
+        return (" because the branch is protected: exempt forgecrew/* branches from the protection rule (or let "
+                "forgecrew's token bypass it), then retry")
+    return ""
+
+
 class GitHubForge:
     """The forge port on GitHub (or GHES) through PyGithub, with a token or as a GitHub App."""
 
@@ -332,7 +343,8 @@ class GitHubForge:
         done = run_git(["--git-dir", str(source), "push", "--quiet", "--no-verify",
                         f"--force-with-lease={ref}:{expected or ''}", url, f"{commit}:{ref}"], credential=credential)
         if done.returncode != 0:
-            raise PushRejected(f"push of {branch} to {repo} was rejected: {self._scrub(done.stderr.strip())}")
+            said = self._scrub(done.stderr.strip())
+            raise PushRejected(f"push of {branch} to {repo} was rejected{_push_refusal_hint(said)}: {said}")
 
     def default_branch(self, repo: str) -> str:
         with self._errors("reading the repository", repo,

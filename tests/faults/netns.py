@@ -10,6 +10,7 @@ cable does), and `restore()` lets the stalled connections carry on.
 from __future__ import annotations
 
 import random
+import shutil
 import subprocess
 import sys
 import uuid
@@ -17,11 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+# iproute2's `ip`; /usr/sbin is not on every PATH (Debian's for a plain user)
+IP = shutil.which("ip") or shutil.which("ip", path="/usr/sbin:/sbin")
 
 
 def ip(*args: str, namespace: str | None = None) -> None:
-    prefix = ["ip", "netns", "exec", namespace] if namespace else []
-    subprocess.run([*prefix, "ip", *args], check=True, capture_output=True, text=True, timeout=30)
+    assert IP, "iproute2 is not installed (apt-get install iproute2)"
+    prefix = [IP, "netns", "exec", namespace] if namespace else []
+    subprocess.run([*prefix, IP, *args], check=True, capture_output=True, text=True, timeout=30)
 
 
 @dataclass
@@ -38,7 +42,7 @@ class Host:
     @property
     def prefix(self) -> list[str]:
         """What a command is prefixed with to run on this host."""
-        return ["ip", "netns", "exec", self.name]
+        return [str(IP), "netns", "exec", self.name]
 
     def cut(self) -> None:
         ip("link", "set", "dev", self.host_if, "down")
@@ -104,5 +108,5 @@ class Network:
             host.relays.clear()
             # deleting the namespace destroys its veth end and with it the pair; the explicit delete
             # covers a pair whose inner end never made it into the namespace
-            subprocess.run(["ip", "netns", "del", host.name], capture_output=True, timeout=30)
-            subprocess.run(["ip", "link", "del", host.host_if], capture_output=True, timeout=30)
+            subprocess.run([str(IP), "netns", "del", host.name], capture_output=True, timeout=30)
+            subprocess.run([str(IP), "link", "del", host.host_if], capture_output=True, timeout=30)

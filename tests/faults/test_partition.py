@@ -11,7 +11,6 @@ carries on, finds its lease token stale, and pushes nothing.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 import uuid
@@ -26,13 +25,13 @@ from common.db import Database
 from common.settings import Settings
 from tests.conftest import settings_env
 from tests.fakes.anthropic_server import FakeAnthropic
-from tests.faults.netns import Host, Network
+from tests.faults.netns import IP, Host, Network
 from tests.faults.support import REPO, Forge, deliver, holder, record_fault, serve_per_issue, story, wait_final
 from tests.sample_repo import ISSUE_BODY, ISSUE_TITLE, fixing_script
 from tests.support import Process, labeled_issue, start_coordinator, wait_for
 
 pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
+              pytest.mark.skipif(os.geteuid() != 0 or not IP,
                                  reason="network namespaces need root and iproute2 (apt-get install iproute2)")]
 STALE_RUN_ENDED = "leaving it to the new holder"
 
@@ -85,31 +84,37 @@ def test_partitioned_worker_host_is_fenced_and_the_other_host_opens_the_only_pr(
                 cut.update(host=host, worker=proc, at=time.monotonic())
             return fixing_script()[0]
 
-        serve_per_issue(model, {ISSUE_TITLE: [first_turn, *fixing_script()[1:]]})
-        forge.add_issue(1, ISSUE_TITLE, ISSUE_BODY)
-        env = settings_env(settings)
-        coordinator, url = start_coordinator(env, tmp_path)
-        processes.append(coordinator)
-        workers.extend(start_host_workers(env, tmp_path, network.hosts, processes))
-        response = deliver(url, labeled_issue("forgecrew:backend", number=1, title=ISSUE_TITLE, body=ISSUE_BODY))
-        assert response.status_code == 202, response.text
-        task_id = response.json()["task_id"]
+        try:
+            serve_per_issue(model, {ISSUE_TITLE: [first_turn, *fixing_script()[1:]]})
+            forge.add_issue(1, ISSUE_TITLE, ISSUE_BODY)
+            env = settings_env(settings)
+            coordinator, url = start_coordinator(env, tmp_path)
+            processes.append(coordinator)
+            workers.extend(start_host_workers(env, tmp_path, network.hosts, processes))
+            issue = labeled_issue("forgecrew:backend", number=1, title=ISSUE_TITLE, body=ISSUE_BODY)
+            response = deliver(url, issue)
+            assert response.status_code == 202, response.text
+            task_id = response.json()["task_id"]
 
-        end = wait_final(db, task_id, timeout=90)
-        recovered = time.monotonic() - cut["at"]
-        finished = {"branches": forge.branches(), "commits": commits_on(forge, end.branch)}
-        stale: Process = cut["worker"]
-        [other] = [w for w in workers if w is not stale]
-        cut["host"].restore()
-        wait_for(lambda: STALE_RUN_ENDED in stale.log(), timeout=60, interval=0.5,
-                 what="the partitioned worker to give its stale run up")
-        time.sleep(1.0)  # anything it were still to push would land now
-        after = {"branches": forge.branches(), "commits": commits_on(forge, end.branch)}
-        pulls = forge.pulls()
-        final = story(db, task_id)
+            end = wait_final(db, task_id, timeout=90)
+            recovered = time.monotonic() - cut["at"]
+            finished = {"branches": forge.branches(), "commits": commits_on(forge, end.branch)}
+            stale: Process = cut["worker"]
+            [other] = [w for w in workers if w is not stale]
+            cut["host"].restore()
+            wait_for(lambda: STALE_RUN_ENDED in stale.log(), timeout=60, interval=0.5,
+                     what="the partitioned worker to give its stale run up")
+            time.sleep(1.0)  # anything it were still to push would land now
+            after = {"branches": forge.branches(), "commits": commits_on(forge, end.branch)}
+            pulls = forge.pulls()
+            final = story(db, task_id)
+        finally:  # the workers go before their network, so their logs end with the test, not its teardown
+            for proc in workers:
+                proc.stop()
 
     record_fault("10 network partition of a worker host mid-task", recovered=recovered,
-                 lost=int(end.state != "pr_open"), duplicated=max(len(pulls) - 1, 0) + max(len(after["branches"]) - 1, 0),
+                 lost=int(end.state != "pr_open"),
+                 duplicated=max(len(pulls) - 1, 0) + max(len(after["branches"]) - 1, 0),
                  attempts=end.attempt)
     assert end.state == "pr_open", (end.failure_reason, end.details())
     assert end.attempt == 2 and end.runs[-1] == (2, "pr_open") and end.runs[0][0] == 1, end.runs

@@ -17,6 +17,7 @@ from coordinator.agents import WorkerWatcher
 from coordinator.api import api_router
 from coordinator.conversation.runner import CommandRunner
 from coordinator.followups.runner import FollowupRunner
+from coordinator.given_up_notice import GiveUpNotices
 from coordinator.metrics import endpoint as metrics
 from coordinator.operations import Operations
 from coordinator.queued_notice import QueuedNotices
@@ -40,6 +41,8 @@ def create_app(settings: Settings, *, run_reconciler: bool = True) -> FastAPI:
                                permissions=commands.permissions)
     services.reconciler.sweeps.append(followups.sweep)
     services.reconciler.sweeps.append(QueuedNotices(services.db, lambda installation_id: make_forge(
+        settings, installation_id)).sweep)
+    services.reconciler.sweeps.append(GiveUpNotices(services.db, lambda installation_id: make_forge(
         settings, installation_id)).sweep)
     watcher = WorkerWatcher(services.celery)  # worker heartbeats, for /api/v1/agents and /metrics
 

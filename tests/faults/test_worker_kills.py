@@ -164,3 +164,9 @@ def test_poison_task_fails_after_max_attempts_while_others_flow(fault_settings: 
     assert [(task.state, task.attempt) for task in good] == [("pr_open", 1), ("pr_open", 1)]
     assert sorted(pr.number for pr in pulls) == sorted(task.pr_number for task in good)
     assert story(db, poison_id).pr_number is None and sorted(forge.branches()) == sorted(t.branch for t in good)
+    # and the issue says so: no worker was left to, the coordinator's reconciler does
+    issue = wait_for(lambda: (found := forge.github.issue(REPO, 2)) and "forgecrew:failed" in found.labels and found,
+                     timeout=30, what="the poison issue labelled failed")
+    assert "forgecrew:working" not in issue.labels
+    [notice] = [comment["body"] for comment in issue.comments if "worker was lost on all 3 attempts" in comment["body"]]
+    assert "/forgecrew retry" in notice and "pid" not in notice  # what to do, and no host or process names

@@ -24,6 +24,15 @@ from workers.sandbox import Sandbox, SandboxPaths, make_sandbox
 from workers.workspace import Workspace, WorkspaceManager
 
 pytest_plugins = ["tests.pipeline_support"]  # model, forge_settings and forge for pipeline tests
+DEPLOY_TESTS = Path(__file__).parent / "deploy"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The Docker tests share images and a daemon's build cache: under pytest-xdist (pyproject's addopts,
+    --dist loadgroup) they run one after another on one worker while the rest of the suite runs beside them."""
+    for item in items:
+        if DEPLOY_TESTS in Path(item.path).parents:
+            item.add_marker(pytest.mark.xdist_group("docker"))
 
 PG_ADMIN = os.environ.get("FORGECREW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("FORGECREW_TEST_REDIS", "redis://127.0.0.1:6379")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,15 @@ from tests.sample_repo import fixing_script, write_sample
 
 def git(*args: str, cwd: Path) -> str:
     return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """A short folder: HOME is the test's folder, and $HOME/.local/share/forgecrew/broker/broker.sock must
+    fit a unix socket's 107 bytes even under pytest-xdist's longer base folders."""
+    folder = Path(tempfile.mkdtemp(prefix="fcrun-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -49,7 +49,8 @@ def cluster(settings: Settings, tmp_path: Path, processes: list[Process], worker
     return url
 
 
-def start_issue(url: str, db: Database, number: int, title: str, body: str) -> int:
+def start_issue(url: str, number: int, title: str, body: str) -> int:
+    """Deliver the issue's `forgecrew:backend` label; the new task's id."""
     response = deliver(url, labeled_issue("forgecrew:backend", number=number, title=title, body=body))
     assert response.status_code == 202, response.text
     return response.json()["task_id"]
@@ -70,7 +71,7 @@ def test_worker_sigkilled_mid_agent_task_finishes_on_another(fault_settings: Cal
     serve_per_issue(model, {ISSUE_TITLE: [first_turn, *fixing_script()[1:]]})
     forge.add_issue(1, ISSUE_TITLE, ISSUE_BODY)
     url = cluster(fault_settings(), tmp_path, processes, workers)
-    task_id = start_issue(url, db, 1, ISSUE_TITLE, ISSUE_BODY)
+    task_id = start_issue(url, 1, ISSUE_TITLE, ISSUE_BODY)
     end = wait_final(db, task_id)
     recovered = time.monotonic() - killer.kills[0]
     branches, pulls = forge.branches(), forge.pulls()
@@ -105,7 +106,7 @@ def test_worker_sigkilled_between_push_and_pr_makes_one_branch_and_one_pr(
     serve_per_issue(model, {ISSUE_TITLE: fixing_script()})  # each attempt plays the whole script
     forge.add_issue(1, ISSUE_TITLE, ISSUE_BODY)
     url = cluster(fault_settings(), tmp_path, processes, workers)
-    task_id = start_issue(url, db, 1, ISSUE_TITLE, ISSUE_BODY)
+    task_id = start_issue(url, 1, ISSUE_TITLE, ISSUE_BODY)
     end = wait_final(db, task_id)
     recovered = time.monotonic() - killer.kills[0]
     branches, pulls = forge.branches(), forge.pulls()
@@ -145,10 +146,10 @@ def test_poison_task_fails_after_max_attempts_while_others_flow(fault_settings: 
     # three workers for the poison to kill, and one that survives it
     url = cluster(fault_settings(max_attempts=3), tmp_path, processes, workers, count=4)
     started = time.monotonic()
-    poison_id = start_issue(url, db, 2, POISON_TITLE, POISON_BODY)
-    first_id = start_issue(url, db, 1, ISSUE_TITLE, ISSUE_BODY)
+    poison_id = start_issue(url, 2, POISON_TITLE, POISON_BODY)
+    first_id = start_issue(url, 1, ISSUE_TITLE, ISSUE_BODY)
     wait_for(lambda: killer.kills, timeout=60, what="the poison's first kill")
-    late_id = start_issue(url, db, 3, LATE_TITLE, ISSUE_BODY)  # queued while the poison is retried
+    late_id = start_issue(url, 3, LATE_TITLE, ISSUE_BODY)  # queued while the poison is retried
     poisoned = wait_final(db, poison_id, timeout=180)
     failed_after = time.monotonic() - started
     good = [wait_final(db, task_id) for task_id in (first_id, late_id)]

@@ -257,3 +257,21 @@ def test_workspaces_gc_counts_its_progress_and_prints_json(settings: Settings, d
     again = forgecrew(settings, "workspaces", "gc")
     assert again.stdout.strip().splitlines()[-1] == "0 workspace(s) removed of 1 examined"
     assert os.listdir(tasks_dir) == [str(active)]
+
+
+def test_tasks_approve_runs_a_waiting_plan_and_show_prints_it(settings: Settings, db: Database) -> None:
+    task_id = make_task(db, issue_number=1)
+    refused = forgecrew(settings, "tasks", "approve", str(task_id))
+    assert refused.exit_code == 2 and f"task {task_id} is triaged, not waiting for a plan's approval" in refused.stderr
+    with db.session() as session:
+        task = session.get(Task, task_id)
+        assert task is not None
+        for state in (TaskState.QUEUED, TaskState.RUNNING, TaskState.AWAITING_APPROVAL):
+            transition(session, task, state, actor="test")
+        task.plan, task.plan_revision = "1. Fix add().\n2. Add a test.", 1
+    waiting = forgecrew(settings, "tasks", "show", str(task_id))
+    assert "plan:           revision 1, waiting for approval" in waiting.stdout and "  2. Add a test." in waiting.stdout
+    approved = as_json(forgecrew(settings, "tasks", "approve", str(task_id), "--json"))
+    assert approved["state"] == "queued" and approved["events"][-1]["detail"].startswith("plan revision 1 approved by")
+    shown = forgecrew(settings, "tasks", "show", str(task_id))
+    assert "revision 1, approved by cli:" in shown.stdout

@@ -102,3 +102,16 @@ def cancel_task(ctx: click.Context, task_id: int, reason: str, as_json: bool) ->
     """Cancel a task; a running agent stops at its next step and publishes nothing."""
     with operations(settings_from(ctx)) as ops:
         report(ops.cancel(task_id, actor=actor(), reason=reason), as_json)
+
+
+@tasks.command("approve")
+@click.argument("task_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the task as a JSON object.")
+@click.pass_context
+@fails_cleanly
+def approve_task(ctx: click.Context, task_id: int, as_json: bool) -> None:
+    """Approve the plan a task waits on (awaiting_approval): the change runs with it, as `/forgecrew approve` does."""
+    who = actor()
+    with operations(settings_from(ctx)) as ops:
+        report(ops.approve(task_id, by=who, actor=who), as_json)
+

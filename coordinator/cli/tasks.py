@@ -63,6 +63,7 @@ def show_task(ctx: click.Context, task_id: int, as_json: bool) -> None:
         if task is None:
             raise TaskNotFound(task_id)
         data = task_detail(task)
+        plan = (task.plan, task.plan_revision, task.plan_approved_by)
     db.dispose()
     if as_json:
         echo_json(data)
@@ -72,6 +73,10 @@ def show_task(ctx: click.Context, task_id: int, as_json: bool) -> None:
         if data[key] not in (None, ""):
             click.echo(f"{key + ':':<16}{data[key]}")
     click.echo(f"{'usage:':<16}{_usage(data['usage'])}")
+    if plan[0]:
+        approval = f"approved by {plan[2]}" if plan[2] else "waiting for approval (`forgecrew tasks approve`)"
+        click.echo(f"{'plan:':<16}revision {plan[1]}, {approval}")
+        click.echo("\n".join(f"  {line}" for line in plan[0].splitlines()[:40]))
     click.echo("transitions:")
     for event in data["events"]:
         click.echo(f"  {event['at']}  {event['from_state'] or '-':>9} -> {event['to_state']:<9} "

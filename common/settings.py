@@ -31,7 +31,7 @@ DEFAULT_CONFIG_FILE = "forgecrew.toml"
 # FORGECREW_* variables that are not settings: the config file's name, and the test suite's own.
 NOT_SETTINGS = {CONFIG_FILE_VARIABLE, "FORGECREW_FIXTURES"}
 NOT_SETTINGS_PREFIXES = ("FORGECREW_TEST_",)
-PLACEHOLDER_SECRETS = {"changeme", "changethis", "secret", "password", "xxx", "todo"}
+PLACEHOLDER_SECRETS = {"changeme", "changethis", "secret", "password", "xxx", "todo", "…", "..."}
 
 # Secrets `forgecrew up` generates into HOME/secrets when unset; every command reads them back.
 GENERATED_SECRETS = ("webhook_secret", "api_token", "flower_password")
@@ -270,7 +270,11 @@ class Settings(BaseSettings):
     @field_validator("webhook_secret", "api_token", "flower_password", "metrics_token")
     @classmethod
     def _no_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
+        """An empty value stays unset (`require` names it); a blank, "…" or "<your secret>" is a copied example."""
+        text = value.get_secret_value() if value is not None else ""
+        stripped = text.strip()
+        if text and (not stripped or stripped.lower() in PLACEHOLDER_SECRETS
+                     or (stripped.startswith("<") and stripped.endswith(">"))):
             raise ValueError("is a placeholder; set a random secret (e.g. `openssl rand -hex 32`)")
         return value
 

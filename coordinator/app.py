@@ -28,9 +28,14 @@ from coordinator.webhooks.group_commit import GroupCommit
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, *, run_reconciler: bool = True) -> FastAPI:
-    """Refuses to build without a webhook secret: unsigned intake would let anyone start agents."""
+def require_webhook_secret(settings: Settings) -> None:
+    """Unsigned intake would let anyone start agents; placeholders are refused when settings load."""
     settings.require("webhook_secret", purpose="the coordinator verifies every GitHub webhook with it")
+
+
+def create_app(settings: Settings, *, run_reconciler: bool = True) -> FastAPI:
+    """Refuses to build without a webhook secret."""
+    require_webhook_secret(settings)
     if not settings.repo_allowlist:
         log.warning("FORGECREW_REPO_ALLOWLIST is empty: every webhook will be ignored")
     services = build_services(settings)

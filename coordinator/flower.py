@@ -38,8 +38,23 @@ def run_flower(settings: Settings, *, host: str, port: int, auth: bool = True) -
     settings.state_home.flower_db.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if auth:
         os.environ["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{settings.secret('flower_password')}"
+        metrics_behind_auth()
     else:
         os.environ.pop("FLOWER_BASIC_AUTH", None)
     app = make_celery(settings)
     status = app.start(flower_argv(settings, host=host, port=port))
     return status if isinstance(status, int) else 0
+
+
+def metrics_behind_auth() -> None:
+    """Flower serves /metrics (worker and task names, counts) outside its basic auth; this puts it behind.
+
+    /healthcheck stays open: it says only "OK", and compose probes it.
+    """
+    from flower.views.monitor import Metrics
+    from tornado import web
+
+    if not getattr(Metrics.get, "forgecrew_authenticated", False):
+        guarded = web.authenticated(Metrics.get)
+        guarded.forgecrew_authenticated = True  # type: ignore[attr-defined]
+        Metrics.get = guarded  # type: ignore[method-assign]

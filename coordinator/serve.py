@@ -37,6 +37,10 @@ def serve(settings: Settings, *, host: str, port: int, workers: int, reconciler:
     """Run until SIGINT/SIGTERM; uvicorn picks uvloop and httptools when they are installed."""
     import uvicorn
 
+    from coordinator.app import require_webhook_secret
+
+    # before binding or forking: server processes that cannot build the app would be restarted for ever
+    require_webhook_secret(settings)
     options: dict[str, Any] = {"log_level": "info", "proxy_headers": True, "access_log": access_log}
     if workers <= 1:
         from coordinator.app import create_app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -107,8 +108,10 @@ class Pipeline:
             outcome = Outcome(TaskState.FAILED.value, str(exc) if isinstance(exc, SoftLimitReached)
                               else "the task hit its time limit for this specialty")
         except Exception as exc:
-            outcome = Outcome(TaskState.FAILED.value, f"internal error: {type(exc).__name__}: {exc}")
-            raise
+            full = self._disk_full(task, exc)
+            outcome = Outcome(TaskState.FAILED.value, full or f"internal error: {type(exc).__name__}: {exc}")
+            if full is None:
+                raise
         finally:
             if outcome.state == TaskState.FAILED:
                 self._fail(task, held, outcome.reason)
@@ -483,6 +486,20 @@ class Pipeline:
         self._status(final=True, state="cancelled", reason=str(exc), advice="")
         return Outcome(CANCELLED, str(exc))
 
+    def _disk_full(self, task: TaskSnapshot, exc: BaseException) -> str | None:
+        """The reason for a run that ran out of disk, its checkout removed so other tasks go on; else None."""
+        if not _out_of_space(exc):
+            return None
+        log.warning("task %s: the workspace disk is full (%s); removing its workspace", task.id, exc)
+        try:
+            self.workspaces.remove(task.id)
+            freed = "its workspace was removed to free the disk"
+        except OSError as error:
+            freed = f"its workspace could not be removed ({error})"
+        return (f"the workspace disk is full (No space left on device under FORGECREW_WORKSPACE_ROOT="
+                f"{self.settings.workspace_root}); {freed}. Free space or give the workers a larger disk, then "
+                "retry; if the change itself writes large files, say so on the issue")
+
     def _fail(self, task: TaskSnapshot, held: Claim, reason: str) -> None:
         reason = self.redact(reason)
         self.progress(f"failed: {reason}")
@@ -495,14 +512,29 @@ class Pipeline:
         except LeaseLost:
             return
         workspace_dir = self.workspaces.task_dir(task.id)
-        if (workspace_dir / "metadata.json").exists():
-            self.workspaces.load(task.id).mark_finished("failed")
+        try:
+            if (workspace_dir / "metadata.json").exists():
+                self.workspaces.load(task.id).mark_finished("failed")
+        except OSError as exc:  # bookkeeping only: the issue must still hear why
+            log.warning("task %s: could not mark its workspace failed: %s", task.id, exc)
         self.notes.label(StatusLabel.FAILED)
         advice = "Fix the cause, then comment `/forgecrew retry` or add the `forgecrew` label again."
         if self.status is not None:
             self._status(final=True, state="failed", reason=reason, advice=advice)
         else:
             self.notes.comment(f"forgecrew could not finish this issue.\n\n> {reason[:1500]}\n\n{advice}")
+
+
+def _out_of_space(exc: BaseException | None) -> bool:
+    """ENOSPC anywhere in the exception's chain, or in the words of a git that ran out of it."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def _pr_detail(published: Published, request: PublishRequest, branch: str, problems: list[str]) -> str:

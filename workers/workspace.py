@@ -230,6 +230,11 @@ class WorkspaceManager:
     def task_dir(self, task_id: int) -> Path:
         return self.tasks / str(int(task_id))
 
+    def remove(self, task_id: int) -> None:
+        """Delete a task's directory now (its run filled the disk), whatever its age."""
+        if self.task_dir(task_id).exists():
+            _force_rmtree(self.task_dir(task_id))
+
     def prepare(self, task_id: int, repo: str, clone_url: str, branch: str, *,
                 credential: GitCredential | None = None, base: str | None = None,
                 start_from_branch: bool = False, owner: Owner = None) -> Workspace:

@@ -76,6 +76,22 @@ class PullRequest(_Part):
     title: StrictStr | None = None
 
 
+class Comment(_Part):
+    """An issue comment or a pull request review comment."""
+
+    id: Id
+    body: StrictStr | None = None
+    user: Account | None = None
+    pull_request_review_id: Id | None = None
+
+
+class Review(_Part):
+    id: Id
+    body: StrictStr | None = None
+    state: StrictStr | None = None
+    user: Account | None = None
+
+
 class Envelope(_Part):
     """The top level of every event forgecrew handles."""
 
@@ -86,6 +102,8 @@ class Envelope(_Part):
     issue: Issue | None = None
     pull_request: PullRequest | None = None
     label: Label | None = None
+    comment: Comment | None = None
+    review: Review | None = None
     number: Number | None = None
     hook_id: StrictInt | None = None
 

@@ -14,7 +14,7 @@ PROFILE = "forgecrew-fuzz"
 settings.register_profile(
     PROFILE,
     deadline=None,  # a request to a real database has no stable duration; hangs are bounded separately
-    database=None,  # no .hypothesis/ directory in the working tree; failures print their seed and blob
+    database=None,  # no example database kept between runs: failures print their seed and blob instead
     print_blob=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much,
                            HealthCheck.data_too_large],

@@ -29,6 +29,7 @@ PERSON_PUSHED = "a person pushes to the branch meanwhile"
 PROTECTED = "the branch is protected"
 FLAKY_PR = "GitHub fails while the PR is opened"
 TAKEN = "a person's branch has the name already"
+BROKEN_PR = "GitHub answers 500 to the PR"
 SECONDARY = {"message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
              "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"}
 # What github.com answers a push to a protected branch, from a pre-receive hook of the remote.
@@ -91,10 +92,10 @@ def test_forge_faults_fail_with_actionable_reasons_never_forcing_and_never_a_sec
         return fix[-1]
 
     serve_per_issue(model, {MISSING: fix, PERSON_PUSHED: [*fix[:-1], push_meanwhile], PROTECTED: fix,
-                            FLAKY_PR: fix, TAKEN: fix})
+                            FLAKY_PR: fix, TAKEN: fix, BROKEN_PR: fix})
     forge.github.add_repo(MISSING_REPO)  # GitHub knows it; its git repository is gone
     forge.github.add_issue(MISSING_REPO, 1, MISSING, ISSUE_BODY, labels=("forgecrew:backend",))
-    for number, title in ((2, PERSON_PUSHED), (3, PROTECTED), (4, FLAKY_PR), (5, TAKEN)):
+    for number, title in ((2, PERSON_PUSHED), (3, PROTECTED), (4, FLAKY_PR), (5, TAKEN), (6, BROKEN_PR)):
         forge.add_issue(number, title, ISSUE_BODY)
     person.push_to(branch_name(5, TAKEN))  # before forgecrew ever ran: not a branch of its own
     install_hook(person.remote, "pre-receive", PROTECT_HOOK)
@@ -115,10 +116,15 @@ def test_forge_faults_fail_with_actionable_reasons_never_forcing_and_never_a_sec
         ids[title] = response.json()["task_id"]
     ends = {title: wait_final(db, task_id) for title, task_id in ids.items()}
     elapsed = time.monotonic() - started
+    # a 500 to the PR's creation may hide a PR GitHub made: not repeated, looked for, then failed
+    forge.github.fail_next("POST", rf"/repos/{REPO}/pulls$", 500)
+    response = deliver(url, labeled_issue("forgecrew:backend", number=6, title=BROKEN_PR, body=ISSUE_BODY))
+    assert response.status_code == 202, response.text
+    ends[BROKEN_PR] = wait_final(db, response.json()["task_id"])
     pulls, branches = forge.pulls(), forge.branches()
     pr_posts = [call.status for call in forge.github.calls("POST", r"/pulls$")]
-    record_fault("8 forge faults (missing repo, person's push, protected branch, 503 and secondary rate limit "
-                 "on the PR)", recovered=elapsed, lost=int(ends[FLAKY_PR].state != "pr_open"),
+    record_fault("8 forge faults (missing repo, person's push, person's branch, protected branch, 503, secondary "
+                 "rate limit and 500 on the PR)", recovered=elapsed, lost=int(ends[FLAKY_PR].state != "pr_open"),
                  duplicated=max(len(pulls) - 1, 0), pr_requests=len(pr_posts),
                  forced_over=sum(branches.get(branch) != sha for branch, sha in person.pushed.items()))
 
@@ -144,7 +150,7 @@ def test_forge_faults_fail_with_actionable_reasons_never_forcing_and_never_a_sec
 
     flaky = ends[FLAKY_PR]
     assert flaky.state == "pr_open", (flaky.failure_reason, flaky.details())
-    assert pr_posts == [503, 403, 201]  # both refusals were safe to repeat; one PR made
+    assert pr_posts == [503, 403, 201, 500]  # both refusals were safe to repeat; one PR made
     [pr] = pulls
     assert pr.head == flaky.branch and pr.number == flaky.pr_number
 
@@ -153,4 +159,11 @@ def test_forge_faults_fail_with_actionable_reasons_never_forcing_and_never_a_sec
     assert taken.failure_reason.startswith(f"push of {taken.branch} to {REPO} refused: the branch already exists "
                                            "with commits forgecrew did not make")
     assert branches[taken.branch] == person.pushed[taken.branch]
+
+    broken = ends[BROKEN_PR]
+    assert broken.state == "failed" and broken.failure_reason, broken.details()
+    assert broken.failure_reason.startswith(f"GitHub failed opening a pull request for {broken.branch} in {REPO} "
+                                            "(500: Internal Server Error); try again later")
+    assert broken.branch in branches and broken.pr_number is None  # pushed, ready for a retry to reuse
+    assert "/forgecrew retry" in comments(forge, REPO, 6)
     assert worker.alive()

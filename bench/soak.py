@@ -6,7 +6,8 @@ tasks really run and open PRs. Deliveries come at `--rate` a second, mixed as in
 (`--task-share` of them start a task, some are resent). Every `--sample-every` seconds it records
 each process tree's RSS and open fds, the database's connections (pg_stat_activity) and the
 Redis db's clients; at the end it prints first/after-warm-up/last/max of each and calls a metric
-flat when its last value is at most 1.2 x its value after warm-up. Then it drains and counts tasks
+flat when its last value is at most 1.2 x its value after warm-up (both from samples taken with
+no worker restarting). Then it drains and counts tasks
 lost (not pr_open) and duplicated (two tasks or two PRs for one issue).
 
     python bench/soak.py --minutes 60 --rate 5 --restart-every 300 [--json FILE]
@@ -39,6 +40,7 @@ PG_ADMIN = os.environ.get("FORGECREW_TEST_PG", "postgresql://postgres@127.0.0.1:
 REDIS_URL = os.environ.get("FORGECREW_TEST_REDIS", "redis://127.0.0.1:6379")
 PG_PORT, REDIS_PORT = urlparse(PG_ADMIN).port or 5432, urlparse(REDIS_URL).port or 6379
 FLAT_FACTOR = 1.2
+SETTLE_SECONDS = 30.0
 RESEND_EVERY = 10  # every tenth delivery is a resend of the one before (GitHub's redelivery)
 
 
@@ -166,6 +168,7 @@ class Cluster:
             LocalForge(self.settings).create_repo(repo, source)
         self.processes: dict[str, Any] = {}
         self.lock = threading.Lock()
+        self.unsettled_until = 0.0  # time.monotonic() until which a restart's figures are in flux
 
     def env(self) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith("FORGECREW_")}
@@ -200,9 +203,17 @@ class Cluster:
         started = time.monotonic()
         with self.lock:
             old = self.processes[f"worker:{specialty}"]
+            self.unsettled_until = float("inf")
         old.stop(timeout=60)
         self.start_worker(specialty)
+        with self.lock:
+            self.unsettled_until = time.monotonic() + SETTLE_SECONDS
         return time.monotonic() - started
+
+    def settled(self) -> bool:
+        """False while a worker restarts and for SETTLE_SECONDS after: its connections are still being made."""
+        with self.lock:
+            return time.monotonic() >= self.unsettled_until
 
     def pids(self) -> dict[str, list[int]]:
         with self.lock:
@@ -233,12 +244,13 @@ class Sampler:
         self.rows: list[dict[str, Any]] = []
 
     def sample(self, elapsed: float, sent: int) -> dict[str, Any]:
-        row: dict[str, Any] = {"t": round(elapsed), "sent": sent}
+        row: dict[str, Any] = {"t": round(elapsed), "sent": sent, "settled": self.cluster.settled()}
         workers_rss, workers_fds = 0.0, 0
         peers = tcp_peers()
         for role, pids in self.cluster.pids().items():
             row[f"{role}.rss_mb"], row[f"{role}.fds"] = rss_mb(pids), open_fds(pids)
-            row[f"{role}.pg"], row[f"{role}.redis"] = connections_to(pids, PG_PORT, peers), connections_to(pids, REDIS_PORT, peers)
+            row[f"{role}.pg"] = connections_to(pids, PG_PORT, peers)
+            row[f"{role}.redis"] = connections_to(pids, REDIS_PORT, peers)
             if role.startswith("worker:"):
                 workers_rss += row[f"{role}.rss_mb"]
                 workers_fds += row[f"{role}.fds"]
@@ -266,15 +278,22 @@ def task_states(cluster: Cluster) -> dict[str, int]:
 
 
 def summary(rows: list[dict[str, Any]], warmup: float) -> dict[str, dict[str, Any]]:
-    """first / after warm-up / last / max of each resource metric, and whether it stayed flat."""
-    warm = next((row for row in rows if row["t"] >= warmup), rows[-1])
+    """first / after warm-up / last / max of each resource metric, and whether it stayed flat.
+
+    The warm-up and last figures come from settled samples only: one taken while a worker restarts
+    sees a process half started (fewer fds and connections), which would make any later figure
+    look like growth. The maximum counts every sample.
+    """
+    settled = [row for row in rows if row.get("settled", True)] or rows
+    warm = next((row for row in settled if row["t"] >= warmup), settled[-1])
     metrics = [key for key in rows[0] if key.endswith((".rss_mb", ".fds", ".pg", ".redis"))
                or key in ("pg_connections", "redis_clients")]
     out = {}
     for key in metrics:
         values = [row[key] for row in rows if key in row]
-        flat = values[-1] <= FLAT_FACTOR * warm.get(key, values[0])
-        out[key] = {"first": values[0], "warm": warm.get(key), "last": values[-1], "max": max(values),
+        last = next(row[key] for row in reversed(settled) if key in row)
+        flat = last <= FLAT_FACTOR * warm.get(key, values[0])
+        out[key] = {"first": values[0], "warm": warm.get(key), "last": last, "max": max(values),
                     "verdict": "flat" if flat else "GROWING"}
     return out
 

@@ -151,6 +151,7 @@ async def _fire(url: str, items: list[Item], concurrency: int) -> tuple[list[Ans
     answers: list[Answer | None] = [None] * len(items)
     cursor = iter(range(len(items)))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    began = time.perf_counter()
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
         async def lane() -> None:
             for index in cursor:
@@ -162,7 +163,9 @@ async def _fire(url: str, items: list[Item], concurrency: int) -> tuple[list[Ans
                 try:
                     response = await client.post("/webhooks/github", content=item.body, headers=headers)
                 except httpx.TransportError as exc:  # counted (status 0), never retried: GitHub would not either
-                    answers[index] = Answer(0, time.perf_counter() - started, {"error": repr(exc)})
+                    answers[index] = Answer(0, time.perf_counter() - started, {
+                        "error": repr(exc), "request": index, "at_s": round(started - began, 3),
+                        "after_s": round(time.perf_counter() - started, 3)})
                     continue
                 seconds = time.perf_counter() - started
                 try:
@@ -288,16 +291,25 @@ def run_burst(deliveries: int, concurrency: int = 32, *, baseline: bool = True) 
                 counts = audit(items, answers, bench.db_url, bench.broker_url)
             finally:
                 server.stop()
+            problems = _log_problems(server.log)
         finally:
             bench.close()
     figures = timing(answers, wall)
     result: dict[str, Any] = {"deliveries": deliveries, "concurrency": concurrency, **figures, "counts": counts,
                               "statuses": dict(Counter(str(a.status) for a in answers)),
-                              "transport_error_samples": [a.body["error"] for a in answers if a.status == 0][:3]}
+                              "transport_error_samples": [a.body for a in answers if a.status == 0][:3],
+                              "coordinator_log_problems": problems}
     if bare:
         result.update(bare_rps=bare["rps"], bare_p50_ms=bare["p50_ms"], bare_p99_ms=bare["p99_ms"],
                       ratio=round(figures["rps"] / bare["rps"], 3))
     return result
+
+
+def _log_problems(log: Path, limit: int = 20) -> list[str]:
+    """The coordinator's warnings and errors (it logs at WARNING here): why a request failed, if it did."""
+    lines = log.read_text(errors="replace").splitlines()
+    return [line[:300] for line in lines if (" WARNING " in line or " ERROR " in line or "Traceback" in line)
+            and "missing or wrong signature" not in line][:limit]  # the 401s are the burst's own
 
 
 def report(result: dict[str, Any]) -> str:
@@ -311,6 +323,10 @@ def report(result: dict[str, Any]) -> str:
                      f"p50 {result['bare_p50_ms']} ms, p99 {result['bare_p99_ms']} ms; ratio {result['ratio']}")
     lines.append("  " + ", ".join(f"{key} {value}" for key, value in counts.items()))
     lines.append(f"  statuses {result['statuses']}")
+    for sample in result["transport_error_samples"]:
+        lines.append(f"  transport error: {sample}")
+    for line in result["coordinator_log_problems"]:
+        lines.append(f"  coordinator: {line}")
     return "\n".join(lines)
 
 

@@ -126,9 +126,11 @@ def test_database_down_mid_task_the_worker_stops_before_pushing_and_the_task_res
     assert gate.reached.wait(90), worker.log()[-3000:]
     pg.stop()
     wait_for(lambda: "could not renew its lease" in worker.log(), timeout=30, what="the worker to give the lease up")
+    gate.opened.set()  # attempt 1's agent goes on, and must stop at its next step, the database still down
+    wait_for(lambda: "raised unexpected" in worker.log() or " succeeded in " in worker.log(), timeout=60,
+             what="attempt 1 to end")
     pg.start()
     restarted = time.monotonic()
-    gate.opened.set()  # attempt 1's agent goes on, and must stop at its next step
     end = wait_final(pg_db, task_id)
     recovered = time.monotonic() - restarted
     pulls, branch_pushes = forge.pulls(), [line for line in pushes(push_log) if "refs/heads/forgecrew/" in line]

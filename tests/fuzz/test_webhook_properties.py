@@ -56,8 +56,9 @@ def recorded_payloads() -> list[tuple[str, dict[str, Any]]]:
 
 
 PAYLOADS = recorded_payloads()
+# Drawn as often as all the rest, so that many mutations still start work.
 TRIGGERS = [(event, document) for event, document in PAYLOADS
-            if event == "issues" and document.get("label", {}).get("name", "").startswith("forgecrew")]  # drawn as often as all the rest: mutations that may still start work
+            if event == "issues" and document.get("label", {}).get("name", "").startswith("forgecrew")]
 EVENTS = sorted({event for event, _ in PAYLOADS})
 
 # Text a hostile or careless sender puts in names, titles and comments.

@@ -205,6 +205,7 @@ class Heartbeat:
         return True
 
     def _give_up(self, reason: str) -> None:
+        """Once: the run stops at its next step, with `reason` as its record says."""
         with self._lock:
             if not self.lost.is_set():
                 log.warning("%s", reason)

@@ -20,7 +20,8 @@ from common import migrate
 from common.settings import Settings
 from tests.support import RedisServer, free_port, wait_for
 
-__all__ = ["PrivatePostgres", "RedisServer", "tmpfs", "install_hook", "PUSH_LOG_HOOK"]
+__all__ = ["PUSH_LOG_HOOK", "PrivatePostgres", "RedisServer", "install_hook", "private_postgres", "tmpfs",
+           "tmpfs_allowed"]
 
 PG_USER = "nobody"  # initdb and postgres refuse root; nobody has the passwd entry initdb looks up
 

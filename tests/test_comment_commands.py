@@ -209,6 +209,13 @@ def test_a_coordinator_that_died_leaves_the_command_to_the_reconciler_sweep(
     ("see `@forgecrew fix it` in the docs", None),
     ("`x` /forgecrew cancel", None),
     ("`/forgecrew` cancel", None),
+    ("<!--\n/forgecrew retry\n-->", None),  # hidden on GitHub: never a command
+    ("<!-- @forgecrew do it -->", None),
+    ("<!-- unclosed\n/forgecrew retry", None),
+    ("looks fine <!-- x -->\n/forgecrew retry", ("retry", "")),
+    ("> quoted\n/forgecrew retry", None),  # GitHub shows the second line inside the quote
+    ("> quoted\n\n/forgecrew retry", ("retry", "")),
+    ("> quoted\n```\n/forgecrew retry\n```", None),  # a fence after a quote is code, not prose
 ])
 def test_parse_reads_only_what_a_person_wrote_as_prose(text: str, expected: tuple[str, str] | None) -> None:
     command = parse(text)

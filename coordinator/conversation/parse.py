@@ -1,7 +1,8 @@
 """Find a forgecrew command in a comment's Markdown, treating the whole text as hostile.
 
 Only what a person wrote as prose counts: lines inside fenced or indented code blocks, quoted
-lines (`>`, as in a reply that quotes someone) and inline code spans are skipped, so quoting a
+lines (`>`, as in a reply that quotes someone, and the lines that continue the quote), HTML
+comments (which GitHub does not show) and inline code spans are skipped, so quoting a
 command or showing one in an example never runs it. The command word must be plain ASCII
 (`/forgecrew` at the start of a line, `@forgecrew` as a word of its own): look-alike letters, full-width slashes or
 zero-width characters make it prose. Text past MAX_CHARS (GitHub's own limit on a comment) is
@@ -32,6 +33,7 @@ commit on the same pull request"""
 
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _INLINE_CODE = re.compile(r"(`+).*?\1", re.DOTALL)
+_HTML_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)  # unclosed, it hides the rest, as on GitHub
 _SLASH = re.compile(r"^/forgecrew(?![\w-])[ \t]*(.*)$")
 _MENTION = re.compile(r"(?<![\w.@/-])@forgecrew(?![\w-])[ \t,:]*")
 
@@ -79,6 +81,8 @@ def _prose_lines(text: str) -> list[tuple[str, str]]:
     """
     lines: list[tuple[str, str]] = []
     fence: str | None = None
+    quoted = False  # a quote goes on over the lines after it until a blank line (lazy continuation)
+    text = _HTML_COMMENT.sub(lambda hidden: "\n" * hidden.group(0).count("\n"), text)  # GitHub shows none of it
     for raw in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
         opener = _FENCE.match(raw)
         if fence is not None:
@@ -86,9 +90,15 @@ def _prose_lines(text: str) -> list[tuple[str, str]]:
                 fence = None
             continue
         if opener:
-            fence = opener.group(1)
+            fence, quoted = opener.group(1), False
             continue
-        if raw.startswith(("    ", "\t")) or raw.lstrip().startswith(">"):
+        if raw.lstrip().startswith(">"):
+            quoted = True
+            continue
+        if quoted and raw.strip():
+            continue
+        quoted = False
+        if raw.startswith(("    ", "\t")):
             continue
         masked = _INLINE_CODE.sub(lambda span: " " * len(span.group(0)), raw)
         lead = len(raw) - len(raw.lstrip())  # a command after inline code is not at the line's start

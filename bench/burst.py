@@ -273,6 +273,8 @@ def run_burst(deliveries: int, concurrency: int = 32, *, baseline: bool = True) 
     with tempfile.TemporaryDirectory(prefix="forgecrew-burst-") as tmp:
         bench = intake_bench.Bench(Path(tmp), quick=True)
         bench.env["FORGECREW_REPO_ALLOWLIST"] = ALLOWLIST
+        # no worker and no GitHub here: the "still queued" comment would only fail to find a forge
+        bench.env["FORGECREW_QUEUED_NOTICE_SECONDS"] = "0"
         url = f"http://127.0.0.1:{bench.port}"
         try:
             bare: dict[str, float] = {}
@@ -305,11 +307,19 @@ def run_burst(deliveries: int, concurrency: int = 32, *, baseline: bool = True) 
     return result
 
 
-def _log_problems(log: Path, limit: int = 20) -> list[str]:
-    """The coordinator's warnings and errors (it logs at WARNING here): why a request failed, if it did."""
-    lines = log.read_text(errors="replace").splitlines()
-    return [line[:300] for line in lines if (" WARNING " in line or " ERROR " in line or "Traceback" in line)
-            and "missing or wrong signature" not in line][:limit]  # the 401s are the burst's own
+def _log_problems(log: Path, limit: int = 40) -> list[str]:
+    """The coordinator's warnings and errors with their tracebacks (it logs at WARNING here), bar the 401s."""
+    found: list[str] = []
+    in_traceback = False
+    for line in log.read_text(errors="replace").splitlines():
+        if " WARNING " in line or " ERROR " in line:
+            in_traceback = False
+            if "missing or wrong signature" not in line:  # the burst's own bad signatures
+                found.append(line[:300])
+        elif line.startswith("Traceback") or in_traceback:
+            in_traceback = True
+            found.append(line[:300])
+    return found[:limit]
 
 
 def report(result: dict[str, Any]) -> str:

@@ -177,7 +177,9 @@ async def _fire(url: str, items: list[Item], concurrency: int) -> tuple[list[Ans
         started = time.perf_counter()
         await asyncio.gather(*(lane() for _ in range(concurrency)))
         wall = time.perf_counter() - started
-    return [answer for answer in answers if answer is not None], wall
+    done = [answer for answer in answers if answer is not None]
+    assert len(done) == len(items), "every request has an answer (or a counted error): the audit pairs them"
+    return done, wall
 
 
 def fire(url: str, items: list[Item], concurrency: int) -> tuple[list[Answer], float]:

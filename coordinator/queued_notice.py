@@ -18,6 +18,7 @@ from datetime import timedelta
 from sqlalchemy import func, select, update
 
 from common.db import Database, db_now
+from common.errors import ForgecrewError
 from common.forge.base import CommentGone, Forge, ForgeError
 from common.models import Task
 from common.states import TaskState
@@ -57,7 +58,13 @@ class QueuedNotices:
                      "reason": None, "advice": f"Waiting for a {task.specialty} worker"
                      + (f", behind {ahead} other task(s) on its queue." if ahead else ".")}
             body = render(task.id, {k: v for k, v in facts.items() if v is not None})
-            comment_id = self._write(self.forge_for(task.installation_id), task, body)
+            try:
+                forge = self.forge_for(task.installation_id)
+            except ForgecrewError as exc:  # e.g. no GitHub credentials: the notice is a courtesy, work goes on
+                self._noted.add((task.id, task.dispatch_count))
+                log.warning("task %s: queued notice not written: %s", task.id, exc)
+                return False
+            comment_id = self._write(forge, task, body)
             if comment_id is None:
                 return False
             session.execute(update(Task).where(Task.id == task.id).values(progress_comment_id=comment_id)

@@ -212,7 +212,11 @@ class Reconciler:
                              report.resent, report.requeued, report.failed)
                 if report.workspaces_removed:
                     log.info("reconciler: removed %d finished workspace(s)", len(report.workspaces_removed))
-                for sweep in self.sweeps:
-                    sweep()
             except Exception:
                 log.exception("reconciler round failed; trying again next round")
+            for sweep in self.sweeps:  # each on its own: one that fails must not starve the ones after it
+                try:
+                    sweep()
+                except Exception:
+                    log.exception("reconciler sweep %s failed; trying again next round",
+                                  getattr(sweep, "__qualname__", sweep))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import update
@@ -101,3 +102,15 @@ def test_a_forge_error_is_tried_again_at_the_next_sweep(notices: QueuedNotices, 
     assert notices.sweep() == []
     assert notices.sweep() == [task_id]
     assert len(bodies(github, 1)) == 1
+
+
+def test_a_forge_that_cannot_be_built_skips_the_notice_without_failing_the_sweep(
+        make_settings: Callable[..., Settings], db: Database) -> None:
+    settings = make_settings(forge="github", queued_notice_seconds=5)  # no GitHub token or App
+
+    def no_forge(installation_id: int | None) -> Any:
+        return make_forge(settings, installation_id)
+
+    notices = QueuedNotices(Database(settings), no_forge)
+    queued(db, 1, waited=60)
+    assert notices.sweep() == [] and notices.sweep() == []  # said once in the log, never raised

@@ -65,6 +65,14 @@ def headers(event: str, body: bytes, *, secret: str = SECRET, delivery: str | No
     }
 
 
+def deliver(url: str, event: str, data: dict[str, Any]) -> dict[str, Any]:
+    """POST `data` signed to a running coordinator as GitHub would; its JSON answer (a 2xx is required)."""
+    body = json.dumps(data).encode()
+    response = httpx.post(f"{url}/webhooks/github", content=body, headers=headers(event, body), timeout=30)
+    assert response.status_code in (200, 202), response.text
+    return response.json()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import select
 
@@ -26,19 +25,21 @@ from tests.fakes.anthropic_server import DEFAULT_KEY, FakeAnthropic, tool_use
 from tests.fakes.github_server import FakeGitHub
 from tests.followup_support import review_payload
 from tests.sample_repo import ISSUE_BODY, ISSUE_TITLE, fixing_script, write_sample
-from tests.support import Process, headers, labeled_issue, payload, start_coordinator, start_worker, wait_for
+from tests.support import (
+    Process,
+    deliver,
+    labeled_issue,
+    payload,
+    start_coordinator,
+    start_worker,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 REPO = "Codertocat/Hello-World"
 ISSUE = 1
 TOKEN = "ghp_e2eConversationTokenForFakeGitHub01"
 BOT = "forgecrew-user"
-
-
-@pytest.fixture
-def model() -> Iterator[FakeAnthropic]:
-    with FakeAnthropic() as server:
-        yield server
 
 
 @pytest.fixture
@@ -69,13 +70,6 @@ def url(make_settings: Callable[..., Settings], github: FakeGitHub, model: FakeA
     processes.append(coordinator)
     processes.append(start_worker(env, tmp_path, "backend"))
     return address
-
-
-def deliver(url: str, event: str, data: dict[str, Any]) -> dict[str, Any]:
-    body = json.dumps(data).encode()
-    response = httpx.post(f"{url}/webhooks/github", content=body, headers=headers(event, body), timeout=30)
-    assert response.status_code in (200, 202), response.text
-    return response.json()
 
 
 def comment(github: FakeGitHub, text: str, *, author: str = "maintainer") -> dict[str, Any]:

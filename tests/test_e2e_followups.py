@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import select
 
@@ -32,7 +31,7 @@ from tests.followup_support import (
 from tests.sample_repo import ISSUE_BODY, ISSUE_TITLE, fixing_script, write_sample
 from tests.support import (
     Process,
-    headers,
+    deliver,
     labeled_issue,
     start_coordinator,
     start_worker,
@@ -44,12 +43,6 @@ REPO = "Codertocat/Hello-World"
 TOKEN = "ghp_e2eFollowupTokenForTheFakeGitHub0123"
 MISSES: list[str] = []  # what a scripted model turn did not find in its request
 SUB = 'def sub(a, b):\n    """Difference of a and b."""\n    return a - b\n'
-
-
-@pytest.fixture
-def model() -> Iterator[FakeAnthropic]:
-    with FakeAnthropic() as server:
-        yield server
 
 
 @pytest.fixture
@@ -84,13 +77,6 @@ def cluster(make_settings: Callable[..., Settings], github: FakeGitHub, model: F
         return settings, url
 
     return start
-
-
-def deliver(url: str, event: str, data: dict[str, Any]) -> dict[str, Any]:
-    body = json.dumps(data).encode()
-    response = httpx.post(f"{url}/webhooks/github", content=body, headers=headers(event, body), timeout=30)
-    assert response.status_code in (200, 202), response.text
-    return response.json()
 
 
 def open_pr(db: Database, url: str, model: FakeAnthropic) -> Task:

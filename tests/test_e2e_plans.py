@@ -9,12 +9,10 @@ plan in the model's context, to a pull request.
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import select
 
@@ -26,7 +24,15 @@ from tests.conftest import settings_env
 from tests.fakes.anthropic_server import DEFAULT_KEY, FakeAnthropic, tool_use
 from tests.fakes.github_server import FakeGitHub
 from tests.sample_repo import ISSUE_BODY, ISSUE_TITLE, fixing_script, write_sample
-from tests.support import Process, headers, labeled_issue, payload, start_coordinator, start_worker, wait_for
+from tests.support import (
+    Process,
+    deliver,
+    labeled_issue,
+    payload,
+    start_coordinator,
+    start_worker,
+    wait_for,
+)
 from workers.plans import MARKER
 
 pytestmark = pytest.mark.integration
@@ -34,12 +40,6 @@ REPO = "Codertocat/Hello-World"
 TOKEN = "ghp_e2ePlansTokenForTheFakeGitHub012345"
 FIRST_PLAN = "1. In `calc.py`, make `add` return `a + b`.\n2. Keep `tests/test_calc.py` as it is."
 REVISED_PLAN = FIRST_PLAN + "\n3. Add a test that `add(-2, -3)` is `-5`: negatives too."
-
-
-@pytest.fixture
-def model() -> Iterator[FakeAnthropic]:
-    with FakeAnthropic() as server:
-        yield server
 
 
 @pytest.fixture
@@ -70,13 +70,6 @@ def coordinator_url(make_settings: Callable[..., Settings], github: FakeGitHub, 
     processes.append(coordinator)
     processes.append(start_worker(env, tmp_path, "backend"))
     return url
-
-
-def deliver(url: str, event: str, data: dict[str, Any]) -> dict[str, Any]:
-    body = json.dumps(data).encode()
-    response = httpx.post(f"{url}/webhooks/github", content=body, headers=headers(event, body), timeout=30)
-    assert response.status_code in (200, 202), response.text
-    return response.json()
 
 
 def say(url: str, github: FakeGitHub, db: Database, text: str, *, author: str) -> CommentCommand:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,9 +29,39 @@ pytest_plugins = ["tests.pipeline_support"]  # model, forge_settings and forge f
 DEPLOY_TESTS = Path(__file__).parent / "deploy"
 
 
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Under pytest-xdist, a Docker test runs alone and the other tests run beside each other.
+
+    With a Docker test beside the rest, the daemon now and then could not read a running
+    container's /etc/passwd ("unable to find user ...") for a minute or more, so health checks and
+    `exec` failed; run alone, it never did. A readers-writer lock on two files of this run: every
+    test holds `main` shared, a Docker test exclusive; a waiting Docker test holds `turnstile` so
+    new tests queue behind it instead of starving it. Outermost, so no test's timeout counts the wait.
+    """
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not run:
+        yield
+        return
+    folder = Path(tempfile.gettempdir())
+    exclusive = DEPLOY_TESTS in Path(item.path).parents
+    with open(folder / f"forgecrew-tests-{run}.turnstile", "a") as turnstile, \
+            open(folder / f"forgecrew-tests-{run}.main", "a") as main:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        if not exclusive:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        fcntl.flock(main, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(main, fcntl.LOCK_UN)
+            if exclusive:
+                fcntl.flock(turnstile, fcntl.LOCK_UN)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The Docker tests share images and a daemon's build cache: under pytest-xdist (pyproject's addopts,
-    --dist loadgroup) they run one after another on one worker while the rest of the suite runs beside them."""
+    --dist loadgroup) they run one after another on one worker (and alone: pytest_runtest_protocol)."""
     for item in items:
         if DEPLOY_TESTS in Path(item.path).parents:
             item.add_marker(pytest.mark.xdist_group("docker"))

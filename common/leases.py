@@ -139,10 +139,6 @@ def _clear_lease(task: Task) -> None:
     task.lease_expires_at = None
 
 
-# How often stop_reason() asks the database itself, between the background renewals.
-POLL_SECONDS = 1.0
-
-
 class Heartbeat:
     """Renews a lease in a background thread; `lost` is set once the lease is gone, `reason` says why."""
 
@@ -152,7 +148,6 @@ class Heartbeat:
         self.interval = interval or max(db.settings.lease_seconds / 3, 0.5)
         self.lost = threading.Event()
         self.reason: str | None = None
-        self._polled = time.monotonic()
         self._renewed = time.monotonic()  # when the last renewal that succeeded was sent
         self._lock = threading.Lock()  # the thread and stop_reason() renew; one give-up decision
         self._stop = threading.Event()
@@ -169,11 +164,11 @@ class Heartbeat:
     def stop_reason(self) -> str | None:
         """Why the run must stop (e.g. "cancelled by cli:ana: wrong repo"), or None: the agent's should_stop.
 
-        Between the background renewals it asks the database itself, at most every POLL_SECONDS,
-        so a cancel stops the agent at its next step rather than at the next heartbeat.
+        It asks the database itself each time (one renewal per agent step, small beside a model
+        call), so a cancel stops the agent at its very next step, not at the next heartbeat: a
+        throttle here let a fast run take two more steps after a cancel was committed.
         """
-        if not self.lost.is_set() and time.monotonic() - self._polled >= POLL_SECONDS:
-            self._polled = time.monotonic()
+        if not self.lost.is_set():
             self._renew()
         return self.reason if self.lost.is_set() else None
 

@@ -120,6 +120,18 @@ class Task(Base):
     plan_revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     plan_feedback: Mapped[str | None] = mapped_column(Text)
     plan_approved_by: Mapped[str | None] = mapped_column(String(100))
+    # scheduling (coordinator/admission.py): -1 low, 0 normal, 1 high, from the priority labels;
+    # why a `waiting` task waits and since when
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    wait_reason: Mapped[str | None] = mapped_column(Text)
+    waiting_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # what an LLM triage decided (triage_reason says it in words), and what that call cost
+    triage_confidence: Mapped[float | None] = mapped_column(Float)
+    triage_cost_usd: Mapped[float | None] = mapped_column(Float)
+    # the files the task's branch changes (JSON list), for overlap with other tasks in the repository
+    changed_files: Mapped[str | None] = mapped_column(Text)
+    # a workflow (several specialties on one branch): the position of the step that runs now; None: one step
+    workflow_step: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
@@ -128,6 +140,9 @@ class Task(Base):
     )
     runs: Mapped[list[TaskRun]] = relationship(
         back_populates="task", order_by="TaskRun.id", cascade="all, delete-orphan"
+    )
+    steps: Mapped[list[WorkflowStep]] = relationship(
+        back_populates="task", order_by="WorkflowStep.position", cascade="all, delete-orphan"
     )
 
 
@@ -174,6 +189,52 @@ class TaskRun(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     task: Mapped[Task] = relationship(back_populates="runs")
+
+
+class WorkflowStep(Base):
+    """One specialty's step of a multi-specialty task: all steps share the task's branch and PR.
+
+    The record the canvas resumes from: a step `done` never runs again, a worker killed in a
+    `running` step leaves it to run again, a `failed` one stops the workflow until a retry.
+    """
+
+    __tablename__ = "workflow_steps"
+    __table_args__ = (UniqueConstraint("task_id", "position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)  # 0, 1, ...: the order the steps run in
+    specialty: Mapped[str] = mapped_column(String(40))
+    state: Mapped[str] = mapped_column(String(20), default="pending")  # pending, running, done, failed
+    summary: Mapped[str | None] = mapped_column(Text)
+    commit_sha: Mapped[str | None] = mapped_column(String(64))  # the branch head this step pushed
+    files: Mapped[str | None] = mapped_column(Text)  # JSON list of the paths this step changed
+    tests: Mapped[str | None] = mapped_column(Text)  # one line: the step's test result
+    tests_passed: Mapped[bool | None] = mapped_column(Boolean)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+    run_id: Mapped[int | None] = mapped_column(Integer)  # the task_runs row of its latest run
+    detail: Mapped[str | None] = mapped_column(Text)  # why it failed
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    task: Mapped[Task] = relationship(back_populates="steps")
+
+
+class TaskDependency(Base):
+    """"depends on #N" in an issue's body: the task waits until #N's forgecrew PR merges or #N closes."""
+
+    __tablename__ = "task_dependencies"
+    __table_args__ = (UniqueConstraint("task_id", "blocker_issue"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    blocker_issue: Mapped[int] = mapped_column(Integer)  # an issue number in the task's repository
+    state: Mapped[str] = mapped_column(String(20), default="waiting")  # waiting, cleared
+    cleared_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    cleared_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class WebhookDelivery(Base):

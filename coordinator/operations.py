@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 S = TaskState
 RETRYABLE = frozenset({S.FAILED, S.CANCELLED})
 # pr_open too: a person may want the task closed without waiting for the PR to be merged or closed
-CANCELLABLE = frozenset({S.PENDING, S.TRIAGED, S.QUEUED, S.RUNNING, S.TESTING, S.PR_OPEN, S.AWAITING_APPROVAL})
+CANCELLABLE = frozenset({S.PENDING, S.TRIAGED, S.QUEUED, S.RUNNING, S.TESTING, S.PR_OPEN, S.AWAITING_APPROVAL,
+                         S.WAITING})
 # What a revision request may carry into the next planning run's prompt.
 CHANGES_LIMIT = 4_000
 REPO_NAME = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")

@@ -21,7 +21,7 @@ from coordinator.given_up_notice import GiveUpNotices
 from coordinator.metrics import endpoint as metrics
 from coordinator.operations import Operations
 from coordinator.queued_notice import QueuedNotices
-from coordinator.services import build_services
+from coordinator.services import Services, build_services
 from coordinator.webhooks import endpoint
 from coordinator.webhooks.group_commit import GroupCommit
 
@@ -33,12 +33,9 @@ def require_webhook_secret(settings: Settings) -> None:
     settings.require("webhook_secret", purpose="the coordinator verifies every GitHub webhook with it")
 
 
-def create_app(settings: Settings, *, run_reconciler: bool = True) -> FastAPI:
-    """Refuses to build without a webhook secret."""
-    require_webhook_secret(settings)
-    if not settings.repo_allowlist:
-        log.warning("FORGECREW_REPO_ALLOWLIST is empty: every webhook will be ignored")
-    services = build_services(settings)
+def add_sweeps(services: Services) -> tuple[CommandRunner, FollowupRunner]:
+    """The reconciler's repairs beyond resends and reaping; every process that runs it adds them."""
+    settings = services.settings
     commands = CommandRunner(services.db, Operations(services.db, services.dispatcher, services.celery),
                              lambda installation_id: make_forge(settings, installation_id))
     services.reconciler.sweeps.append(commands.sweep)
@@ -49,6 +46,17 @@ def create_app(settings: Settings, *, run_reconciler: bool = True) -> FastAPI:
         settings, installation_id)).sweep)
     services.reconciler.sweeps.append(GiveUpNotices(services.db, lambda installation_id: make_forge(
         settings, installation_id)).sweep)
+    services.reconciler.sweeps.append(services.scheduler.sweep)
+    return commands, followups
+
+
+def create_app(settings: Settings, *, run_reconciler: bool = True) -> FastAPI:
+    """Refuses to build without a webhook secret."""
+    require_webhook_secret(settings)
+    if not settings.repo_allowlist:
+        log.warning("FORGECREW_REPO_ALLOWLIST is empty: every webhook will be ignored")
+    services = build_services(settings)
+    commands, followups = add_sweeps(services)
     watcher = WorkerWatcher(services.celery)  # worker heartbeats, for /api/v1/agents and /metrics
 
     @asynccontextmanager

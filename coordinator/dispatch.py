@@ -17,6 +17,7 @@ from common.db import Database, db_now
 from common.models import Task, TaskEvent
 from common.states import TaskState
 from common.transitions import transition
+from coordinator import admission
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,11 @@ class Dispatcher:
     def dispatch(self, task_id: int, *, actor: str = "dispatcher", note: str = "") -> bool:
         """Send a triaged or queued task; on a broker failure leave it for the reconciler."""
         with self.db.session() as session:
-            task = session.get(Task, task_id)
+            task = session.get(Task, task_id, with_for_update=True)
             if task is None or task.state not in SENDABLE:
                 return False
+            if not admission.admit(session, task, self.db.settings, actor=actor):
+                return False  # waiting: the scheduler sends it once its reason clears
             specialty, number = task.specialty, task.dispatch_count + 1
             label = task_label(task.repo, task.issue_number, specialty, task_id)
         if not self.send(task_id, specialty, number, label=label):

@@ -9,6 +9,7 @@ from celery import Celery
 from common.celery_app import make_celery
 from common.db import Database
 from common.settings import Settings
+from coordinator.admission import Scheduler
 from coordinator.dispatch import Dispatcher
 from coordinator.reconciler import Reconciler
 from coordinator.sender import Sender
@@ -25,6 +26,7 @@ class Services:
     reconciler: Reconciler
     router: Router
     sender: Sender
+    scheduler: Scheduler
 
 
 def webhook_router() -> Router:
@@ -39,4 +41,5 @@ def build_services(settings: Settings) -> Services:
     db = Database(settings)
     celery = make_celery(settings)
     dispatcher = Dispatcher(db, celery)
-    return Services(settings, db, celery, dispatcher, Reconciler(db, dispatcher), webhook_router(), Sender(dispatcher))
+    return Services(settings, db, celery, dispatcher, Reconciler(db, dispatcher), webhook_router(), Sender(dispatcher),
+                    Scheduler(db, dispatcher))

@@ -133,13 +133,17 @@ def reconcile(ctx: click.Context, once: bool) -> None:
     """Resend unsent tasks and requeue runs whose worker died (the coordinator also does this)."""
     import threading
 
+    from coordinator.app import add_sweeps
     from coordinator.services import build_services
 
     settings = settings_from(ctx)
     wait_for_broker(settings)  # a round that cannot send must not pass for a successful one
     services = build_services(settings)
+    add_sweeps(services)  # comment commands, follow-ups, notices and waiting tasks, as in the coordinator
     if once:
         report = services.reconciler.run_once()
+        for sweep in services.reconciler.sweeps:
+            sweep()
         click.echo(f"resent {report.resent} requeued {report.requeued} failed {report.failed}")
         if report.broker_error:
             raise SettingsError(f"the round stopped early: {report.broker_error}; check FORGECREW_BROKER_URL")

@@ -16,8 +16,12 @@ STATUS_LABELS = {label.value for label in StatusLabel} | {PLAN_LABEL}
 
 @dataclass(frozen=True)
 class TriageDecision:
-    specialty: str
+    specialty: str  # the first step's; the only one unless `specialties` names more
     reason: str
+    # every specialty the issue needs, in run order (coordinator/workflow.py); () = just `specialty`
+    specialties: tuple[str, ...] = ()
+    confidence: float | None = None  # an LLM triage's own estimate, 0..1; None for rules and labels
+    cost_usd: float | None = None  # what deciding cost (an LLM triage's model call)
 
 
 class Triage(Protocol):

@@ -37,20 +37,15 @@ from sqlalchemy import select, update
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent))
 
-import psycopg
-
-from common import migrate
 from common.celery_app import make_celery, message_id, send_run
-from common.db import Database
 from common.forge.local import LocalForge
 from common.models import Task
 from common.settings import Settings
 from coordinator.intake import NewTask, create_task
 from coordinator.triage import TriageDecision
-from tests import redis_slots
-from tests.fakes.anthropic_server import DEFAULT_KEY, FakeAnthropic, tool_use
+from tests.fakes.anthropic_server import tool_use
 
-from bench_cluster import release_cluster  # noqa: E402
+from bench_cluster import Scratch  # noqa: E402
 
 PG_ADMIN = os.environ.get("FORGECREW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("FORGECREW_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -137,19 +132,10 @@ class Bench:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.db_name = f"forgecrew_bench_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{self.db_name}"')
-        self.slot = redis_slots.claim(REDIS_URL)
-        self.model = FakeAnthropic().start()
-        self.settings = Settings(
-            database_url=PG_ADMIN.rsplit("/", 1)[0] + f"/{self.db_name}",
-            broker_url=f"{REDIS_URL}/{self.slot.number}", webhook_secret="bench-secret-0123456789abcdef",
-            repo_allowlist=["bench/*"], forge="local", workspace_root=root / "workspaces",
-            local_forge_root=root / "forge", anthropic_api_key=DEFAULT_KEY, anthropic_base_url=self.model.base_url,
-            max_turns=TURNS + 2, repair_rounds=0)
-        migrate.upgrade(self.settings)
-        self.db = Database(self.settings)
+        self.scratch = Scratch(root, pg_admin=PG_ADMIN, redis_url=REDIS_URL, prefix="forgecrew_bench",
+                               webhook_secret="bench-secret-0123456789abcdef", repo_allowlist=["bench/*"],
+                               max_turns=TURNS + 2, repair_rounds=0)
+        self.settings, self.db, self.model = self.scratch.settings, self.scratch.db, self.scratch.model
         self.app = make_celery(self.settings)
         source = root / "source"
         (source / "README.md").parent.mkdir(parents=True, exist_ok=True)
@@ -158,19 +144,10 @@ class Bench:
         LocalForge(self.settings).create_repo(REPO, source)
 
     def close(self) -> None:
-        release_cluster(db=self.db, model=self.model, broker_url=self.settings.broker_url, slot=self.slot,
-                        db_name=self.db_name, pg_admin=PG_ADMIN)
+        self.scratch.close()
 
     def env(self) -> dict[str, str]:
-        env = {key: value for key, value in os.environ.items() if not key.startswith("FORGECREW_")}
-        for name, value in self.settings.model_dump().items():
-            if value is None or name == "specialties":
-                continue
-            if hasattr(value, "get_secret_value"):
-                value = value.get_secret_value()
-            env[f"FORGECREW_{name.upper()}"] = ",".join(value) if isinstance(value, list) else str(value)
-        env["FORGECREW_HOME"] = str(self.root / "home")
-        return env
+        return self.scratch.env()
 
     def start_worker(self, pool: str, concurrency: int) -> subprocess.Popen[bytes]:
         log = open(self.root / f"worker-{pool}-{concurrency}-{uuid.uuid4().hex[:4]}.log", "wb")  # noqa: SIM115

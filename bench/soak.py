@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(1, str(ROOT / "bench"))
 
 import burst  # noqa: E402
-from bench_cluster import release_cluster  # noqa: E402
+from bench_cluster import Scratch  # noqa: E402
 
 PG_ADMIN = os.environ.get("FORGECREW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("FORGECREW_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -137,29 +137,14 @@ class Cluster:
     """Database, Redis db, model, forge, coordinator and one worker per specialty."""
 
     def __init__(self, root: Path) -> None:
-        import psycopg
-
-        from common import migrate
         from common.forge.local import LocalForge
-        from common.settings import Settings
-        from tests import redis_slots
-        from tests.fakes.anthropic_server import DEFAULT_KEY, FakeAnthropic
 
         self.root = root
-        self.db_name = f"forgecrew_soak_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{self.db_name}"')
-        self.slot = redis_slots.claim(REDIS_URL)
-        self.model = FakeAnthropic().start()
-        self.settings = Settings(
-            database_url=PG_ADMIN.rsplit("/", 1)[0] + f"/{self.db_name}", broker_url=f"{REDIS_URL}/{self.slot.number}",
-            webhook_secret=burst.intake_bench.SECRET, repo_allowlist=burst.ALLOWLIST.split(","), forge="local",
-            workspace_root=root / "workspaces", local_forge_root=root / "forge", anthropic_api_key=DEFAULT_KEY,
-            anthropic_base_url=self.model.base_url, max_turns=4, repair_rounds=0, worker_concurrency=4)
-        migrate.upgrade(self.settings)
-        from common.db import Database
-
-        self.db = Database(self.settings)
+        self.scratch = Scratch(root, pg_admin=PG_ADMIN, redis_url=REDIS_URL, prefix="forgecrew_soak",
+                               webhook_secret=burst.intake_bench.SECRET, repo_allowlist=burst.ALLOWLIST.split(","),
+                               max_turns=4, repair_rounds=0, worker_concurrency=4)
+        self.settings, self.db, self.model = self.scratch.settings, self.scratch.db, self.scratch.model
+        self.db_name = self.scratch.db_name
         source = root / "source"
         source.mkdir()
         (source / "README.md").write_text("# soak\n\nA small repository for the soak run.\n")
@@ -171,14 +156,7 @@ class Cluster:
         self.unsettled_until = 0.0  # time.monotonic() until which a restart's figures are in flux
 
     def env(self) -> dict[str, str]:
-        env = {key: value for key, value in os.environ.items() if not key.startswith("FORGECREW_")}
-        for name, value in self.settings.model_dump().items():
-            if value is None or name == "specialties":
-                continue
-            if hasattr(value, "get_secret_value"):
-                value = value.get_secret_value()
-            env[f"FORGECREW_{name.upper()}"] = ",".join(value) if isinstance(value, list) else str(value)
-        env["FORGECREW_HOME"] = str(self.root / "home")
+        env = self.scratch.env()
         env["PYTHONPATH"] = str(ROOT)
         return env
 
@@ -225,8 +203,7 @@ class Cluster:
             procs = list(self.processes.values())
         for proc in reversed(procs):
             proc.stop()
-        release_cluster(db=self.db, model=self.model, broker_url=self.settings.broker_url, slot=self.slot,
-                        db_name=self.db_name, pg_admin=PG_ADMIN)
+        self.scratch.close()
 
 
 # ---- the run ------------------------------------------------------------------------------------
@@ -256,7 +233,7 @@ class Sampler:
                 workers_fds += row[f"{role}.fds"]
         row["workers.rss_mb"], row["workers.fds"] = round(workers_rss, 1), workers_fds
         row["pg_connections"] = pg_connections(self.admin, self.cluster.db_name)
-        row["redis_clients"] = redis_clients(self.redis, self.cluster.slot.number)
+        row["redis_clients"] = redis_clients(self.redis, self.cluster.scratch.slot.number)
         row.update(task_states(self.cluster))
         self.rows.append(row)
         return row

@@ -31,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent))
 
 import repo_generator  # noqa: E402
-from bench_cluster import release_cluster  # noqa: E402
+from bench_cluster import Scratch  # noqa: E402
 
 REPO = "Codertocat/Hello-World"  # the repository of the recorded webhook payloads
 PG_ADMIN = os.environ.get("FORGECREW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -143,29 +142,14 @@ class Cluster:
     """PostgreSQL database, Redis db, local forge holding the large repository, fake model, coordinator, worker."""
 
     def __init__(self, root: Path, source: Path) -> None:
-        import psycopg
-
-        from common import migrate
-        from common.db import Database
         from common.forge.local import LocalForge
-        from common.settings import Settings
-        from tests import redis_slots
-        from tests.fakes.anthropic_server import DEFAULT_KEY, FakeAnthropic
         from tests.support import SECRET
 
         self.root = root
-        self.db_name = f"forgecrew_bench_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{self.db_name}"')
-        self.slot = redis_slots.claim(REDIS_URL)
-        self.model = FakeAnthropic().start()
-        self.settings = Settings(
-            database_url=PG_ADMIN.rsplit("/", 1)[0] + f"/{self.db_name}", broker_url=f"{REDIS_URL}/{self.slot.number}",
-            webhook_secret=SECRET, repo_allowlist=["Codertocat/*"], forge="local", workspace_root=root / "workspaces",
-            local_forge_root=root / "forge", anthropic_api_key=DEFAULT_KEY, anthropic_base_url=self.model.base_url,
-            repair_rounds=0, workspace_pool_size=1)
-        migrate.upgrade(self.settings)
-        self.db = Database(self.settings)
+        self.scratch = Scratch(root, pg_admin=PG_ADMIN, redis_url=REDIS_URL, prefix="forgecrew_bench",
+                               webhook_secret=SECRET, repo_allowlist=["Codertocat/*"], repair_rounds=0,
+                               workspace_pool_size=1)
+        self.settings, self.db, self.model = self.scratch.settings, self.scratch.db, self.scratch.model
         self.forge = LocalForge(self.settings)
         bare = self.forge.bare_path(REPO)
         bare.parent.mkdir(parents=True, exist_ok=True)
@@ -175,13 +159,7 @@ class Cluster:
     def start(self) -> str:
         from tests.support import start_coordinator, start_worker
 
-        env = {key: value for key, value in os.environ.items() if not key.startswith("FORGECREW_")}
-        for name, value in self.settings.model_dump().items():
-            if value is None or name == "specialties":
-                continue
-            value = value.get_secret_value() if hasattr(value, "get_secret_value") else value
-            env[f"FORGECREW_{name.upper()}"] = ",".join(value) if isinstance(value, list) else str(value)
-        env["FORGECREW_HOME"] = str(self.root / "home")
+        env = self.scratch.env()
         coordinator, url = start_coordinator(env, self.root)
         self.processes.append(coordinator)
         self.processes.append(start_worker(env, self.root, "backend"))
@@ -231,8 +209,7 @@ class Cluster:
     def close(self) -> None:
         for process in reversed(self.processes):
             process.stop()
-        release_cluster(db=self.db, model=self.model, broker_url=self.settings.broker_url, slot=self.slot,
-                        db_name=self.db_name, pg_admin=PG_ADMIN)
+        self.scratch.close()
 
 
 def label_to_model(source: Path, work: Path, repeats: int) -> dict[str, list[float]]:

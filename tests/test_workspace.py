@@ -223,3 +223,28 @@ def test_concurrent_tasks_share_one_mirror_safely(manager, source):
         heads = list(pool.map(prepare_one, range(1, 9)))
     assert set(heads) == {source.rev("refs/heads/main")}
     assert [path.name for path in manager.mirrors.joinpath("acme").iterdir() if path.is_dir()] == ["app.git"]
+
+
+def test_hold_waits_for_an_earlier_run_then_gives_up_with_a_reason(manager):
+    """A run taken over on the same host must not stall the new one for ever behind its lock."""
+    import threading
+
+    from workers.workspace import WorkspaceBusy
+
+    entered, release = threading.Event(), threading.Event()
+
+    def earlier_run() -> None:
+        with manager.hold(7):
+            entered.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=earlier_run)
+    thread.start()
+    assert entered.wait(5)
+    with pytest.raises(WorkspaceBusy, match=r"task 7: its workspace .* is still held by another run on this host"):
+        with manager.hold(7, wait=0.3):
+            pass
+    release.set()
+    thread.join(5)
+    with manager.hold(7, wait=0.3):  # free again: the next run gets it
+        pass

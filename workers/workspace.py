@@ -43,6 +43,7 @@ import re
 import shutil
 import stat
 import subprocess
+import time
 import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -68,6 +69,16 @@ class CloneFailed(ForgecrewError):
 
 class GitFailed(ForgecrewError):
     """A local git command in a workspace failed; the message carries git's error."""
+
+
+class WorkspaceBusy(ForgecrewError):
+    """Another run on this host still holds the task's directory (a run whose lease was taken over)."""
+
+
+# How long a run waits for an earlier run on this host to let go of the task's directory: a stale
+# run stops at its next step once its lease is gone, so this is generous; past it the task fails
+# with a reason instead of stalling the worker's slot for ever behind a hung run.
+HOLD_WAIT_SECONDS = 300.0
 
 
 def scrub(text: str, secrets: list[str] | tuple[str, ...] = ()) -> str:
@@ -271,10 +282,22 @@ class WorkspaceManager:
         return workspace
 
     @contextmanager
-    def hold(self, task_id: int) -> Iterator[None]:
-        """Mark the task's directory as in use for as long as this process runs it; gc skips it."""
-        with _locked(self._hold_path(task_id), exclusive=True):
-            yield
+    def hold(self, task_id: int, wait: float = HOLD_WAIT_SECONDS) -> Iterator[None]:
+        """Mark the task's directory as in use for as long as this process runs it; gc skips it.
+
+        Raises WorkspaceBusy when another run on this host still holds it after `wait` seconds.
+        """
+        deadline = time.monotonic() + wait
+        while True:
+            with _locked(self._hold_path(task_id), exclusive=True, blocking=False) as held:
+                if held:
+                    yield
+                    return
+            if time.monotonic() >= deadline:
+                raise WorkspaceBusy(f"task {task_id}: its workspace {self.task_dir(task_id)} is still held by "
+                                    f"another run on this host after {wait:g}s (an earlier run whose lease "
+                                    "was taken over has not stopped); retry the task once that run ends")
+            time.sleep(min(0.5, max(deadline - time.monotonic(), 0.01)))
 
     def _hold_path(self, task_id: int) -> Path:
         return self.tasks / f"{int(task_id)}.lock"

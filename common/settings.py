@@ -39,6 +39,19 @@ GENERATED_SECRETS = ("webhook_secret", "api_token", "flower_password")
 CommaList = Annotated[list[str], NoDecode]
 
 
+def autoscale_range(text: str) -> tuple[int, int]:
+    """"MAX,MIN" (Celery's --autoscale order) as (max, min); a readable ValueError otherwise."""
+    parts = [part.strip() for part in str(text).split(",")]
+    if len(parts) != 2 or not all(part.isdigit() for part in parts):
+        raise ValueError(f"autoscale {text!r} is not MAX,MIN (two whole numbers, e.g. 8,1)")
+    maximum, minimum = int(parts[0]), int(parts[1])
+    if minimum < 1:  # a worker with no slot has prefetch 0, which the broker reads as "no limit"
+        raise ValueError(f"autoscale {text!r}: MIN must be at least 1")
+    if minimum > maximum:
+        raise ValueError(f"autoscale {text!r}: MIN ({minimum}) is above MAX ({maximum}); the order is MAX,MIN")
+    return maximum, minimum
+
+
 def _split_commas(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -80,6 +93,15 @@ class SpecialtyConfig(BaseSettings):
                                        "network (as a repository's `setup_network: true` does).")
     command_network: bool | None = Field(None, description="Give this specialty's agent commands and tests "
                                          "user-mode network too (an operator's choice; off by default).")
+    autoscale: str | None = Field(None, description="MAX,MIN agent tasks this specialty's worker scales between "
+                                  "on its queue's depth (overrides worker_autoscale for it).")
+
+    @field_validator("autoscale")
+    @classmethod
+    def _autoscale(cls, value: str | None) -> str | None:
+        if value is not None:
+            autoscale_range(value)
+        return value
 
     @field_validator("tools")
     @classmethod
@@ -135,6 +157,10 @@ class Settings(BaseSettings):
                                                   "task's progress comment; the last state is always written.")
     queued_notice_seconds: float = Field(15.0, ge=0, description="A task still waiting for a worker this long "
                                          "after it was sent says so in its progress comment (0: never).")
+    dependency_check_seconds: float = Field(300.0, gt=0, description="How often the reconciler asks the forge "
+                                            "whether an issue a waiting task depends on (\"depends on #N\") is "
+                                            "closed, in case its webhook was missed; also how old a dependency "
+                                            "is before it is first asked about.")
     max_followups_per_pr: int = Field(5, ge=0, description="Follow-up runs (reviews, PR comments) per pull "
                                       "request; past them forgecrew says on the PR that a person is needed.")
     max_ci_fixes_per_pr: int = Field(3, ge=0, description="Follow-up runs that try to fix a pull request's own "
@@ -154,6 +180,21 @@ class Settings(BaseSettings):
     max_wall_seconds: int = Field(1800, gt=0, description="Wall time of one agent run.")
     max_cost_usd: float = Field(5.0, gt=0, description="Spend per run, for priced models.")
     repair_rounds: int = Field(2, ge=0, description="Extra agent rounds after failing tests.")
+    triage_llm: bool = Field(False, description="When no routing label decides, ask triage_model which "
+                             "specialties an issue needs (after the webhook is answered); the rules decide "
+                             "when it fails or is unsure.")
+    triage_model: str = Field("claude-haiku-4-5", description="The small model LLM triage asks.")
+    triage_confidence_threshold: float = Field(0.7, ge=0, le=1, description="LLM triage's least confidence "
+                                               "(0..1) to be followed; below it the rules decide.")
+    triage_max_cost_usd: float = Field(0.02, gt=0, description="Most one LLM triage may cost (estimated "
+                                       "before asking, for priced models); dearer issues are left to the rules.")
+    triage_timeout_seconds: float = Field(20.0, gt=0, description="Seconds one LLM triage request may wait "
+                                          "for the model (it is retried once).")
+    triage_concurrency: int = Field(4, ge=1, description="LLM triage requests one coordinator process makes "
+                                    "at once.")
+    triage_pending_grace_seconds: float = Field(120.0, gt=0, description="Age after which a task still "
+                                                "waiting for LLM triage (its coordinator stopped) is "
+                                                "classified by the reconciler.")
     command_sandbox: Literal["auto", "bubblewrap", "none"] = Field(
         "auto", description="What runs the agent's and the repository's commands: auto = the strongest sandbox "
                             "that works here (bubblewrap), refusing to start without one; bubblewrap = required; "
@@ -190,15 +231,37 @@ class Settings(BaseSettings):
                                                 "running they reconnect for ever.")
     queued_resend_seconds: float = Field(1800.0, gt=0, description="Age after which a queued task is resent "
                                          "if its message left a Redis broker (on AMQP: resent at this age).")
+    max_running_per_repo: int = Field(0, ge=0, description="Tasks of one repository queued or running at once; "
+                                      "more wait in `waiting` (0: unlimited).")
+    max_running_per_installation: int = Field(0, ge=0, description="Tasks of one GitHub App installation queued "
+                                              "or running at once; more wait in `waiting` (0: unlimited).")
+    max_tasks_per_requester_per_day: int = Field(0, ge=0, description="Tasks one person may start in 24 hours "
+                                                 "(a task counts once, when first sent); more wait (0: unlimited).")
+    rabbitmq_priority_queues: bool = Field(False, description="Declare RabbitMQ queues with x-max-priority so "
+                                           "priority labels reorder them. RabbitMQ refuses to redeclare an "
+                                           "existing queue with new arguments: turn on for a new virtual host, or "
+                                           "drain and delete the queues first. Redis always honours priorities.")
     worker_pool: Literal["threads", "prefork", "solo"] = Field(
         "threads", description="How a worker runs its agent tasks: threads in one process (sessions mostly "
         "wait on the model), prefork (a process each) or solo (one at a time).")
     worker_concurrency: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         "auto", description="Agent tasks one worker process runs at once; auto sizes it to the host's cores "
         "and memory (16 a core with threads, 1 a core with prefork).")
+    worker_autoscale: str | None = Field(
+        None, description="MAX,MIN: a worker grows to MAX agent tasks at once while its queues hold waiting "
+        "messages and shrinks back to MIN once they drain (see docs/operations.md, Autoscaling); unset = fixed "
+        "worker_concurrency.")
+    worker_autoscale_cooldown_seconds: float = Field(
+        30.0, gt=0, description="Seconds an autoscaled worker keeps slots it no longer needs before it shrinks.")
+    worker_autoscale_interval_seconds: float = Field(
+        2.0, gt=0, description="Seconds between two reads of an autoscaled worker's queue depth.")
     default_soft_time_limit: int = Field(3600, gt=0, description="Seconds before a task is asked to stop.")
     default_time_limit: int = Field(3900, gt=0, description="Seconds before a task is killed.")
     specialties: list[SpecialtyConfig] = Field(default_factory=list, description="Extra specialties.")
+    workflow_order: CommaList = Field(
+        ["backend", "frontend", "devops", "testing"],
+        description="The order a multi-specialty issue's steps run in (coordinator/workflow.py); a specialty "
+        "not listed runs just before `testing` (at the end if `testing` is not listed), in the order given.")
 
     @model_validator(mode="after")
     def _home_defaults(self) -> Settings:
@@ -230,7 +293,7 @@ class Settings(BaseSettings):
         return self.broker_url == self.state_home.broker_url
 
     @field_validator("repo_allowlist", "trusted_associations", "fallback_models", "sandbox_read_only_paths",
-                     "sandbox_blocked_networks", mode="before")
+                     "sandbox_blocked_networks", "workflow_order", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         return _split_commas(value)
@@ -239,6 +302,14 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: list[str]) -> list[str]:
         return [item.upper() for item in value]
+
+    @field_validator("worker_autoscale")
+    @classmethod
+    def _autoscale(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        autoscale_range(value)
+        return value.strip()
 
     @field_validator("database_url")
     @classmethod

@@ -92,11 +92,15 @@ def coordinator(ctx: click.Context, host: str, port: int, no_reconciler: bool, w
 @click.option("--hostname", "-n", help="Celery node name (default: <specialties>@<host>).")
 @click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]),
               help="Execution pool (default: FORGECREW_WORKER_POOL, threads).")
+@click.option("--autoscale", metavar="MAX,MIN",
+              help="Scale between MIN and MAX agent tasks on the queues' depth (default: the specialty's "
+                   "autoscale, else FORGECREW_WORKER_AUTOSCALE; unset = fixed --concurrency).")
 @click.pass_context
 @fails_cleanly
 def worker(ctx: click.Context, specialties: tuple[str, ...], concurrency: int | None, hostname: str | None,
-           pool: str | None) -> None:
+           pool: str | None, autoscale: str | None) -> None:
     """Run a Celery worker consuming the given specialty queues."""
+    from workers.autoscale import autoscale_plan, install, scalable_thread_pool
     from workers.runtime import WorkerRuntime
     from workers.sizing import worker_concurrency
     from workers.tasks import register_tasks
@@ -110,16 +114,26 @@ def worker(ctx: click.Context, specialties: tuple[str, ...], concurrency: int | 
     if unknown:
         raise click.BadParameter(f"unknown specialty {', '.join(unknown)}; known: {', '.join(known)}",
                                  param_hint="--specialty")
+    pool = pool or settings.worker_pool
+    plan = autoscale_plan(settings, queues, autoscale)
+    if plan is not None and (concurrency or pool == "solo"):
+        raise click.UsageError("--autoscale sizes the worker itself: drop --concurrency" if concurrency
+                               else "the solo pool runs one task at a time and cannot autoscale; use threads")
     check_database(settings)
     wait_for_broker(settings)  # bounded at start; once running, Celery reconnects for ever
     quiet_root_warning()
     app = make_celery(settings)
-    pool = pool or settings.worker_pool
     # prefork enforces soft and hard time limits itself; the threads and solo pools ignore them
     register_tasks(app, WorkerRuntime(settings), enforce_limits=pool != "prefork")
+    size = worker_concurrency(settings, pool, concurrency)
+    pool_args = ["--pool", pool]
+    if plan is not None:
+        install(app, plan, queues)
+        size = plan.minimum
+        if pool == "threads":  # Celery's threads pool cannot grow: ours can, up to MAX
+            app.conf.worker_pool, pool_args = scalable_thread_pool(plan.maximum), []
     app.worker_main([
-        "worker", "--queues", ",".join(queues), "--pool", pool,
-        "--concurrency", str(worker_concurrency(settings, pool, concurrency)),
+        "worker", "--queues", ",".join(queues), *pool_args, "--concurrency", str(size),
         "--hostname", hostname or f"{'+'.join(queues)}@%h",
         "--loglevel", "INFO", "--task-events",
     ])

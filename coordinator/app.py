@@ -16,6 +16,7 @@ from coordinator import health
 from coordinator.agents import WorkerWatcher
 from coordinator.api import api_router
 from coordinator.conversation.runner import CommandRunner
+from coordinator.dependencies import DependencyChecks
 from coordinator.followups.runner import FollowupRunner
 from coordinator.given_up_notice import GiveUpNotices
 from coordinator.metrics import endpoint as metrics
@@ -46,6 +47,8 @@ def add_sweeps(services: Services) -> tuple[CommandRunner, FollowupRunner]:
         settings, installation_id)).sweep)
     services.reconciler.sweeps.append(GiveUpNotices(services.db, lambda installation_id: make_forge(
         settings, installation_id)).sweep)
+    services.reconciler.sweeps.append(DependencyChecks(services.db, lambda installation_id: make_forge(
+        settings, installation_id), services.scheduler.release).sweep)
     services.reconciler.sweeps.append(services.scheduler.sweep)
     return commands, followups
 

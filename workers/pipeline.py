@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from common.db import Database
+from common.db import Database, db_now
 from common.errors import ForgecrewError, LeaseLost, TaskCancelled
 from common.forge.base import Forge, ForgeError, IssueComment, IssueInfo, PullRequestInfo
 from common.leases import Claim, cancellation, load_fenced, release, renew
@@ -21,7 +21,7 @@ from common.transitions import record_note, transition
 from workers.agent import Agent, AgentResult
 from workers.budget import Budget
 from workers import followup as followups
-from workers import plans
+from workers import overlap, plans
 from workers.issue_notes import IssueNotes
 from workers.progress_comment import MARKER as PROGRESS_MARKER
 from workers.progress_comment import ProgressComment
@@ -89,6 +89,7 @@ class Pipeline:
         self.sandbox: Sandbox | None = None
         self.status: ProgressComment | None = None
         self.followup: followups.FollowupJob | None = None
+        self.repo_config = RepoConfig()
 
     def run(self, held: Claim, should_stop: Callable[[], str | None] = lambda: None) -> Outcome:
         task = self._snapshot(held)
@@ -212,7 +213,8 @@ class Pipeline:
 
     def _repo_config(self, workspace: Workspace) -> RepoConfig:
         try:
-            return load_repo_config(workspace.checkout)
+            config = self.repo_config = load_repo_config(workspace.checkout)  # as before the agent ran
+            return config
         except ForgecrewError as exc:
             raise RunFailed(str(exc)) from None
 
@@ -341,8 +343,11 @@ class Pipeline:
         self.progress("publishing: commit, push, pull request")
         request = PublishRequest(task.repo, task.issue_number, issue.title, self.last_result.summary if self.last_result else "", tests,
                                  self.agent.usage, self.agent.cost, self.agent.model_used or self.settings.model)
-        published = publish(self.forge, self.settings, workspace, request, self.redact,
-                            fence=lambda: self._fence(held))
+        try:
+            published = publish(self.forge, self.settings, workspace, request, self.redact,
+                                fence=lambda: self._fence(held), before_push=lambda files: self._overlaps(held, files))
+        except overlap.OverlapSerialized as exc:
+            return self._wait_for_overlap(held, workspace, exc.overlap)
         workspace.mark_finished("pr_open")
         detail = self.redact(_pr_detail(published, request, workspace.branch, published.problems))
         with self.db.session() as session:  # recorded first: the issue never announces a PR the task lacks
@@ -357,6 +362,28 @@ class Pipeline:
         if request.tests_fail and tests:
             self.progress(tests_failing_advice(tests, workspace.branch))
         return Outcome(TaskState.PR_OPEN.value, detail, pr=published.pr)
+
+    def _overlaps(self, held: Claim, files: list[str]) -> list[str]:
+        """Record the branch's files; the PR body's lines on other PRs changing them (workers/overlap.py)."""
+        with self.db.session() as session:
+            found = overlap.record_and_find(session, load_fenced(session, held), files)
+        if found and self.repo_config.serialize_overlapping:
+            raise overlap.OverlapSerialized(found[0])
+        return overlap.pr_section(found)
+
+    def _wait_for_overlap(self, held: Claim, workspace: Workspace, other: overlap.Overlap) -> Outcome:
+        """Push nothing and wait (serialize_overlapping): once the other PR ends, a fresh run starts from the new
+        default branch; this run's unpushed work is discarded with its workspace."""
+        reason = other.wait_reason()
+        workspace.mark_finished("waiting")
+        with self.db.session() as session:
+            row = load_fenced(session, held)
+            row.wait_reason, row.waiting_since = reason, db_now(session)
+            transition(session, row, TaskState.WAITING, actor=held.owner, detail=f"waiting: {reason}"[:1000])
+            release(row)
+        self.progress(f"waiting: {reason}")
+        self._status(final=True, state=TaskState.WAITING.value, reason=reason, tests="", pr="", advice="")
+        return Outcome(TaskState.WAITING.value, reason)
 
     def _publish_followup(self, task: TaskSnapshot, held: Claim, workspace: Workspace,
                           tests: TestResult | None) -> Outcome:

@@ -1,4 +1,4 @@
-"""`.forgecrew.yml` in the target repository: its test and setup commands and instructions."""
+"""`.forgecrew.yml` in the target repository: its test and setup commands, instructions and scheduling."""
 
 from __future__ import annotations
 
@@ -40,6 +40,10 @@ class RepoConfig(BaseModel):
                                 "dependencies); it never reaches the worker's host or private networks.")
     plan_first: bool = Field(False, description="Post a plan on the issue first and change nothing until a person "
                              "with write access answers `/forgecrew approve` (as the `forgecrew:plan` label asks).")
+    serialize_overlapping: bool = Field(False, description="When this task changes files that another forgecrew "
+                                        "pull request of the repository still open changes too, push nothing and "
+                                        "wait until that PR merges or closes, then start again from the updated "
+                                        "default branch (default: open the PR and link the other one).")
 
 
 def load_repo_config(checkout: Path) -> RepoConfig:

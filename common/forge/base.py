@@ -41,6 +41,7 @@ class IssueInfo:
     comments: tuple[IssueComment, ...] = ()  # oldest first, bots' own comments left out
     url: str = ""
     comments_left_out: int = 0  # comments not shown to the model (their authors lack write access)
+    state: str = "open"  # or "closed": a blocker of "depends on #N" that closed releases its dependents
 
 
 @dataclass(frozen=True)

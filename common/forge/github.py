@@ -360,6 +360,7 @@ class GitHubForge:
                 repo=repo, number=number, title=issue.title, body=issue.body or "",
                 author=issue.user.login if issue.user else "",
                 labels=tuple(label.name for label in issue.labels), comments=comments, url=issue.html_url,
+                state=issue.state or "open",
             )
 
     def _is_bot(self, login: str, kind: str | None) -> bool:

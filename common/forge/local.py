@@ -128,7 +128,7 @@ class LocalForge:
                          if c["author"] != self.bot_name and not c["author"].endswith("[bot]"))
         return IssueInfo(repo=repo, number=number, title=record["title"], body=record["body"],
                          author=record["author"], labels=tuple(record["labels"]), comments=comments,
-                         url=record["url"])
+                         url=record["url"], state=record.get("state", "open"))
 
     def has_write_access(self, repo: str, username: str) -> bool:
         """Whoever can write to the directory is trusted; there are no accounts."""
@@ -305,6 +305,13 @@ class LocalForge:
                           url=f"local://{repo}/issues/{number}")
             self._save_issue(repo, record)
         return self.get_issue(repo, number)
+
+    def close_issue(self, repo: str, number: int) -> None:
+        """Close an issue, as a person on a tracker would (get_issue then reports it closed)."""
+        with self._locked(repo):
+            record = self.issue_record(repo, number)
+            record["state"] = "closed"
+            self._save_issue(repo, record)
 
     def add_comment(self, repo: str, number: int, body: str, *, author: str) -> int:
         """Append a comment by `author` (people's commands in tests; forgecrew's own via comment()); its id."""

@@ -53,6 +53,7 @@ class Answer:
     send: Any = None  # the prepared send of that task (coordinator.sender.Send)
     command_id: int | None = None  # a comment command to carry out after the commit
     followup_id: int | None = None  # a follow-up to check and start after the commit
+    release_repo: str | None = None  # a repository whose waiting tasks may go now (a blocker merged or closed)
 
 
 async def read_capped(request: Request, limit: int) -> bytes:
@@ -102,6 +103,8 @@ async def github_webhook(
         request.app.state.commands.submit(answer.command_id)
     if answer.followup_id is not None:
         request.app.state.followups.submit(answer.followup_id)
+    if answer.release_repo is not None:  # after the commit, or the scheduler would not see the cleared rows
+        background.add_task(services.scheduler.release, repo=answer.release_repo)
     return JSONResponse(answer.body, status_code=answer.status)
 
 
@@ -137,6 +140,7 @@ def process_delivery(services: Services, headers: dict[str, str], body: bytes, *
         outcome.extra.get("send"),
         outcome.extra.get("command_id"),
         outcome.extra.get("followup_id"),
+        outcome.extra.get("release_repo"),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from common.specialties import TRIGGER_LABEL, profiles
+from coordinator.dependencies import admit_new as admit_dependencies
 from coordinator.intake import ActiveTaskExists, NewTask, insert_task, repo_allowed
 from coordinator.sender import Send
 from coordinator.triage import RuleTriage, route_label_specialty
@@ -83,5 +84,9 @@ def _start(delivery: Delivery, repo: str, issue: dict[str, Any], known: set[str]
         task_id = insert_task(delivery.session, new, decision, actor=f"webhook:{delivery.delivery_id}")
     except ActiveTaskExists as exc:
         return Outcome(f"recorded: task {exc.task_id} is already active for this issue", task_id=exc.task_id)
+    held = admit_dependencies(delivery.session, task_id, new.body, delivery.settings, repo=repo,
+                              issue_number=new.issue_number, actor=f"webhook:{delivery.delivery_id}")
+    if held is not None and len(decision.specialties) <= 1:  # waiting for its blockers, or refused for a cycle
+        return Outcome(f"task {task_id} created ({decision.specialty}); {held}", task_id=task_id)
     return Outcome(f"task {task_id} created ({decision.specialty})", task_id=task_id, dispatch=True,
                    extra={"send": Send.first(task_id, decision.specialty, new.repo, new.issue_number)})

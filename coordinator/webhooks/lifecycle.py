@@ -13,6 +13,7 @@ from common.leases import release
 from common.models import Task
 from common.states import ACTIVE_STATES, TaskState
 from common.transitions import transition
+from coordinator.dependencies import clear_blocker
 from coordinator.webhooks.payloads import Envelope, PullRequest
 from coordinator.webhooks.router import Delivery, Outcome, Router
 
@@ -39,7 +40,9 @@ def on_pull_request_closed(delivery: Delivery) -> Outcome:
             moved.append(_finish(delivery, task, f"pull request #{pr.number} merged by {who}"))
         else:
             moved.append(_cancel(delivery, task, f"pull request #{pr.number} closed unmerged by {who}"))
-    return Outcome("; ".join(moved), task_id=tasks[-1].id)
+    unblocked = [task.issue_number for task in tasks if pr.merged and task.issue_number is not None]
+    return _released(delivery, repo, Outcome("; ".join(moved), task_id=tasks[-1].id), unblocked,
+                     f"its forgecrew PR #{pr.number} was merged", overlapped=True)
 
 
 @router.on("issues", "closed", bots=True)
@@ -63,8 +66,23 @@ def on_issue_closed(delivery: Delivery) -> Outcome:
             continue
         moved.append(_cancel(delivery, task, f"issue #{issue.number} closed ({reason}) by {who}"))
     if not moved and not left:
-        return Outcome(f"ignored: issue #{issue.number} has no task in flight")
-    return Outcome("; ".join(moved + [f"recorded: {note}" for note in left]), task_id=tasks[-1].id)
+        return _released(delivery, repo, Outcome(f"ignored: issue #{issue.number} has no task in flight"),
+                         [issue.number], f"#{issue.number} was closed ({reason}) by {who}")
+    return _released(delivery, repo, Outcome("; ".join(moved + [f"recorded: {note}" for note in left]),
+                                             task_id=tasks[-1].id),
+                     [issue.number], f"#{issue.number} was closed ({reason}) by {who}", overlapped=bool(moved))
+
+
+def _released(delivery: Delivery, repo: str, outcome: Outcome, blockers: list[int], why: str, *,
+              overlapped: bool = False) -> Outcome:
+    """Clear the dependencies on `blockers`; after the commit, the scheduler looks at the repository's waiting
+    tasks (`overlapped`: a PR ended or a task stopped, which may free a task that waits for its files)."""
+    cleared = [task_id for number in blockers for task_id in clear_blocker(delivery.session, repo, number, why)]
+    if cleared:
+        outcome.description += f"; unblocked task(s) {', '.join(map(str, sorted(set(cleared))))}"
+    if cleared or overlapped:
+        outcome.extra["release_repo"] = repo
+    return outcome
 
 
 def _context(delivery: Delivery) -> tuple[Envelope, str | None, str]:

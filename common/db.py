@@ -33,7 +33,25 @@ def make_engine(settings: Settings) -> Engine:
         return engine
     # Sized past a coordinator process's concurrent requests (16 connections per host in the intake
     # bench): overflow connections are closed on return, and a new PostgreSQL connection costs a fork.
-    return create_engine(url, pool_pre_ping=True, pool_size=16, max_overflow=16)
+    return create_engine(url, pool_pre_ping=True, pool_size=16, max_overflow=16,
+                         connect_args=tcp_options(settings, url))
+
+
+def tcp_options(settings: Settings, url: str) -> dict[str, Any]:
+    """libpq keepalives and a TCP user timeout, unless the URL sets its own.
+
+    Without them a connection cut by a partition (no FIN, no RST) hangs a query until the kernel
+    gives up, about 15 minutes: a worker renewing its lease would hold its slot long after the
+    lease ran out. With them the query fails within a third of the lease, the heartbeat gives up
+    before the lease ends, and the pool's pre-ping replaces the connection.
+    """
+    from sqlalchemy.engine import make_url
+
+    given = set(make_url(url).query)
+    user_timeout_ms = int(max(settings.lease_seconds / 3, 2) * 1000)
+    options = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+               "keepalives_count": 3, "tcp_user_timeout": user_timeout_ms}
+    return {name: value for name, value in options.items() if name not in given}
 
 
 def _sqlite_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -63,3 +64,26 @@ def test_a_worker_with_a_slow_clock_still_holds_a_live_lease(backend: Database,
     assert reconciler.run_once().requeued == []
     with backend.session() as session:
         assert session.get(Task, task_id).state == "running"
+
+
+def test_postgresql_connections_give_up_on_a_dead_peer_within_a_third_of_the_lease(db):
+    """The options are on the connection's own socket (read back from the kernel); a URL's own choice wins."""
+    import socket
+
+    from common.db import tcp_options
+
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's TCP options")
+    with db.engine.connect() as connection:
+        fd = connection.connection.driver_connection.pgconn.socket
+        sock = socket.socket(fileno=os.dup(fd))
+        try:
+            user_timeout = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+            keepalive = sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+            idle = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+        finally:
+            sock.close()
+    assert user_timeout == int(db.settings.lease_seconds / 3 * 1000)
+    assert keepalive == 1 and idle == 30
+    own = tcp_options(db.settings, "postgresql+psycopg://h/db?keepalives_idle=5")
+    assert "keepalives_idle" not in own and own["keepalives"] == 1

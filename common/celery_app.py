@@ -12,6 +12,8 @@ from common.specialties import max_time_limit, queue_names, time_limits
 
 RUN_TASK = "forgecrew.run_task"
 MESSAGE_ID_PREFIX = "forgecrew-task-"
+# A send retries once, briefly: a down broker must fail the send fast (the reconciler resends it).
+RETRY_POLICY = {"max_retries": 1, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
 
 # The broker must never hand a running task to a second worker: keep it invisible for longer
 # than the longest hard limit, plus this margin for the worker to report and ack.
@@ -25,13 +27,41 @@ def _queues(settings: Settings) -> list[Queue]:
 
 
 def _queue_extras(settings: Settings) -> dict[str, Any]:
-    if not settings.broker_url.startswith(("amqp", "pyamqp")):
+    if not _is_amqp(settings):
         return {}
     # RabbitMQ closes a channel whose delivery stays unacked past consumer_timeout (30 min by
     # default). With acks_late an agent task is unacked for its whole run, so give each queue a
     # per-queue timeout above the longest hard limit (RabbitMQ >= 3.11.15 honours x-consumer-timeout).
     timeout_ms = (max_time_limit(settings) + VISIBILITY_MARGIN_SECONDS) * 1000
-    return {"queue_arguments": {"x-consumer-timeout": timeout_ms}}
+    arguments: dict[str, Any] = {"x-consumer-timeout": timeout_ms}
+    if settings.rabbitmq_priority_queues:  # opt-in: an existing queue cannot gain the argument (see Settings)
+        arguments["x-max-priority"] = AMQP_MAX_PRIORITY
+    return {"queue_arguments": arguments}
+
+
+def _is_amqp(settings: Settings) -> bool:
+    return settings.broker_url.startswith(("amqp", "pyamqp"))
+
+
+def _is_redis(settings: Settings) -> bool:
+    return settings.broker_url.startswith(("redis", "rediss", "sentinel"))
+
+
+# Task priority (tasks.priority: -1 low, 0 normal, 1 high) as each broker orders messages.
+# RabbitMQ: higher is delivered first, up to the queue's x-max-priority (small: each level costs).
+AMQP_MAX_PRIORITY = 2
+# kombu's Redis transport keeps one list per step and reads step 0 first: 0 is the HIGHEST.
+REDIS_PRIORITY_STEPS = list(range(10))
+REDIS_STEP_OF = {1: 0, 0: 5, -1: 9}
+REDIS_SEP = ":"
+
+
+def broker_priority(settings: Settings, priority: int) -> int:
+    """The message priority that puts a task of `priority` ahead of lower ones on this broker."""
+    priority = max(-1, min(1, priority))
+    if _is_redis(settings):
+        return REDIS_STEP_OF[priority]
+    return priority + 1  # AMQP: 0 low, 1 normal, 2 high
 
 
 def _transport_options(settings: Settings, visibility: int) -> dict[str, Any]:
@@ -42,8 +72,13 @@ def _transport_options(settings: Settings, visibility: int) -> dict[str, Any]:
         "socket_connect_timeout": settings.dispatch_timeout_seconds,
         "socket_timeout": max(settings.dispatch_timeout_seconds, 10),
     }
-    if settings.broker_url.startswith(("redis", "rediss", "sentinel")):
+    if _is_redis(settings):
         options.update(
+            # priorities (broker_priority): one list per step, named queue:step, read step 0 first;
+            # a message without a step would land on step 0 (the highest), so every send sets one
+            priority_steps=REDIS_PRIORITY_STEPS,
+            sep=REDIS_SEP,
+            queue_order_strategy="priority",
             # redis-py PINGs a connection idle for longer than this before using it, and kombu
             # drops a BRPOP or pub/sub connection whose reply is this overdue: a connection a NAT,
             # proxy or failover silently cut is replaced instead of hanging a publish or a worker.
@@ -67,6 +102,8 @@ def make_celery(settings: Settings) -> Celery:
     app.conf.update(
         task_queues=_queues(settings),
         task_default_queue="general",
+        # a send that names no priority (another canvas, a person's script) counts as normal
+        task_default_priority=broker_priority(settings, 0),
         task_default_exchange="forgecrew",
         # Plain JSON values only cross the queue; the worker re-reads state from the database.
         task_serializer="json",
@@ -119,11 +156,12 @@ def task_label(repo: str, issue_number: int | None, specialty: str, task_id: int
 
 
 def send_run(app: Celery, settings: Settings, *, task_id: int, specialty: str, message: str,
-             label: str | None = None, producer: Any = None) -> None:
+             label: str | None = None, producer: Any = None, priority: int = 0) -> None:
     """Put a run of `task_id` on its specialty's queue, failing fast when the broker is down.
 
     `label` becomes the message's shadow name: what Flower, events and worker logs show. A
     `producer` held across several sends (app.producer_or_acquire()) saves a pool round per send.
+    `priority` is the task's (-1 low, 0 normal, 1 high), mapped to the broker's by broker_priority.
     """
     soft, hard = time_limits(settings, specialty)
     app.send_task(
@@ -136,6 +174,7 @@ def send_run(app: Celery, settings: Settings, *, task_id: int, specialty: str, m
         soft_time_limit=soft,
         time_limit=hard,
         retry=True,
-        retry_policy={"max_retries": 1, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1},
+        retry_policy=RETRY_POLICY,
         producer=producer,
+        priority=broker_priority(settings, priority),
     )

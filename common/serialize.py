@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from common.models import Task, TaskEvent, TaskRun
+import json
+
+from common.models import Task, TaskEvent, TaskRun, WorkflowStep
 from common.transcript_calls import tool_calls_by_run
 
 
@@ -27,6 +29,8 @@ def task_summary(task: Task) -> dict[str, Any]:
         "triage_reason": task.triage_reason,
         "failure_reason": task.failure_reason,
         "lease_owner": task.lease_owner,
+        "priority": task.priority,
+        "wait_reason": task.wait_reason,
         "created_at": _iso(task.created_at),
         "updated_at": _iso(task.updated_at),
     }
@@ -55,8 +59,21 @@ def run_dict(run: TaskRun, tool_calls: list[dict[str, Any]] | None = None) -> di
     }
 
 
+def step_dict(step: WorkflowStep) -> dict[str, Any]:
+    """One step of a workflow (coordinator/workflow.py): its specialty, state and what it did."""
+    return {
+        "position": step.position, "specialty": step.specialty, "state": step.state, "summary": step.summary,
+        "commit_sha": step.commit_sha, "files": json.loads(step.files or "[]"), "tests": step.tests,
+        "tests_passed": step.tests_passed, "input_tokens": step.input_tokens, "output_tokens": step.output_tokens,
+        "cost_usd": step.cost_usd, "run_id": step.run_id, "detail": step.detail,
+        "started_at": _iso(step.started_at), "finished_at": _iso(step.finished_at),
+    }
+
+
 def task_detail(task: Task) -> dict[str, Any]:
     data = task_summary(task)
+    data["workflow_step"] = task.workflow_step  # None: one step
+    data["steps"] = [step_dict(step) for step in task.steps]
     data["body"] = task.body
     data["summary"] = task.summary
     data["events"] = [event_dict(event) for event in task.events]

@@ -249,7 +249,7 @@ class Settings(BaseSettings):
         "and memory (16 a core with threads, 1 a core with prefork).")
     worker_autoscale: str | None = Field(
         None, description="MAX,MIN: a worker grows to MAX agent tasks at once while its queues hold waiting "
-        "messages and shrinks back to MIN once they drain (see docs/operations.md, Autoscaling); unset = fixed "
+        "messages and shrinks back to MIN once they drain (see docs/autoscaling.md); unset = fixed "
         "worker_concurrency.")
     worker_autoscale_cooldown_seconds: float = Field(
         30.0, gt=0, description="Seconds an autoscaled worker keeps slots it no longer needs before it shrinks.")

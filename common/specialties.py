@@ -35,6 +35,16 @@ class StatusLabel(StrEnum):
 # (the repository's `.forgecrew.yml` can ask the same with `plan_first: true`). Not a route label.
 PLAN_LABEL = "forgecrew:plan"
 
+# Put on an issue by a person: its task goes ahead of normal ones (high) or after them (low), in the
+# waiting order and on the broker (tasks.priority 1 / -1). Not route labels.
+PRIORITY_LABELS = {"forgecrew:priority-high": 1, "forgecrew:priority-low": -1}
+
+
+def label_priority(labels: list[str]) -> int:
+    """tasks.priority from an issue's labels: high wins over low, none is normal (0)."""
+    found = [PRIORITY_LABELS[label] for label in labels if label in PRIORITY_LABELS]
+    return max(found) if found else 0
+
 # Seconds one agent command may run unless the specialty sets command_timeout_seconds.
 DEFAULT_COMMAND_TIMEOUT = 120.0
 

@@ -54,12 +54,41 @@ def hold(session: Session, task: Task, reason: str, *, actor: str = ACTOR) -> No
 
 
 def admit(session: Session, task: Task, settings: Settings, *, actor: str = ACTOR) -> bool:
-    """True when the task may be sent now; otherwise it is moved to waiting (in the caller's transaction)."""
+    """True when the task may be sent now; otherwise it is moved to waiting (in the caller's transaction).
+
+    With a limit on (`gated`), an admitted triaged task moves to queued in this same transaction:
+    it then takes its slot before the lock is released, so the next admitter counts it.
+    """
     reason = hold_reason(session, task, settings)
     if reason is None:
+        if task.state == TaskState.TRIAGED and gated(settings):
+            task.dispatched_at = db_now(session)  # reserved: the reconciler leaves it to this send
+            transition(session, task, TaskState.QUEUED, actor=actor, detail=f"admitted to queue {task.specialty}")
         return True
     hold(session, task, reason, actor=actor)
     return False
+
+
+def gated(settings: Settings) -> bool:
+    """Whether the batched sends (intake's Sender, the reconciler) must admit each task first.
+
+    False with no limit configured: the webhook hot path then sends as it always did.
+    """
+    from coordinator import limits
+
+    return limits.configured(settings)
+
+
+def admit_many(session: Session, task_ids: Sequence[int], settings: Settings, *,
+               actor: str = ACTOR) -> set[int]:
+    """admit() for a batch of sendable tasks in one transaction; the ids that may be sent now."""
+    from coordinator import limits
+
+    tasks = session.scalars(select(Task).where(Task.id.in_(task_ids),
+                                               Task.state.in_([TaskState.TRIAGED.value, TaskState.QUEUED.value]))
+                            .order_by(Task.id).with_for_update()).all()
+    limits.lock(session, tasks, settings)
+    return {task.id for task in tasks if admit(session, task, settings, actor=actor)}
 
 
 class Scheduler:
@@ -82,6 +111,9 @@ class Scheduler:
                 query = query.where(Task.repo == repo)
             waiting = session.scalars(query.order_by(Task.priority.desc(), Task.id)
                                       .with_for_update(skip_locked=True)).all()
+            from coordinator import limits
+
+            limits.lock(session, waiting, self.db.settings)  # all at once, in one order: no deadlock
             for task in waiting:
                 reason = hold_reason(session, task, self.db.settings)
                 if reason is not None:

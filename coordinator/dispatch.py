@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +13,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from common import canvas
 from common.celery_app import message_id, send_run, task_label
 from common.db import Database, db_now
 from common.models import Task, TaskEvent
@@ -38,26 +40,45 @@ class Dispatcher:
             task = session.get(Task, task_id, with_for_update=True)
             if task is None or task.state not in SENDABLE:
                 return False
+            reserved = task.state == TaskState.TRIAGED and admission.gated(self.db.settings)
             if not admission.admit(session, task, self.db.settings, actor=actor):
                 return False  # waiting: the scheduler sends it once its reason clears
-            specialty, number = task.specialty, task.dispatch_count + 1
+            specialty, number, priority = task.specialty, task.dispatch_count + 1, task.priority
             label = task_label(task.repo, task.issue_number, specialty, task_id)
-        if not self.send(task_id, specialty, number, label=label):
+            links = canvas.remaining(session, task)  # a workflow: the chain of its steps still to run
+        if not self.send(task_id, specialty, number, label=label, priority=priority, links=links):
+            if reserved:
+                self.unreserve([(task_id, number)])
             return False
         self.record_sent(task_id, number, actor=actor, note=note)
         return True
 
     def send(self, task_id: int, specialty: str, number: int, *, label: str | None = None,
-             producer: Any = None) -> bool:
-        """Publish send `number` of the task (its message id); False, logged, when the broker is down."""
+             producer: Any = None, priority: int = 0, links: Sequence[canvas.Link] = ()) -> bool:
+        """Publish send `number` of the task (its message id); False, logged, when the broker is down.
+
+        `links`: a workflow's steps still to run, sent as one chain (common/canvas.py) from the first.
+        """
         try:
-            send_run(self.celery, self.db.settings, task_id=task_id, specialty=specialty,
-                     message=message_id(task_id, number), label=label, producer=producer)
+            if links:
+                canvas.send_workflow(self.celery, self.db.settings, task_id=task_id, links=links, number=number,
+                                     label=label, producer=producer, priority=priority)
+            else:
+                send_run(self.celery, self.db.settings, task_id=task_id, specialty=specialty,
+                         message=message_id(task_id, number), label=label, producer=producer, priority=priority)
         except BROKER_ERRORS as exc:
             log.warning("broker unreachable (%s: %s); task %s stays unsent until the reconciler "
                         "resends it", type(exc).__name__, exc, task_id)
             return False
         return True
+
+    def unreserve(self, unsent: list[tuple[int, int]]) -> None:
+        """Admitted (queued) tasks whose send `number` failed: the reconciler's next round sends them."""
+        with self.db.session() as session:
+            for task_id, number in unsent:
+                session.execute(update(Task).where(Task.id == task_id, Task.state == TaskState.QUEUED.value,
+                                                   Task.dispatch_count == number - 1)
+                                .values(dispatched_at=None).execution_options(synchronize_session=False))
 
     def record_sent(self, task_id: int, number: int, *, actor: str, note: str) -> None:
         """Mark the send, unless a worker already claimed the task: never move it back."""

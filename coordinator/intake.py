@@ -24,6 +24,7 @@ class NewTask:
     body: str
     requested_by: str
     installation_id: int | None = None
+    priority: int = 0  # tasks.priority from the priority labels (common/specialties.label_priority)
 
 
 class ActiveTaskExists(Exception):
@@ -58,24 +59,52 @@ def insert_task(session: Session, new: NewTask, decision: TriageDecision, *, act
     the one that won. Its events are stamped with the database's clock as every transition is.
     """
     now = db_now(session)
-    values: dict[str, Any] = {
-        "repo": new.repo, "issue_number": new.issue_number, "title": new.title, "body": new.body,
-        "specialty": decision.specialty, "triage_reason": decision.reason, "state": TaskState.TRIAGED.value,
-        "requested_by": new.requested_by, "installation_id": new.installation_id, "attempt": 0,
-        "lease_token": 0, "dispatch_count": 0, "input_tokens": 0, "output_tokens": 0, "cache_read_tokens": 0,
-        "cache_write_tokens": 0, "created_at": now, "updated_at": now,
-    }
-    connection = session.connection()
-    statement = _insert_task(connection.dialect.name, keyed=new.issue_number is not None)
-    task_id = connection.execute(statement, values).scalar()
-    if task_id is None:
-        raise ActiveTaskExists(active_task_id(session, new.repo, new.issue_number) if new.issue_number else None)
-    connection.execute(_INSERT_EVENT, [
+    task_id = _insert_row(session, new, _row_values(new, decision.specialty, decision.reason, TaskState.TRIAGED, now))
+    session.connection().execute(_INSERT_EVENT, [
         {"task_id": task_id, "from_state": None, "to_state": TaskState.PENDING.value, "actor": actor,
          "detail": f"requested by {new.requested_by}", "at": now},
         {"task_id": task_id, "from_state": TaskState.PENDING.value, "to_state": TaskState.TRIAGED.value,
          "actor": "triage", "detail": f"{decision.specialty}: {decision.reason}", "at": now},
     ])
+    return task_id
+
+
+# The triage_reason of a task insert_pending made, until LLM triage decides (coordinator/triage_runner.py).
+AWAITING_LLM_TRIAGE = "llm triage: waiting for the model"
+
+
+def insert_pending(session: Session, new: NewTask, rules: TriageDecision, *, actor: str) -> int:
+    """Insert a task left `pending` for LLM triage, with its first event; its id, or ActiveTaskExists.
+
+    The rules' choice is its specialty meanwhile; the reason marks it as waiting for the model,
+    which is how the reconciler finds the ones a stopped coordinator never classified.
+    """
+    now = db_now(session)
+    reason = f"{AWAITING_LLM_TRIAGE} (rules: {rules.specialty})"
+    task_id = _insert_row(session, new, _row_values(new, rules.specialty, reason, TaskState.PENDING, now))
+    session.connection().execute(_INSERT_EVENT, [
+        {"task_id": task_id, "from_state": None, "to_state": TaskState.PENDING.value, "actor": actor,
+         "detail": f"requested by {new.requested_by}; waiting for LLM triage", "at": now}])
+    return task_id
+
+
+def _row_values(new: NewTask, specialty: str, reason: str, state: TaskState, now: Any) -> dict[str, Any]:
+    return {
+        "repo": new.repo, "issue_number": new.issue_number, "title": new.title, "body": new.body,
+        "specialty": specialty, "triage_reason": reason, "state": state.value,
+        "requested_by": new.requested_by, "installation_id": new.installation_id, "attempt": 0,
+        "lease_token": 0, "dispatch_count": 0, "input_tokens": 0, "output_tokens": 0, "cache_read_tokens": 0,
+        "cache_write_tokens": 0, "created_at": now, "updated_at": now, "priority": new.priority,
+    }
+
+
+def _insert_row(session: Session, new: NewTask, values: dict[str, Any]) -> int:
+    """The new task's id, or ActiveTaskExists when the issue's active task won (ON CONFLICT DO NOTHING)."""
+    connection = session.connection()
+    statement = _insert_task(connection.dialect.name, keyed=new.issue_number is not None)
+    task_id = connection.execute(statement, values).scalar()
+    if task_id is None:
+        raise ActiveTaskExists(active_task_id(session, new.repo, new.issue_number) if new.issue_number else None)
     return int(task_id)
 
 

@@ -26,6 +26,8 @@ from common.serialize import task_detail
 from common.specialties import profiles
 from common.states import TaskState
 from common.transitions import record_note, transition
+from coordinator import limits, workflow
+from coordinator.admission import Scheduler
 from coordinator.dispatch import BROKER_ERRORS, Dispatcher
 from coordinator.intake import ActiveTaskExists, NewTask, active_task_id, create_task
 from coordinator.triage import RuleTriage, TriageDecision
@@ -65,8 +67,10 @@ class Operations:
         if issue is not None and issue < 1:
             raise InvalidRequest(f"issue numbers start at 1, got {issue}")
         known = profiles(self.settings)
-        if specialty and specialty not in known:
-            raise InvalidRequest(f"unknown specialty {specialty!r}; known: {', '.join(known)}")
+        chosen = [name.strip() for name in (specialty or "").split(",") if name.strip()]  # several: a workflow
+        unknown = [name for name in chosen if name not in known]
+        if unknown:
+            raise InvalidRequest(f"unknown specialty {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
         labels: list[str] = []
         if issue is not None:  # the forge's copy, as a webhook would have carried it
             info = make_forge(self.settings).get_issue(repo, issue)
@@ -74,13 +78,16 @@ class Operations:
         title, body = title or "", body or ""
         if instruction.strip():  # an @mention's request: the agent reads it with the issue
             body = f"{body}\n\n## Request from @{requested_by}\n\n{instruction.strip()}".strip()
-        decision = (TriageDecision(specialty, f"chosen by {requested_by}") if specialty
+        decision = (TriageDecision(chosen[0], f"chosen by {requested_by}", specialties=tuple(chosen)) if chosen
                     else RuleTriage(known)(title=title, body=body, labels=labels))
         new = NewTask(repo, issue, title, body, requested_by=requested_by,
                       installation_id=self.settings.github_app_installation_id)
         with self.db.session() as session:
             try:
-                task_id = create_task(session, new, decision, actor=requested_by).id
+                task = create_task(session, new, decision, actor=requested_by)
+                task_id = task.id
+                if len(decision.specialties) > 1:
+                    workflow.create_steps(session, task, decision.specialties, self.settings)
             except ActiveTaskExists as exc:
                 raise TaskConflict(f"issue {repo}#{issue} already has active task {exc.task_id}; cancel it "
                                    "first or let it finish", task_id=exc.task_id) from None
@@ -101,7 +108,9 @@ class Operations:
                     raise TaskConflict(f"issue {task.repo}#{task.issue_number} already has active task {other}; "
                                        f"cancel it before retrying task {task_id}", task_id=other,
                                        state=state.value)
-            transition(session, task, S.QUEUED, actor=actor, detail=f"retry requested (was {state.value})")
+            resumed = workflow.resume(session, task)  # a workflow: from its failed step, done steps stay done
+            transition(session, task, S.QUEUED, actor=actor, detail=f"retry requested (was {state.value})"
+                       + (f"; {resumed}" if resumed else ""))
             task.failure_reason = None
             task.dispatched_at = None  # unsent until the send below; the reconciler resends it if that fails
         self.dispatcher.dispatch(task_id, actor=actor)
@@ -154,8 +163,10 @@ class Operations:
                 detail += f" (pull request {task.pr_url} stays open; close it on the forge if unwanted)"
             transition(session, task, S.CANCELLED, actor=actor, detail=detail[:1000])
             release(task)
-            sends = task.dispatch_count
+            sends, repo = task.dispatch_count, task.repo
         self._revoke(task_id, sends)
+        if state in limits.IN_FLIGHT:  # its slot is free: the next waiting task goes now
+            limits.release_freed(Scheduler(self.db, self.dispatcher), self.settings, repo)
         return self._detail(task_id)
 
     def route(self, task_id: int, specialty: str, *, actor: str) -> dict[str, Any]:
@@ -214,7 +225,8 @@ class Operations:
 
     def _detail(self, task_id: int) -> dict[str, Any]:
         with self.db.session() as session:
-            task = session.get(Task, task_id, options=[selectinload(Task.events), selectinload(Task.runs)],
+            task = session.get(Task, task_id, options=[selectinload(Task.events), selectinload(Task.runs),
+                                                   selectinload(Task.steps)],
                                populate_existing=True)
             if task is None:
                 raise TaskNotFound(task_id)

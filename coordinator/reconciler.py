@@ -14,12 +14,14 @@ from typing import Any
 
 from sqlalchemy import Row, Select, or_, select, update
 
+from common import canvas
 from common.celery_app import message_id, task_label
 from common.db import Database, db_now
 from common.leases import close_lost_runs, release
 from common.models import Task
 from common.states import LEASED_STATES, TaskState
 from common.transitions import transition
+from coordinator import admission, limits
 from coordinator.broker_messages import held_message_ids
 from coordinator.dispatch import BROKER_ERRORS, Dispatcher
 
@@ -108,7 +110,7 @@ class Reconciler:
         with self.db.session() as session:
             now = now or db_now(session)
             columns = (Task.id, Task.state, Task.specialty, Task.dispatched_at, Task.dispatch_count, Task.repo,
-                       Task.issue_number)
+                       Task.issue_number, Task.priority)
             seen = {row.id: row for row in session.execute(self._unsent(now, *columns))}
         try:
             chosen, held = self._choose(seen.values())
@@ -170,10 +172,13 @@ class Reconciler:
         that fails gives its reservation back; False tells the caller the broker is down.
         """
         reserved = self._reserve(now, batch, seen)
+        with self.db.session() as session:  # workflows: the chain is rebuilt from the step that runs now
+            links = canvas.remaining_by_task(session, [task_id for task_id, _, _ in reserved])
         for index, (task_id, number, previous) in enumerate(reserved):
             row = seen[task_id]
-            if not self.dispatcher.send(task_id, row.specialty, number,
-                                        label=task_label(row.repo, row.issue_number, row.specialty, task_id)):
+            if not self.dispatcher.send(task_id, row.specialty, number, priority=row.priority,
+                                        label=task_label(row.repo, row.issue_number, row.specialty, task_id),
+                                        links=links.get(task_id, ())):
                 self._give_back(reserved[index:])
                 return False
             self.dispatcher.record_sent(task_id, number, actor=ACTOR, note=batch[task_id])
@@ -187,9 +192,15 @@ class Reconciler:
                 self._unsent(now, Task).where(Task.id.in_(batch)).with_for_update(skip_locked=True)
             ).all()
             reserved = []
+            gate = admission.gated(self.settings)  # a limit is on: a triaged task is admitted first
+            if gate:
+                limits.lock(session, [task for task in tasks if task.state == TaskState.TRIAGED], self.settings)
             for task in tasks:
                 if task.dispatch_count != seen[task.id].dispatch_count:
                     continue  # sent by someone else since we looked
+                if gate and task.state == TaskState.TRIAGED and not admission.admit(session, task, self.settings,
+                                                                                    actor=ACTOR):
+                    continue  # waiting now; a requeued run (queued) already holds its slot
                 reserved.append((task.id, task.dispatch_count + 1, task.dispatched_at))
                 task.dispatch_count += 1
                 task.dispatched_at = task.updated_at = db_now(session)  # one clock for the grace test

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 
 from common.celery_app import task_label
+from coordinator import admission
 from coordinator.batch_thread import BatchThread
 from coordinator.dispatch import Dispatcher
 
@@ -37,11 +38,13 @@ class Send:
     number: int
     label: str
     done: Future[bool] = field(default_factory=Future, repr=False)
+    priority: int = 0  # tasks.priority: -1 low, 0 normal, 1 high
 
     @classmethod
-    def first(cls, task_id: int, specialty: str, repo: str, issue_number: int | None) -> Send:
+    def first(cls, task_id: int, specialty: str, repo: str, issue_number: int | None, *,
+              priority: int = 0) -> Send:
         """The first send of a task just inserted (nothing to read back: its dispatch count is 0)."""
-        return cls(task_id, specialty, 1, task_label(repo, issue_number, specialty, task_id))
+        return cls(task_id, specialty, 1, task_label(repo, issue_number, specialty, task_id), priority=priority)
 
 
 class Sender:
@@ -79,13 +82,18 @@ class Sender:
     def _send(self, batch: list[Send]) -> None:
         """Publish in order; on the first broker failure the rest stay unsent (TRIAGED) for the reconciler."""
         sent: list[Send] = []
+        admitted: list[Send] = batch
         try:
+            if admission.gated(self.dispatcher.db.settings):  # a limit is on: each task admitted first
+                admitted = self._admit(batch)
             with self.dispatcher.celery.producer_or_acquire() as producer:  # one producer for the batch
-                for item in batch:
+                for item in admitted:
                     if not self.dispatcher.send(item.task_id, item.specialty, item.number, label=item.label,
-                                                producer=producer):
+                                                producer=producer, priority=item.priority):
                         break
                     sent.append(item)
+            if len(sent) < len(admitted) and admitted is not batch:
+                self.dispatcher.unreserve([(item.task_id, item.number) for item in admitted[len(sent):]])
             if sent:
                 self.dispatcher.record_sent_many([(item.task_id, item.number) for item in sent], actor=ACTOR)
         except Exception:  # the thread must outlive any one batch; the reconciler repairs what it left
@@ -94,3 +102,10 @@ class Sender:
             published = {id(item) for item in sent}
             for item in batch:
                 item.done.set_result(id(item) in published)
+
+    def _admit(self, batch: list[Send]) -> list[Send]:
+        """The batch's tasks that may go now, moved to queued; the rest wait (admission.admit)."""
+        with self.dispatcher.db.session() as session:
+            allowed = admission.admit_many(session, [item.task_id for item in batch], self.dispatcher.db.settings,
+                                           actor=ACTOR)
+        return [item for item in batch if item.task_id in allowed]

@@ -7,11 +7,12 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
-from common.specialties import PLAN_LABEL, ROUTE_LABEL_PREFIX, Specialty, SpecialtyProfile, StatusLabel
+from common.specialties import (PLAN_LABEL, PRIORITY_LABELS, ROUTE_LABEL_PREFIX, Specialty, SpecialtyProfile,
+                                StatusLabel)
 
 PATH_TOKEN = re.compile(r"(?<![\w@])((?:[\w.-]+/)*[\w.-]*\.[A-Za-z0-9]{1,8}|(?:[\w.-]+/)+[\w.-]*)")
 # forgecrew's own labels that name no specialty: the status ones, and the plan-first option
-STATUS_LABELS = {label.value for label in StatusLabel} | {PLAN_LABEL}
+STATUS_LABELS = {label.value for label in StatusLabel} | {PLAN_LABEL} | set(PRIORITY_LABELS)
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class Triage(Protocol):
 
 
 def route_label_specialty(label: str) -> str | None:
-    """`forgecrew:backend` -> `backend`; None for the trigger label, status labels and `forgecrew:plan`."""
+    """`forgecrew:backend` -> `backend`; None for the trigger label, status, plan and priority labels."""
     if not label.startswith(ROUTE_LABEL_PREFIX) or label in STATUS_LABELS:
         return None
     return label[len(ROUTE_LABEL_PREFIX):].strip().lower() or None
@@ -52,10 +53,13 @@ class RuleTriage:
         self.profiles = profiles
 
     def __call__(self, *, title: str, body: str, labels: list[str]) -> TriageDecision:
-        for label in labels:
-            specialty = self._label_route(label)
-            if specialty:
-                return TriageDecision(specialty, f"label {label!r}")
+        routed = [(label, specialty) for label in labels if (specialty := self._label_route(label))]
+        named = tuple(dict.fromkeys(specialty for _, specialty in routed))
+        if len(named) > 1:  # several specialties' labels: a workflow (coordinator/workflow.py orders it)
+            return TriageDecision(named[0], "labels " + ", ".join(repr(label) for label, _ in routed),
+                                  specialties=named)
+        if routed:
+            return TriageDecision(routed[0][1], f"label {routed[0][0]!r}")
         scores = {name: self._score(profile, title, body) for name, profile in self.profiles.items()
                   if name != Specialty.GENERAL}
         best = max(scores.items(), key=lambda item: item[1][0], default=None)
@@ -63,6 +67,10 @@ class RuleTriage:
             return TriageDecision(Specialty.GENERAL.value, "no label or rule matched; fallback")
         name, (score, hits) = best
         return TriageDecision(name, f"rules (score {score}): " + ", ".join(hits[:6]))
+
+    def routed_by_label(self, labels: list[str]) -> bool:
+        """Whether a label decides (then no model is asked: a person already chose)."""
+        return any(self._label_route(label) for label in labels)
 
     def _label_route(self, label: str) -> str | None:
         specialty = route_label_specialty(label)

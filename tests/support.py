@@ -73,6 +73,14 @@ def deliver(url: str, event: str, data: dict[str, Any]) -> dict[str, Any]:
     return response.json()
 
 
+def queue_key(queue: str, priority: int = 0) -> str:
+    """The Redis list kombu keeps a queue's messages of this task priority in (celery_app.broker_priority)."""
+    from common.celery_app import REDIS_SEP, REDIS_STEP_OF
+
+    step = REDIS_STEP_OF[priority]
+    return f"{queue}{REDIS_SEP}{step}" if step else queue
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -26,7 +26,7 @@ from tests.conftest import settings_env
 from tests.factories import make_task
 from tests.fakes.anthropic_server import FakeAnthropic
 from tests.sample_repo import ISSUE_TITLE, fixing_script
-from tests.support import Process, start_worker, wait_for
+from tests.support import Process, queue_key, start_worker, wait_for
 
 TOKEN = "test-api-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -64,7 +64,7 @@ def set_state(db: Database, task_id: int, *states: TaskState) -> None:
 def queued_message_ids(broker_url: str, queue: str) -> list[str]:
     """Ids of the messages waiting on a queue of the real Redis broker."""
     client = redis.Redis.from_url(broker_url)
-    return [json.loads(raw)["headers"]["id"] for raw in client.lrange(queue, 0, -1)]
+    return [json.loads(raw)["headers"]["id"] for raw in client.lrange(queue_key(queue), 0, -1)]
 
 
 # ---- auth ------------------------------------------------------------------------------------------------

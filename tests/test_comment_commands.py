@@ -21,7 +21,7 @@ from coordinator.conversation.parse import HELP, parse
 from tests.factories import make_task
 from tests.fakes.github_server import FakeGitHub
 from tests.followup_support import people_on_github
-from tests.support import headers, payload, wait_for
+from tests.support import headers, payload, queue_key, wait_for
 
 pytestmark = pytest.mark.integration
 REPO = "acme/widgets"
@@ -121,7 +121,7 @@ def test_route_moves_a_queued_task_to_another_queue(client: TestClient, github: 
         task = session.get(Task, task_id)
         assert task is not None and (task.specialty, task.state) == ("frontend", "queued")
     broker = redis.Redis.from_url(commands_settings.broker_url)
-    [message] = [json.loads(raw) for raw in broker.lrange("frontend", 0, -1)]
+    [message] = [json.loads(raw) for raw in broker.lrange(queue_key("frontend"), 0, -1)]
     assert message["headers"]["argsrepr"] == "()" and f"'task_id': {task_id}" in message["headers"]["kwargsrepr"]
     assert "moved to the frontend queue" in replies(github)[0]
 

@@ -28,7 +28,7 @@ from tests.followup_support import (
     review_comment_payload,
     review_payload,
 )
-from tests.support import headers, wait_for
+from tests.support import headers, queue_key, wait_for
 
 pytestmark = pytest.mark.integration
 REPO = "acme/widgets"
@@ -104,7 +104,7 @@ def test_a_changes_requested_review_queues_the_task_with_an_event_naming_the_fol
         assert task is not None and task.state == "queued"
         assert f"follow-up {row.id}: review by maintainer on pull request #{PR}" in [e.detail for e in task.events]
     broker = redis.Redis.from_url(followup_settings.broker_url)
-    [message] = [json.loads(raw) for raw in broker.lrange("backend", 0, -1)]
+    [message] = [json.loads(raw) for raw in broker.lrange(queue_key("backend"), 0, -1)]
     assert f"'task_id': {task_id}" in message["headers"]["kwargsrepr"]
 
 

@@ -24,7 +24,7 @@ from coordinator.reconciler import Reconciler
 from coordinator.services import build_services
 from coordinator.webhooks.endpoint import process_delivery
 from tests.conftest import settings_env
-from tests.support import Process, free_port, headers, labeled_issue, wait_for
+from tests.support import Process, free_port, headers, labeled_issue, queue_key, wait_for
 
 pytestmark = pytest.mark.integration
 CLOSED_BROKER = "redis://127.0.0.1:1/0"  # nothing listens there: every send fails at once
@@ -40,7 +40,7 @@ def reconcile_later(settings: Settings, db: Database) -> list[int]:
 
 def queued_ids(settings: Settings, queue: str = "backend") -> list[str]:
     client = redis.Redis.from_url(settings.broker_url)
-    return [json.loads(raw)["headers"]["id"] for raw in client.lrange(queue, 0, -1)]
+    return [json.loads(raw)["headers"]["id"] for raw in client.lrange(queue_key(queue), 0, -1)]
 
 
 def test_fifty_concurrent_copies_of_a_delivery_make_one_task_and_no_database_error(settings: Settings,

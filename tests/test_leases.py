@@ -19,6 +19,7 @@ from common.models import Task, utcnow
 from coordinator.dispatch import Dispatcher
 from coordinator.reconciler import Reconciler
 from tests.factories import make_task
+from tests.support import queue_key
 
 pytestmark = pytest.mark.integration
 
@@ -98,7 +99,7 @@ def test_reaper_requeues_stale_runs_then_fails_after_max_attempts(make_settings,
     report = reconciler.run_once()
     assert report.requeued == [task_id] and report.resent == [task_id]
     assert state(db, task_id).state == "queued"
-    messages = redis.Redis.from_url(settings.broker_url).lrange("backend", 0, -1)
+    messages = redis.Redis.from_url(settings.broker_url).lrange(queue_key("backend"), 0, -1)
     assert [json.loads(m)["headers"]["kwargsrepr"] for m in messages] == [f"{{'task_id': {task_id}}}"]
     claim(reconciler.db, task_id, "w2")
     expire_lease(db, task_id)

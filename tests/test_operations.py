@@ -28,7 +28,7 @@ from tests.conftest import settings_env
 from tests.factories import make_task
 from tests.fakes.anthropic_server import DEFAULT_KEY, FakeAnthropic
 from tests.sample_repo import ISSUE_BODY, ISSUE_TITLE, fixing_script, write_sample
-from tests.support import Process, start_worker, wait_for
+from tests.support import Process, queue_key, start_worker, wait_for
 from workers.sizing import worker_concurrency
 from workers.workspace import WorkspaceManager
 
@@ -58,7 +58,7 @@ def ops(ops_for: Callable[[Settings], Operations], settings: Settings) -> Operat
 
 
 def queued_ids(settings: Settings, queue: str) -> list[str]:
-    raw = redis.Redis.from_url(settings.broker_url).lrange(queue, 0, -1)
+    raw = redis.Redis.from_url(settings.broker_url).lrange(queue_key(queue), 0, -1)
     return [json.loads(item)["headers"]["id"] for item in raw]
 
 

@@ -38,7 +38,7 @@ from coordinator.dispatch import Dispatcher
 from tests.conftest import settings_env
 from tests.factories import make_task
 from tests.sample_repo import write_sample
-from tests.support import headers, labeled_issue
+from tests.support import headers, labeled_issue, queue_key
 from workers.transcript import Transcript
 
 pytestmark = pytest.mark.integration
@@ -119,7 +119,7 @@ def test_submit_a_local_repository_imports_it_and_queues_the_task(make_settings:
                              "backend", "--json"))
     assert task["repo"] == "local/my-app" and task["state"] == "queued"
     assert (settings.local_forge_root / "local" / "my-app.git" / "HEAD").exists()
-    assert redis.Redis.from_url(settings.broker_url).llen("backend") == 1
+    assert redis.Redis.from_url(settings.broker_url).llen(queue_key("backend")) == 1
     again = forgecrew(settings, "submit", "--repo", str(source), "--issue", "3")
     assert again.exit_code == 2 and "has no issues" in again.stderr
 
@@ -227,7 +227,7 @@ def test_webhook_replay_runs_a_stored_delivery_through_intake_again(make_setting
     fixed = make_settings(repo_allowlist=["Codertocat/*"])  # the operator fixed the allowlist
     first = as_json(forgecrew(fixed, "webhook", "replay", "d-1", "--json"))
     assert first["delivery"] == "d-1-replay-1" and first["outcome"].startswith("task ") and first["task_id"]
-    assert redis.Redis.from_url(fixed.broker_url).llen("backend") == 1
+    assert redis.Redis.from_url(fixed.broker_url).llen(queue_key("backend")) == 1
     second = forgecrew(fixed, "webhook", "replay", "d-1")
     assert second.exit_code == 0
     assert second.stdout.strip() == (f"d-1-replay-2: recorded: task {first['task_id']} is already active for this "

@@ -22,7 +22,7 @@ from coordinator.app import create_app
 from tests.factories import make_task
 from tests.fakes.github_server import FakeGitHub
 from tests.followup_support import people_on_github
-from tests.support import headers, payload, wait_for
+from tests.support import headers, payload, queue_key, wait_for
 
 pytestmark = pytest.mark.integration
 REPO = "acme/widgets"
@@ -89,7 +89,7 @@ def load(db: Database, task_id: int) -> Task:
 
 
 def queued_messages(settings: Settings, queue: str = "backend") -> list[dict[str, Any]]:
-    return [json.loads(raw) for raw in redis.Redis.from_url(settings.broker_url).lrange(queue, 0, -1)]
+    return [json.loads(raw) for raw in redis.Redis.from_url(settings.broker_url).lrange(queue_key(queue), 0, -1)]
 
 
 def test_approve_queues_the_waiting_task_naming_who_approved(client: TestClient, github: FakeGitHub, db: Database,

@@ -18,9 +18,10 @@ from common.settings import Settings
 from coordinator.dispatch import Dispatcher
 from coordinator.reconciler import Reconciler
 from tests.factories import make_task
+from tests.support import queue_key
 
 pytestmark = pytest.mark.integration
-QUEUE = "backend"
+QUEUE = queue_key("backend")  # the list of normal-priority messages
 
 
 @pytest.fixture
@@ -69,7 +70,7 @@ def test_a_message_in_a_priority_list_is_found(reconciler: Reconciler, db: Datab
     client = redis.Redis.from_url(settings.broker_url)
     task_id = make_task(db)
     reconciler.dispatcher.dispatch(task_id)
-    client.rename(QUEUE, f"{QUEUE}\x06\x169")  # where kombu keeps messages sent with priority 9
+    client.rename(QUEUE, queue_key("backend", -1))  # where kombu keeps low-priority ones
     assert reconciler.run_once(later(db, settings)).resent == []
 
 

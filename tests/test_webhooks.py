@@ -15,7 +15,7 @@ from common.db import Database
 from common.models import Task, WebhookDelivery
 from common.settings import Settings
 from coordinator.app import create_app
-from tests.support import headers, labeled_issue, payload, raw_payload
+from tests.support import headers, labeled_issue, payload, queue_key, raw_payload
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,7 @@ def post(client: TestClient, event: str, data: dict[str, Any] | bytes, **kwargs:
 
 
 def queued_messages(settings: Settings, queue: str) -> list[dict[str, Any]]:
-    return [json.loads(raw) for raw in redis.Redis.from_url(settings.broker_url).lrange(queue, 0, -1)]
+    return [json.loads(raw) for raw in redis.Redis.from_url(settings.broker_url).lrange(queue_key(queue), 0, -1)]
 
 
 def tasks(db: Database) -> list[Task]:

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery import Celery
 from celery.signals import worker_process_init
 
-from common.celery_app import RUN_TASK
+from sqlalchemy import select
+
+from common import canvas
+from common.celery_app import RUN_TASK, task_label
+from common.models import Task
+from coordinator.limits import configured, release_after_run
+from workers import workflow
 from workers.execute import execute
 from workers.runtime import WorkerRuntime
 
@@ -22,15 +29,67 @@ def register_tasks(app: Celery, runtime: WorkerRuntime, *, enforce_limits: bool 
     """
 
     @app.task(name=RUN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-    def run_task(self, task_id: int) -> str:  # type: ignore[no-untyped-def]
+    def run_task(self, task_id: int, step: int | None = None) -> str:  # type: ignore[no-untyped-def]
+        """`step`: a workflow's link (common/canvas.py) runs that step only, then hands on to the next."""
+        if step is not None:
+            verdict = workflow.link_verdict(runtime.db, task_id, step)
+            if verdict != workflow.RUN:
+                _hand_on(app, runtime, self.request, task_id)
+                return f"skipped: step {step + 1} is " + ("done" if verdict == workflow.CONTINUE else "not current")
         limits = _limits(app, self.request) if enforce_limits else None
         queue = (self.request.delivery_info or {}).get("routing_key")
-        return execute(runtime, task_id, worker=runtime.identity(self.request.hostname), limits=limits,
-                       queue=queue)
+        try:
+            ended = execute(runtime, task_id, worker=runtime.identity(self.request.hostname), limits=limits,
+                            queue=queue)
+            # a link, or a plain message that ran a first step (its task became a workflow since)
+            if step is not None or self.request.chain or ended.startswith("queued "):
+                _hand_on(app, runtime, self.request, task_id)
+            return ended
+        finally:  # its slot is free now: with a limit on, the next waiting task goes without waiting a sweep
+            release_after_run(runtime.db, app, _repo_of(runtime, task_id))
 
     @worker_process_init.connect(weak=False)
     def _after_fork(**_: object) -> None:
         runtime.reset()
+
+
+def _repo_of(runtime: WorkerRuntime, task_id: int) -> str | None:
+    if not configured(runtime.settings):
+        return None
+    with runtime.db.session() as session:
+        return session.scalar(select(Task.repo).where(Task.id == task_id))
+
+
+def _hand_on(app: Celery, runtime: WorkerRuntime, request: Any, task_id: int) -> None:
+    """After a link: let the chain send the next one only if the task waits for exactly that step.
+
+    The record decides, not the canvas: a task failed, cancelled, finished or taken over ends the
+    chain here; a chain whose next link is not the step the task waits for (a step added since, a
+    plain message that ran a first step) is replaced by one rebuilt from the record.
+    """
+    waiting = workflow.waiting_step(runtime.db, task_id)
+    chain = list(request.chain or [])
+    if waiting is None:
+        request.chain = None
+        return
+    position, specialty, count = waiting
+    nxt = chain[-1] if chain else None
+    options = (nxt or {}).get("options") or {}
+    if nxt is not None and (nxt.get("kwargs") or {}).get("step") == position and options.get("queue") == specialty:
+        number = canvas.link_number(options.get("task_id"))
+        if number is not None:
+            workflow.record_next_send(runtime.db, task_id, number)
+        return
+    request.chain = None
+    with runtime.db.session() as session:
+        task = session.get(Task, task_id)
+        links = canvas.remaining(session, task) if task is not None else []
+        label = task_label(task.repo, task.issue_number, specialty, task_id) if task is not None else None
+        priority = task.priority if task is not None else 0
+    if links:
+        canvas.send_workflow(app, runtime.settings, task_id=task_id, links=links, number=count + 1, label=label,
+                             priority=priority)
+        workflow.record_next_send(runtime.db, task_id, count + 1)
 
 
 def _limits(app: Celery, request: object) -> tuple[float, float]:

@@ -32,6 +32,9 @@ class TaskSummary(BaseModel):
     triage_reason: str
     failure_reason: str | None
     lease_owner: str | None = Field(description="The worker running it, while it runs.")
+    priority: int = Field(0, description="-1 low, 0 normal, 1 high (the forgecrew:priority-* labels).")
+    wait_reason: str | None = Field(None, description="Why a waiting task waits (a limit, the daily quota, a "
+                                    "dependency, an overlapping task); None otherwise.")
     created_at: datetime | None
     updated_at: datetime | None
 
@@ -78,14 +81,36 @@ class Usage(BaseModel):
     cost_usd: float | None = Field(description="None when no run used a priced model.")
 
 
+class WorkflowStepOut(BaseModel):
+    """One specialty's step of a multi-specialty task (one branch, one PR)."""
+
+    position: int = Field(description="0, 1, ...: the order the steps run in.")
+    specialty: str
+    state: str = Field(description="pending, running, done or failed.")
+    summary: str | None
+    commit_sha: str | None = Field(description="The commit this step pushed to the task's branch.")
+    files: list[str] = Field(description="The paths this step changed.")
+    tests: str | None
+    tests_passed: bool | None
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None
+    run_id: int | None = Field(description="The run (task_runs) that ran it last.")
+    detail: str | None = Field(description="Why it failed.")
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
 class TaskDetail(TaskSummary):
-    """A task with its body, events (the audit log), runs and usage."""
+    """A task with its body, events (the audit log), runs, usage and (a workflow) its steps."""
 
     body: str
     summary: str | None = Field(description="The agent's summary of its change.")
     events: list[TaskEventOut]
     runs: list[TaskRunOut]
     usage: Usage
+    workflow_step: int | None = Field(None, description="A workflow's current step; None for a one-step task.")
+    steps: list[WorkflowStepOut] = Field(default_factory=list, description="A workflow's steps, in order.")
 
 
 class TaskPage(BaseModel):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from common.celery_app import make_celery
@@ -9,6 +11,7 @@ from common.db import Database
 from coordinator import cluster
 from coordinator.cli import cli, fails_cleanly, settings_from
 from coordinator.cli.output import echo_json, print_table
+from coordinator.metrics import queries
 
 
 @cli.command()
@@ -24,6 +27,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     db = Database(settings)
     try:
         data = cluster.status_report(settings, db, make_celery(settings))
+        data["waiting"] = waiting_report(db) if data["database"]["ok"] else None
     finally:
         db.dispose()
     if as_json:
@@ -37,11 +41,35 @@ def status(ctx: click.Context, as_json: bool) -> None:
                     [(row["name"], row["queue_depth"], row["workers"], row["running"], row["queued"],
                       row["failed_last_day"]) for row in data["specialties"]],
                     right=["QUEUE", "WORKERS", "RUNNING", "QUEUED", "FAILED 24H"])
+        _print_waiting(data["waiting"])
     if not data["ok"]:
         down = [part for part in ("database", "broker") if not data[part]["ok"]]
         click.echo(f"forgecrew: {' and '.join(down)} down: "
                    + "; ".join(data[part]["detail"].removeprefix("error: ") for part in down), err=True)
         ctx.exit(1)
+
+
+def waiting_report(db: Database) -> dict[str, Any]:
+    """Waiting tasks: how many, and per reason kind the count and the one waiting longest (with its reason)."""
+    with db.session() as session:
+        rows = queries.waiting(session)
+    kinds: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        kind = kinds.setdefault(row.kind, {"count": 0, "oldest_since": None, "oldest_reason": None})
+        kind["count"] += row.count
+        if row.oldest is not None and (kind["oldest_since"] is None or row.oldest.isoformat() < kind["oldest_since"]):
+            kind["oldest_since"], kind["oldest_reason"] = row.oldest.isoformat(), row.oldest_reason
+    return {"total": sum(kind["count"] for kind in kinds.values()), "by_reason": kinds}
+
+
+def _print_waiting(waiting: dict[str, Any] | None) -> None:
+    if not waiting:
+        return
+    click.echo(f"{'waiting:':<10}{waiting['total']}")
+    if waiting["total"]:
+        print_table(["WAITING FOR", "TASKS", "OLDEST SINCE", "OLDEST REASON"],
+                    [(kind, info["count"], info["oldest_since"] or "-", info["oldest_reason"] or "-")
+                     for kind, info in sorted(waiting["by_reason"].items())], right=["TASKS"])
 
 
 @cli.command("workers")

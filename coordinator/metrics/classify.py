@@ -51,3 +51,22 @@ def run_error(outcome: ColumnElement[Any], detail: ColumnElement[Any]) -> Column
     return case((and_(failed, is_model_error(detail)), literal("model")),
                 (and_(failed, is_sandbox_error(detail)), literal("sandbox")),
                 else_=literal(""))
+
+
+# What a waiting task waits for, by the leading words of tasks.wait_reason (coordinator/limits.py,
+# coordinator/dependencies.py, workers/overlap.py write them); anything else is "other".
+WAIT_KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("limit", ("repository ", "installation ")),
+    ("quota", ("requester ",)),
+    ("dependency", ("blocked by ", "depends on ")),
+    ("overlap", ("overlaps ",)),
+)
+WAIT_KIND_NAMES = (*(kind for kind, _ in WAIT_KINDS), "other")
+
+
+def wait_kind(reason: str | None) -> str:
+    """limit, quota, dependency, overlap or other: a label with few values for a free-text reason."""
+    for kind, prefixes in WAIT_KINDS:
+        if (reason or "").startswith(prefixes):
+            return kind
+    return "other"

@@ -25,6 +25,7 @@ from coordinator.agents import WorkerWatcher
 from coordinator.dispatch import BROKER_ERRORS
 from coordinator.metrics import queries
 from coordinator.metrics.broker import queue_depths
+from coordinator.metrics.classify import WAIT_KIND_NAMES
 
 log = logging.getLogger(__name__)
 PREFIX = "forgecrew_"
@@ -56,6 +57,7 @@ class ForgecrewCollector(Collector):
                             _histogram("run_duration_seconds", "Seconds each finished agent run took.",
                                        ["specialty", "outcome"], queries.RUN_BUCKETS, queries.run_durations(session)),
                             *_runs(queries.runs(session)),
+                            self._waiting(queries.waiting(session)),
                             _deliveries(queries.deliveries(session))]
         except DBAPIError as exc:
             log.warning("metrics: database unreadable (%s)", str(exc).splitlines()[0])
@@ -76,6 +78,17 @@ class ForgecrewCollector(Collector):
                 counts.setdefault((state.value, specialty), 0)
         for (state, specialty), count in sorted(counts.items()):
             family.add_metric([state, specialty], count)
+        return family
+
+    def _waiting(self, rows: list[queries.WaitingRow]) -> Metric:
+        family = GaugeMetricFamily(PREFIX + "waiting_tasks", "Tasks held in waiting, by queue and what they "
+                                   "wait for (limit, quota, dependency, overlap, other).", labels=["queue", "reason"])
+        counts = {(row.queue, row.kind): row.count for row in rows}
+        for queue in queue_names(self.settings):  # zeros too, so an alert sees 0 rather than no series
+            for kind in WAIT_KIND_NAMES:
+                counts.setdefault((queue, kind), 0)
+        for (queue, kind), count in sorted(counts.items()):
+            family.add_metric([queue, kind], count)
         return family
 
     def _broker(self) -> Iterator[Metric]:

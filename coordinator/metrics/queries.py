@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, case, func, or_, select
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from common.models import Task, TaskEvent, TaskRun, WebhookDelivery
 from common.states import TaskState
-from coordinator.metrics.classify import delivery_class, run_error
+from coordinator.metrics.classify import delivery_class, run_error, wait_kind
 
 # A task's life, creation to a final state: minutes to days (a PR waits for review before done).
 TASK_BUCKETS: tuple[float, ...] = (60, 300, 600, 1200, 1800, 3600, 7200, 14400, 43200, 86400, 259200, 604800)
@@ -101,6 +102,43 @@ def runs(session: Session) -> list[RunRow]:
     return [RunRow(specialty, outcome, sandbox, model, error or "", count, int(i), int(o), int(cr), int(cw),
                    float(cost))
             for specialty, outcome, sandbox, model, error, count, i, o, cr, cw, cost in rows]
+
+
+@dataclass(frozen=True)
+class WaitingRow:
+    """Waiting tasks of one (queue, reason kind): how many, and since when the oldest waits."""
+
+    queue: str
+    kind: str
+    count: int
+    oldest: datetime | None
+    oldest_reason: str | None
+
+
+def waiting(session: Session) -> list[WaitingRow]:
+    """Waiting tasks by (queue, reason kind); the reasons are grouped in the database, classified here."""
+    rows = session.execute(select(Task.specialty, Task.wait_reason, func.count(), func.min(Task.waiting_since))
+                           .where(Task.state == TaskState.WAITING.value)
+                           .group_by(Task.specialty, Task.wait_reason))
+    found: dict[tuple[str, str], WaitingRow] = {}
+    for queue, reason, count, since in rows:
+        since = _aware(since)
+        key = (queue, wait_kind(reason))
+        row = found.get(key)
+        if row is None or (since is not None and (row.oldest is None or since < row.oldest)):
+            oldest, oldest_reason = since, reason
+        else:
+            oldest, oldest_reason = row.oldest, row.oldest_reason
+        found[key] = WaitingRow(queue, key[1], count + (row.count if row else 0), oldest, oldest_reason)
+    return sorted(found.values(), key=lambda row: (row.queue, row.kind))
+
+
+def _aware(value: Any) -> datetime | None:
+    if isinstance(value, str):  # SQLite gives an aggregate of a typed column back as text
+        value = datetime.fromisoformat(value)
+    if value is not None and value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value
 
 
 def deliveries(session: Session) -> list[tuple[str, str, int]]:

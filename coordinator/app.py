@@ -50,12 +50,16 @@ def add_sweeps(services: Services) -> tuple[CommandRunner, FollowupRunner]:
     services.reconciler.sweeps.append(DependencyChecks(services.db, lambda installation_id: make_forge(
         settings, installation_id), services.scheduler.release).sweep)
     services.reconciler.sweeps.append(services.scheduler.sweep)
+    services.reconciler.sweeps.append(services.triage.sweep)  # pending tasks a stopped coordinator never triaged
     return commands, followups
 
 
 def create_app(settings: Settings, *, run_reconciler: bool = True) -> FastAPI:
     """Refuses to build without a webhook secret."""
     require_webhook_secret(settings)
+    if settings.triage_llm:
+        settings.require("anthropic_api_key", purpose="LLM triage (FORGECREW_TRIAGE_LLM) asks the Anthropic "
+                         "Messages API (behind a proxy that adds its own key, any value will do)")
     if not settings.repo_allowlist:
         log.warning("FORGECREW_REPO_ALLOWLIST is empty: every webhook will be ignored")
     services = build_services(settings)
@@ -81,6 +85,7 @@ def create_app(settings: Settings, *, run_reconciler: bool = True) -> FastAPI:
             commands.stop()
             followups.stop()
             services.sender.stop()  # publishes what is queued; the reconciler resends what it cannot
+            services.triage.stop()  # what it has not classified stays pending for the reconciler's sweep
             if thread:
                 thread.join(timeout=10)
             services.db.dispose()

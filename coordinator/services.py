@@ -13,6 +13,7 @@ from coordinator.admission import Scheduler
 from coordinator.dispatch import Dispatcher
 from coordinator.reconciler import Reconciler
 from coordinator.sender import Sender
+from coordinator.triage_runner import TriageRunner
 from coordinator.webhooks import checks, comments, followups, issues, lifecycle, ping
 from coordinator.webhooks.router import Router
 
@@ -27,6 +28,7 @@ class Services:
     router: Router
     sender: Sender
     scheduler: Scheduler
+    triage: TriageRunner  # LLM triage of pending tasks, after the delivery's commit
 
 
 def webhook_router() -> Router:
@@ -42,4 +44,4 @@ def build_services(settings: Settings) -> Services:
     celery = make_celery(settings)
     dispatcher = Dispatcher(db, celery)
     return Services(settings, db, celery, dispatcher, Reconciler(db, dispatcher), webhook_router(), Sender(dispatcher),
-                    Scheduler(db, dispatcher))
+                    Scheduler(db, dispatcher), triage=TriageRunner(db, dispatcher))

@@ -271,21 +271,26 @@ class LLMClient:
         self._client = anthropic.Anthropic(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout)
 
     @classmethod
-    def from_settings(cls, settings: Settings, **options: Any) -> LLMClient:
-        """The client a worker uses, configured from FORGECREW_* settings."""
-        settings.require("anthropic_api_key", purpose="the agent calls the Anthropic Messages API")
-        return cls(api_key=settings.secret("anthropic_api_key"), base_url=settings.anthropic_base_url,
-                   model=settings.model, fallback_models=settings.fallback_models,
-                   **{"timeout": settings.model_timeout_seconds, **options})
+    def from_settings(cls, settings: Settings, *, purpose: str = "the agent calls the Anthropic Messages API",
+                      **options: Any) -> LLMClient:
+        """The client a worker uses, configured from FORGECREW_* settings; `options` override any argument
+        (LLM triage passes its own model, timeout and retries)."""
+        settings.require("anthropic_api_key", purpose=purpose)
+        return cls(**{"api_key": settings.secret("anthropic_api_key"), "base_url": settings.anthropic_base_url,
+                      "model": settings.model, "fallback_models": settings.fallback_models,
+                      "timeout": settings.model_timeout_seconds, **options})
 
     @property
     def base_url(self) -> str:
         return str(self._client.base_url)
 
     def create(self, *, system: str | list[dict[str, Any]], tools: list[dict[str, Any]],
-               messages: list[dict[str, Any]], max_tokens: int) -> ModelReply:
-        """One model turn; the caller's lists are copied, never changed."""
+               messages: list[dict[str, Any]], max_tokens: int,
+               tool_choice: dict[str, Any] | None = None) -> ModelReply:
+        """One model turn; the caller's lists are copied, never changed. `tool_choice` can force a tool."""
         params = {**request_params(system=system, tools=tools, messages=messages), "max_tokens": max_tokens}
+        if tool_choice is not None:
+            params["tool_choice"] = tool_choice
         return self._with_fallbacks(lambda model: self._send(model, params))
 
     def count_tokens(self, *, system: str | list[dict[str, Any]], tools: list[dict[str, Any]],

@@ -54,6 +54,7 @@ class Answer:
     command_id: int | None = None  # a comment command to carry out after the commit
     followup_id: int | None = None  # a follow-up to check and start after the commit
     release_repo: str | None = None  # a repository whose waiting tasks may go now (a blocker merged or closed)
+    triage_id: int | None = None  # a pending task for LLM triage to classify and send after the commit
 
 
 async def read_capped(request: Request, limit: int) -> bytes:
@@ -97,6 +98,8 @@ async def github_webhook(
         # committed: the sender thread publishes it and records the send in a batch. Not a background
         # task of the response, which would hold this connection's next request until it is done.
         services.sender.submit(answer.send)
+    elif answer.triage_id is not None:  # LLM triage asks its model off the request path, then sends it
+        services.triage.submit(answer.triage_id)
     elif answer.dispatch_task_id is not None:
         background.add_task(services.dispatcher.dispatch, answer.dispatch_task_id)
     if answer.command_id is not None:
@@ -141,6 +144,7 @@ def process_delivery(services: Services, headers: dict[str, str], body: bytes, *
         outcome.extra.get("command_id"),
         outcome.extra.get("followup_id"),
         outcome.extra.get("release_repo"),
+        triage_id=outcome.extra.get("triage_id"),
     )
 
 

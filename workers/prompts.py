@@ -78,9 +78,14 @@ def readme(checkout: Path) -> str:
 
 
 def task_message(issue: IssueInfo, checkout: Path, *, instructions: dict[str, str], extra: str,
-                 test_command: str | None, approved_plan: str | None = None) -> str:
-    """The first user message: the issue, the repository, and the plan a person approved, if any."""
+                 test_command: str | None, approved_plan: str | None = None, workflow: str = "") -> str:
+    """The first user message: the issue, the repository, and the plan a person approved, if any.
+
+    `workflow`: a workflow step's section (workflow_section): its place and the earlier steps' work.
+    """
     parts = _context(issue, checkout, instructions=instructions, extra=extra)
+    if workflow:
+        parts.append(workflow)
     if test_command:
         parts.append(f"## Tests\nforgecrew will run `{test_command}` after you finish; a failure comes back to you.")
     if approved_plan:
@@ -88,6 +93,26 @@ def task_message(issue: IssueInfo, checkout: Path, *, instructions: dict[str, st
                      + approved_plan.strip())
     parts.append("Resolve the issue, then call finish.")
     return "\n\n".join(parts)
+
+
+def workflow_section(*, position: int, specialties: list[str], previous: list[tuple[str, str, str | None,
+                     tuple[str, ...]]], log: str) -> str:
+    """Where this step stands in its workflow and what the steps before it did, on the same branch.
+
+    `previous`: (specialty, summary, commit, files) of each earlier step; `log`: git log of the branch.
+    """
+    total, me = len(specialties), specialties[position]
+    lines = [f"## Workflow: you are step {position + 1} of {total} ({me})",
+             "This issue is shared by several specialties, each in turn on one branch and one pull request: "
+             + " → ".join(specialties) + f". Do the {me} part of the issue; leave the other specialties' parts "
+             "to their steps" + (", and build on what the earlier steps did." if previous else ".")]
+    for index, (specialty, summary, commit, files) in enumerate(previous):
+        listed = ", ".join(f"`{path}`" for path in files[:30]) or "none"
+        head = f"### Step {index + 1} ({specialty})" + (f", commit {commit[:12]}" if commit else ", no change")
+        lines += ["", head, summary.strip() or "(no summary)", f"Files changed: {listed}"]
+    if log:
+        lines += ["", "### The branch so far (git log)", "```", log[:6000], "```"]
+    return "\n".join(lines)
 
 
 def plan_message(issue: IssueInfo, checkout: Path, *, instructions: dict[str, str], extra: str,

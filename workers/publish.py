@@ -16,6 +16,7 @@ from workers.llm import Usage
 from workers.testrun import TestResult
 from workers.change import build_change
 from workers.workspace import Workspace
+from workers.workflow import StepRecord
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,9 @@ class PublishRequest:
     usage: Usage
     cost_usd: float | None
     model: str
+    # a workflow's last step: every step (this one included, as done) for the body, and this step's trailer
+    steps: tuple[StepRecord, ...] = ()
+    commit_trailer: str = ""
 
     @property
     def tests_fail(self) -> bool:
@@ -60,6 +64,8 @@ def pr_body(request: PublishRequest, files: list[str], notes: Sequence[str] = ()
         lines.append(f"Fixes #{request.issue_number}\n")
     lines += ["## Summary", request.summary.strip() or "(no summary)", "", "## Files changed"]
     lines += [f"- `{path}`" for path in files[:100]] + ([f"- … and {len(files) - 100} more"] if len(files) > 100 else [])
+    if request.steps:
+        lines += ["", *steps_section(request.steps)]
     lines += ["", *notes, "## Tests"]
     if request.tests is None:
         lines.append("No test command found (set `test_command` in `.forgecrew.yml`).")
@@ -74,6 +80,21 @@ def pr_body(request: PublishRequest, files: list[str], notes: Sequence[str] = ()
               f"{usage.output_tokens}, cache read {usage.cache_read_tokens}, cache write "
               f"{usage.cache_write_tokens} · cost {cost}"]
     return "\n".join(lines)
+
+
+def steps_section(steps: tuple[StepRecord, ...]) -> list[str]:
+    """A workflow's steps in the PR body: who did what, its tests, tokens and cost."""
+    lines = [f"## Steps ({len(steps)} specialties, one branch)", "",
+             "| # | specialty | commit | tests | tokens in / out | cost |", "| --- | --- | --- | --- | --- | --- |"]
+    for step in steps:
+        verdict = ("✅ " if step.tests_passed else "❌ " if step.tests_passed is False else "") + (step.tests or "–")
+        cost = f"${step.cost_usd:.4f}" if step.cost_usd is not None else "not priced"
+        commit = f"`{step.commit_sha[:12]}`" if step.commit_sha else "no change"
+        lines.append(f"| {step.position + 1} | {step.specialty} | {commit} | {verdict.replace('|', '/')} | "
+                     f"{step.input_tokens} / {step.output_tokens} | {cost} |")
+    for step in steps:
+        lines += ["", f"### {step.position + 1}. {step.specialty}", step.summary.strip() or "(no summary)"]
+    return lines
 
 
 def tests_failing_advice(tests: TestResult, branch: str) -> str:
@@ -93,17 +114,25 @@ def publish(forge: Forge, settings: Settings, workspace: Workspace, request: Pub
     returns lines for the PR body, or raises to push nothing (workers/overlap.OverlapSerialized).
     """
     message = f"{pr_title(request)}\n\n" + (f"Fixes #{request.issue_number}\n" if request.issue_number else "")
+    if request.commit_trailer:
+        message += f"\n{redact(request.summary).strip()[:2000]}\n\n{request.commit_trailer}\n"
     change = build_change(workspace, message, author=(settings.bot_name, settings.bot_email),
                           contains_secret=redact.contains)
-    if change is None:
-        raise NothingToPublish("the agent made no changes to the repository")
-    files = change.files
-    _refuse_others_commits(workspace, change.git_dir, settings.bot_email)
-    notes = before_push(files) if before_push is not None else ()
-    fence()
-    forge.push_branch(request.repo, source=change.git_dir, commit=change.commit, branch=workspace.branch,
-                      expected=workspace.remote_branch_sha)
-    workspace.record_push(change.commit)
+    if change is None and request.steps and workspace.remote_branch_sha and \
+            workspace.remote_branch_sha != workspace.base_sha:
+        # a workflow's last step that changed nothing itself: the PR is the earlier steps' commits
+        files = _branch_files(workspace)
+        notes = before_push(files) if before_push is not None else ()
+    else:
+        if change is None:
+            raise NothingToPublish("the agent made no changes to the repository")
+        files = change.files
+        refuse_others_commits(workspace, change.git_dir, settings.bot_email)
+        notes = before_push(files) if before_push is not None else ()
+        fence()
+        forge.push_branch(request.repo, source=change.git_dir, commit=change.commit, branch=workspace.branch,
+                          expected=workspace.remote_branch_sha)
+        workspace.record_push(change.commit)
     fence()
     pr = forge.open_or_update_pr(
         request.repo, branch=workspace.branch, base=workspace.base_branch, title=redact(pr_title(request)),
@@ -112,7 +141,14 @@ def publish(forge: Forge, settings: Settings, workspace: Workspace, request: Pub
     return _after_opening(forge, request, pr)
 
 
-def _refuse_others_commits(workspace: Workspace, git_dir: Path, bot_email: str) -> None:
+def _branch_files(workspace: Workspace) -> list[str]:
+    git_dir = workspace.mirror or workspace.checkout / ".git"
+    done = run_git(["--git-dir", str(git_dir), "diff", "--name-only", "-z", "--no-renames", workspace.base_sha,
+                    workspace.remote_branch_sha or workspace.head_sha])
+    return sorted(name for name in done.stdout.split("\0") if name) if done.returncode == 0 else []
+
+
+def refuse_others_commits(workspace: Workspace, git_dir: Path, bot_email: str) -> None:
     """A run replaces the branch with its own commit: fine over forgecrew's earlier attempts, never over a person's.
 
     The branch as it was when the run cloned it (the push's lease) is read in the worker's own git

@@ -64,7 +64,8 @@ def list_tasks(
 @api.get("/{task_id}", response_model=TaskDetail, responses=NOT_FOUND, summary="One task with its audit log")
 def show_task(task_id: TaskId, services: ServicesDep) -> dict[str, Any]:
     with services.db.session() as session:
-        task = session.get(Task, task_id, options=[selectinload(Task.events), selectinload(Task.runs)])
+        task = session.get(Task, task_id, options=[selectinload(Task.events), selectinload(Task.runs),
+                                                   selectinload(Task.steps)])
         if task is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no task with id {task_id}")
         return task_detail(task)

@@ -59,7 +59,8 @@ def show_task(ctx: click.Context, task_id: int, as_json: bool) -> None:
     """The audit log of one task: transitions, and each run's tool calls, tests, tokens and cost."""
     db = Database(settings_from(ctx))
     with db.session() as session:
-        task = session.get(Task, task_id, options=[selectinload(Task.events), selectinload(Task.runs)])
+        task = session.get(Task, task_id, options=[selectinload(Task.events), selectinload(Task.runs),
+                                                   selectinload(Task.steps)])
         if task is None:
             raise TaskNotFound(task_id)
         data = task_detail(task)
@@ -77,6 +78,10 @@ def show_task(ctx: click.Context, task_id: int, as_json: bool) -> None:
         approval = f"approved by {plan[2]}" if plan[2] else "waiting for approval (`forgecrew tasks approve`)"
         click.echo(f"{'plan:':<16}revision {plan[1]}, {approval}")
         click.echo("\n".join(f"  {line}" for line in plan[0].splitlines()[:40]))
+    if data["steps"]:
+        click.echo(f"steps ({len(data['steps'])}, one branch):")
+    for step in data["steps"]:
+        _show_step(step, current=step["position"] == data["workflow_step"])
     click.echo("transitions:")
     for event in data["events"]:
         click.echo(f"  {event['at']}  {event['from_state'] or '-':>9} -> {event['to_state']:<9} "
@@ -85,6 +90,21 @@ def show_task(ctx: click.Context, task_id: int, as_json: bool) -> None:
         click.echo("runs:")
     for run in data["runs"]:
         _show_run(run)
+
+
+def _show_step(step: dict[str, Any], *, current: bool) -> None:
+    commit = step["commit_sha"][:12] if step["commit_sha"] else "-"
+    mark = "  <- current" if current and step["state"] != "done" else ""
+    click.echo(f"  {step['position'] + 1}. {step['specialty']:<10} {step['state']:<8} commit {commit:<12} "
+               f"tokens in {step['input_tokens']} out {step['output_tokens']} cost {dollars(step['cost_usd'])}{mark}")
+    if step["tests"]:
+        click.echo(f"     tests: {step['tests']}")
+    if step["files"]:
+        click.echo(f"     files: {', '.join(step['files'][:10])}" + (" …" if len(step["files"]) > 10 else ""))
+    if step["summary"]:
+        click.echo(f"     summary: {step['summary'].splitlines()[0][:160]}")
+    if step["detail"]:
+        click.echo(f"     failed: {step['detail'].splitlines()[0][:200]}")
 
 
 def _usage(usage: dict[str, Any]) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from celery.exceptions import SoftTimeLimitExceeded
 
@@ -22,11 +22,12 @@ from workers.agent import Agent, AgentResult
 from workers.budget import Budget
 from workers import followup as followups
 from workers import overlap, plans
+from workers import workflow as wf
 from workers.issue_notes import IssueNotes
 from workers.progress_comment import MARKER as PROGRESS_MARKER
 from workers.progress_comment import ProgressComment
-from workers.llm import LLMClient
-from workers.prompts import plan_message, repair_message, system_prompt, task_message
+from workers.llm import LLMClient, Usage
+from workers.prompts import plan_message, repair_message, system_prompt, task_message, workflow_section
 from workers.publish import NothingToPublish, Published, PublishRequest, publish, tests_failing_advice
 from workers.repo_config import RepoConfig, instruction_files, load_repo_config
 from workers.requests_inbox import RequestInbox
@@ -90,11 +91,17 @@ class Pipeline:
         self.status: ProgressComment | None = None
         self.followup: followups.FollowupJob | None = None
         self.repo_config = RepoConfig()
+        self.workflow: wf.WorkflowState | None = None  # a workflow's step (workers/workflow.py), else None
 
     def run(self, held: Claim, should_stop: Callable[[], str | None] = lambda: None) -> Outcome:
         task = self._snapshot(held)
         self.followup = followups.running_followup(self.db, task.id)  # queued by the coordinator for a review
         run_id = self.run_id = start_run(self.db, held, kind="followup" if self.followup else "attempt")
+        self.workflow = None if self.followup else wf.load_state(self.db, task.id)
+        if self.workflow is not None and self.workflow.current.state == "done":
+            self.workflow = None  # every step done (a re-run of the whole task): one run as its last specialty
+        if self.workflow is not None:
+            wf.start_step(self.db, held, self.workflow.position, run_id)
         self.notes = IssueNotes(None, self.redact, task.repo, task.issue_number)
         outcome = Outcome(TaskState.FAILED.value)
         try:
@@ -137,7 +144,8 @@ class Pipeline:
                                           interval=self.settings.progress_edit_interval_seconds)
             # written at the agent's first step, not here: the first model request waits for no forge call
             job = self.followup
-            self.status.facts.update(state="running", specialty=task.specialty, attempt=task.attempt, turns=0,
+            specialty = f"{task.specialty} ({self.workflow.name()})" if self.workflow else task.specialty
+            self.status.facts.update(state="running", specialty=specialty, attempt=task.attempt, turns=0,
                                      tests="", pr=f"#{job.pr_number}" if job else "", reason="", advice="",
                                      followup=job.id if job else None)
         issue = self._issue(task)
@@ -151,6 +159,11 @@ class Pipeline:
                                   objects=workspace.mirror / "objects" if workspace.mirror else None,
                                   name=task.repo.rsplit("/", 1)[-1])
         self.sandbox.prepare(self.paths)
+        if self.workflow is not None:
+            pushed = wf.pushed_step(workspace.mirror or workspace.checkout / ".git", workspace.base_sha,
+                                    workspace.head_sha, task.id, self.workflow.position)
+            if pushed is not None:  # a run killed after its push, before recording it: never run it twice
+                return self._step_found(task, held, workspace, issue, *pushed)
         config = self._repo_config(workspace)
         self.profile = self._profile(task.specialty, config)
         if self._plans_first(task, issue, config):
@@ -164,6 +177,8 @@ class Pipeline:
         should_stop()  # past a soft time limit this raises (workers.watchdog): no publish after it
         if self.followup is not None:
             return self._publish_followup(task, held, workspace, tests)
+        if self.workflow is not None and not self.workflow.last:
+            return self._publish_step(task, held, workspace, tests)
         return self._publish(task, held, workspace, issue, tests)
 
     def _issue(self, task: TaskSnapshot) -> IssueInfo:
@@ -204,7 +219,8 @@ class Pipeline:
         try:
             workspace = self.workspaces.prepare(task.id, task.repo, self.forge.clone_url(task.repo), branch,
                                                 credential=self.forge.git_credential(task.repo),
-                                                start_from_branch=self.followup is not None,  # the PR's head
+                                                # a follow-up: the PR's head; a workflow: the earlier steps' commits
+                                                start_from_branch=self.followup is not None or self.workflow is not None,
                                                 owner=getattr(getattr(self.sandbox, "config", None), "run_as", None))
         except CloneFailed as exc:
             raise RunFailed(f"clone failed: {exc}") from None
@@ -268,7 +284,8 @@ class Pipeline:
         else:
             approved = task.plan.plan if task.plan.approved_by else None
             message = task_message(issue, workspace.checkout, instructions=instruction_files(workspace.checkout),
-                                   extra=config.instructions, test_command=test_command, approved_plan=approved)
+                                   extra=config.instructions, test_command=test_command, approved_plan=approved,
+                                   workflow=self._workflow_section(workspace))
         return self._checked(self.agent.run(message))
 
     def _inbox(self, task: TaskSnapshot) -> RequestInbox:
@@ -339,10 +356,12 @@ class Pipeline:
 
     def _publish(self, task: TaskSnapshot, held: Claim, workspace: Workspace, issue: IssueInfo,
                  tests: TestResult | None) -> Outcome:
-        assert self.agent is not None
+        agent = self.agent  # None only for a workflow's last step found already pushed (_step_found)
         self.progress("publishing: commit, push, pull request")
         request = PublishRequest(task.repo, task.issue_number, issue.title, self.last_result.summary if self.last_result else "", tests,
-                                 self.agent.usage, self.agent.cost, self.agent.model_used or self.settings.model)
+                                 agent.usage if agent else Usage(), agent.cost if agent else None,
+                                 (agent.model_used if agent else "") or self.settings.model,
+                                 **self._workflow_request(task, tests))
         try:
             published = publish(self.forge, self.settings, workspace, request, self.redact,
                                 fence=lambda: self._fence(held), before_push=lambda files: self._overlaps(held, files))
@@ -353,6 +372,8 @@ class Pipeline:
         with self.db.session() as session:  # recorded first: the issue never announces a PR the task lacks
             row = load_fenced(session, held)
             row.pr_url, row.pr_number, row.summary = published.pr.url, published.pr.number, self.redact(request.summary)
+            if self.workflow is not None:  # the last step is done in the transaction that records the PR
+                wf.complete(session, row, self.workflow.position, self._last_step_result(request, workspace), self.run_id)
             transition(session, row, TaskState.PR_OPEN, actor=held.owner, detail=detail[:1000])
             release(row)
         announce_problems = self._announce(published, request, workspace.branch)
@@ -362,6 +383,87 @@ class Pipeline:
         if request.tests_fail and tests:
             self.progress(tests_failing_advice(tests, workspace.branch))
         return Outcome(TaskState.PR_OPEN.value, detail, pr=published.pr)
+
+    # -- workflow steps (workers/workflow.py) ----------------------------------------------------
+
+    def _workflow_section(self, workspace: Workspace) -> str:
+        state = self.workflow
+        if state is None:
+            return ""
+        previous = [(s.specialty, s.summary, s.commit_sha, s.files) for s in state.previous]
+        log_text = wf.branch_log(workspace.mirror or workspace.checkout / ".git", workspace.base_sha,
+                                 workspace.head_sha)
+        return workflow_section(position=state.position, specialties=[s.specialty for s in state.steps],
+                                previous=previous, log=log_text)
+
+    def _step_result(self, summary: str, workspace: Workspace, tests: TestResult | None, *,
+                     commit: str | None = None, files: tuple[str, ...] = ()) -> wf.StepResult:
+        agent = self.agent
+        return wf.StepResult(self.redact(summary), commit, files, tests,
+                             agent.usage if agent else Usage(), agent.cost if agent else None)
+
+    def _last_step_result(self, request: PublishRequest, workspace: Workspace) -> wf.StepResult:
+        """The last step as its PR shows it: its own commit (if it made one) and the files that commit changed."""
+        pushed = workspace.remote_branch_sha
+        commit = pushed if pushed and pushed != workspace.head_sha else None
+        files = wf.changed_files(workspace.publish_dir, workspace.head_sha, commit) if commit else ()
+        return self._step_result(request.summary, workspace, request.tests, commit=commit, files=files)
+
+    def _workflow_request(self, task: TaskSnapshot, tests: TestResult | None) -> dict[str, object]:
+        """The last step's PR: every step in the body (this one as it ends now), and its commit trailer."""
+        state = self.workflow
+        if state is None:
+            return {}
+        agent = self.agent
+        mine = replace(state.current, state="done", summary=self.last_result.summary if self.last_result else "",
+                       tests=tests.headline() if tests else "no tests found",
+                       tests_passed=tests.passed if tests else None,
+                       input_tokens=agent.usage.input_tokens if agent else 0,
+                       output_tokens=agent.usage.output_tokens if agent else 0, cost_usd=agent.cost if agent else None)
+        return {"steps": (*state.previous, mine, *state.steps[state.position + 1:]),
+                "commit_trailer": wf.trailer(task.id, state.position)}
+
+    def _publish_step(self, task: TaskSnapshot, held: Claim, workspace: Workspace,
+                      tests: TestResult | None) -> Outcome:
+        """An intermediate step: its commit pushed to the branch (no PR), done, and the task queued for the next."""
+        state = self.workflow
+        assert state is not None
+        if tests is not None and not tests.passed:
+            raise RunFailed(f"its tests still fail after {self.settings.repair_rounds} repair round(s): "
+                            f"{tests.headline()}; nothing of this step was pushed")
+        summary = self.redact(self.last_result.summary if self.last_result else "")
+        self.progress(f"{state.name()}: commit and push to {workspace.branch}")
+        message = wf.step_message(task.title, task.issue_number, state.current.specialty, summary, task.id,
+                                  state.position)
+        commit, files = wf.push_step(self.forge, self.settings, workspace, message, self.redact,
+                                     fence=lambda: self._fence(held))
+        return self._step_done(held, workspace, self._step_result(summary, workspace, tests, commit=commit,
+                                                                  files=files))
+
+    def _step_found(self, task: TaskSnapshot, held: Claim, workspace: Workspace, issue: IssueInfo, commit: str,
+                    summary: str) -> Outcome:
+        """This step's commit is already on the branch (its run was killed after pushing): record it, run nothing."""
+        state = self.workflow
+        assert state is not None
+        self._event(held, f"{state.name()}: its commit {commit[:12]} is already on {workspace.branch}; "
+                          "recorded as done without running it again")
+        git_dir = workspace.mirror or workspace.checkout / ".git"
+        files = wf.changed_files(git_dir, f"{commit}^", commit)
+        if not state.last:
+            return self._step_done(held, workspace, self._step_result(summary, workspace, None, commit=commit,
+                                                                      files=files))
+        self.last_result = AgentResult("submitted", summary, Usage(), None, 0)  # the PR's summary: the pushed step's
+        return self._publish(task, held, workspace, issue, None)
+
+    def _step_done(self, held: Claim, workspace: Workspace, result: wf.StepResult) -> Outcome:
+        state = self.workflow
+        assert state is not None
+        workspace.mark_finished("queued")
+        detail = self.redact(wf.advance(self.db, held, state, result, self.run_id))
+        self.progress(detail)
+        self._status(final=True, state="queued", reason="", advice="", tests=result.tests.headline()
+                     if result.tests else "no tests found", pr=detail)
+        return Outcome(TaskState.QUEUED.value, detail)
 
     def _overlaps(self, held: Claim, files: list[str]) -> list[str]:
         """Record the branch's files; the PR body's lines on other PRs changing them (workers/overlap.py)."""
@@ -460,6 +562,8 @@ class Pipeline:
 
     def _profile(self, specialty: str, config: RepoConfig) -> SpecialtyProfile:
         known = profiles(self.settings)
+        if self.workflow is not None:  # each step is its own specialty's, whatever .forgecrew.yml prefers
+            return known.get(specialty) or known["general"]
         return known.get(config.specialty or "") or known.get(specialty) or known["general"]
 
     def _toolbox(self, profile: SpecialtyProfile, budget: Budget) -> Toolbox:
@@ -529,10 +633,14 @@ class Pipeline:
 
     def _fail(self, task: TaskSnapshot, held: Claim, reason: str) -> None:
         reason = self.redact(reason)
+        if self.workflow is not None:  # the workflow stops here; earlier steps' commits stay on the branch
+            reason = f"{self.workflow.name()} failed: {reason}"
         self.progress(f"failed: {reason}")
         try:
             with self.db.session() as session:
                 row = load_fenced(session, held)
+                if self.workflow is not None:
+                    wf.fail_step(session, task.id, self.workflow.position, reason)
                 row.failure_reason = reason[:4000]
                 transition(session, row, TaskState.FAILED, actor=held.owner, detail=reason[:1000])
                 release(row)

@@ -51,7 +51,8 @@ def report(data: dict[str, Any], as_json: bool) -> None:
 @click.option("--issue", type=click.IntRange(min=1), help="Issue number to resolve.")
 @click.option("--title", help="What to do, when there is no issue.")
 @click.option("--body", default="", help="Details, when there is no issue.")
-@click.option("--specialty", help="Skip triage and use this specialty.")
+@click.option("--specialty", help="Skip triage and use this specialty; several, comma-separated "
+              "(backend,frontend,testing), run as one workflow on one branch.")
 @click.option("--json", "as_json", is_flag=True, help="Print the task as a JSON object.")
 @click.pass_context
 @fails_cleanly

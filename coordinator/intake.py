@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import Connection, insert, select, text
 from sqlalchemy.orm import Session
 
 from common.db import db_now, insert_for
@@ -59,8 +59,10 @@ def insert_task(session: Session, new: NewTask, decision: TriageDecision, *, act
     the one that won. Its events are stamped with the database's clock as every transition is.
     """
     now = db_now(session)
-    task_id = _insert_row(session, new, _row_values(new, decision.specialty, decision.reason, TaskState.TRIAGED, now))
-    session.connection().execute(_INSERT_EVENT, [
+    connection = session.connection()
+    task_id = _insert_row(session, connection, new,
+                          _row_values(new, decision.specialty, decision.reason, TaskState.TRIAGED, now))
+    connection.execute(_INSERT_EVENT, [
         {"task_id": task_id, "from_state": None, "to_state": TaskState.PENDING.value, "actor": actor,
          "detail": f"requested by {new.requested_by}", "at": now},
         {"task_id": task_id, "from_state": TaskState.PENDING.value, "to_state": TaskState.TRIAGED.value,
@@ -81,8 +83,9 @@ def insert_pending(session: Session, new: NewTask, rules: TriageDecision, *, act
     """
     now = db_now(session)
     reason = f"{AWAITING_LLM_TRIAGE} (rules: {rules.specialty})"
-    task_id = _insert_row(session, new, _row_values(new, rules.specialty, reason, TaskState.PENDING, now))
-    session.connection().execute(_INSERT_EVENT, [
+    connection = session.connection()
+    task_id = _insert_row(session, connection, new, _row_values(new, rules.specialty, reason, TaskState.PENDING, now))
+    connection.execute(_INSERT_EVENT, [
         {"task_id": task_id, "from_state": None, "to_state": TaskState.PENDING.value, "actor": actor,
          "detail": f"requested by {new.requested_by}; waiting for LLM triage", "at": now}])
     return task_id
@@ -98,9 +101,8 @@ def _row_values(new: NewTask, specialty: str, reason: str, state: TaskState, now
     }
 
 
-def _insert_row(session: Session, new: NewTask, values: dict[str, Any]) -> int:
+def _insert_row(session: Session, connection: Connection, new: NewTask, values: dict[str, Any]) -> int:
     """The new task's id, or ActiveTaskExists when the issue's active task won (ON CONFLICT DO NOTHING)."""
-    connection = session.connection()
     statement = _insert_task(connection.dialect.name, keyed=new.issue_number is not None)
     task_id = connection.execute(statement, values).scalar()
     if task_id is None:

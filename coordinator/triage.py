@@ -101,3 +101,6 @@ class RuleTriage:
 def _path_matches(path: str, glob: str) -> bool:
     name = path.rsplit("/", 1)[-1]
     return fnmatch.fnmatch(path, glob) or fnmatch.fnmatch(name, glob) or path.startswith(glob.rstrip("*"))
+
+
+path_matches = _path_matches  # public: coordinator/workflow.py routes a workflow's follow-ups by the same test

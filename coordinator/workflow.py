@@ -11,6 +11,7 @@ issue's labels gave it, so tests still come last.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from sqlalchemy import select
@@ -18,8 +19,10 @@ from sqlalchemy.orm import Session
 
 from common.models import Task, WorkflowStep
 from common.settings import Settings
+from common.specialties import profiles
 from common.states import TaskState
 from common.transitions import record_note
+from coordinator.triage import path_matches
 
 # A task still waiting for its first worker: a step may go anywhere in its order, even first.
 NOT_STARTED = (TaskState.PENDING, TaskState.TRIAGED, TaskState.QUEUED, TaskState.WAITING)
@@ -105,3 +108,21 @@ def resume(session: Session, task: Task) -> str | None:
             step.state, step.detail = "pending", None
     task.workflow_step, task.specialty = current.position, current.specialty
     return f"resuming at step {current.position + 1} of {len(steps)} ({current.specialty})"
+
+
+def followup_specialty(steps: Sequence[WorkflowStep], paths: Sequence[str], settings: Settings) -> str:
+    """Who takes a follow-up on a workflow's PR: the latest step that changed a file the comments point at,
+    else the specialty whose path globs match one, else the last step's specialty."""
+    if not steps:
+        raise ValueError("a workflow has steps")
+    for step in sorted(steps, key=lambda s: -s.position):
+        changed = set(json.loads(step.files or "[]"))
+        if any(path in changed for path in paths):
+            return step.specialty
+    known = profiles(settings)
+    for path in paths:
+        for step in sorted(steps, key=lambda s: -s.position):
+            profile = known.get(step.specialty)
+            if profile and any(path_matches(path, glob) for glob in profile.path_globs):
+                return step.specialty
+    return max(steps, key=lambda s: s.position).specialty

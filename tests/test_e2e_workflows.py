@@ -50,7 +50,7 @@ def frontend_script(seen: list[str] | None = None) -> list[Any]:
     return [page, tool_use("finish", {"summary": "Added `ui/index.html`, a page that shows a sum."})]
 
 
-def testing_script() -> list[Any]:
+def tester_script() -> list[Any]:
     return [tool_use("write_file", {"path": "tests/test_negatives.py", "content": NEGATIVES}),
             tool_use("finish", {"summary": "Added a test for negative numbers."})]
 
@@ -221,7 +221,7 @@ def test_a_failing_middle_step_stops_the_chain_and_retry_resumes_at_it(
     status = [c["body"] for c in github.issue(REPO, 1).comments if "step 2 of 3 (frontend) failed" in c["body"]]
     assert status, [c["body"][:300] for c in github.issue(REPO, 1).comments]
 
-    model.add(*frontend_script(), *testing_script())
+    model.add(*frontend_script(), *tester_script())
     answer = say(url, github, db, "/forgecrew retry", author="reviewer")
     assert answer.state == "done", answer.reply
     task = ended(db, task_id, "pr_open", processes)
@@ -245,7 +245,7 @@ def test_three_specialties_on_the_local_forge_from_labels_to_one_pr(
     coordinator, _ = start_coordinator(env, tmp_path)
     processes.append(coordinator)
     processes.append(start_worker(env, tmp_path, "backend,frontend,testing"))
-    model.add(*fixing_script(), *frontend_script(), *testing_script())
+    model.add(*fixing_script(), *frontend_script(), *tester_script())
     submitted = subprocess.run([sys.executable, "-m", "coordinator.cli", "submit", "--repo", LOCAL_REPO, "--issue",
                                 "1", "--json"], env=env, capture_output=True, text=True, timeout=60)
     assert submitted.returncode == 0, submitted.stderr

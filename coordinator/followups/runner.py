@@ -12,12 +12,14 @@ is sent; the worker that claims the task finds that `running` follow-up and runs
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session
 
 from common.db import Database, db_now
 from common.forge.base import Forge, ForgeError
@@ -25,6 +27,7 @@ from common.models import Followup, Task, WebhookDelivery
 from common.states import TaskState
 from common.transitions import transition
 from coordinator.conversation.runner import PermissionCache
+from coordinator import workflow
 from coordinator.dispatch import Dispatcher
 from coordinator.followups.ci import CI, decide_ci
 from coordinator.webhooks.followups import COMMENT as REVIEW_COMMENT
@@ -184,13 +187,26 @@ class FollowupRunner:
                     Followup.state.in_(("received", "pending"))).values(
                     state="merged", reply=f"handled with follow-up {row.id}", finished_at=db_now(session))
                     .execution_options(synchronize_session=False))
+            routed = self._route(session, task, row)
             transition(session, task, TaskState.QUEUED, actor=ACTOR,
-                       detail=f"follow-up {row.id}: {row.kind} by {row.author} on pull request #{task.pr_number}")
+                       detail=f"follow-up {row.id}: {row.kind} by {row.author} on pull request #{task.pr_number}"
+                       + routed)
             task.failure_reason, task.dispatched_at = None, None
             started = row.id
         self.dispatcher.dispatch(task_id, actor=ACTOR)  # a broker outage: the reconciler resends it
         log.info("task %s: follow-up %s started", task_id, started)
         return started
+
+    def _route(self, session: Session, task: Task, row: Followup) -> str:
+        """A workflow's PR: the follow-up goes to the specialty owning the files its review comments point at."""
+        if task.workflow_step is None:
+            return ""
+        owner = workflow.followup_specialty(workflow.steps_of(session, task.id), _commented_paths(session, row),
+                                            self.db.settings)
+        if owner == task.specialty:
+            return f" (for {owner})"
+        task.specialty = owner
+        return f" (routed to {owner}, whose files the comments point at)"
 
     def _same_review(self, followup_id: int) -> int | None:
         """A follow-up of the same review already waiting or running: GitHub sends a review and each of its comments apart."""
@@ -240,3 +256,22 @@ def acknowledge(forge: Forge, repo: str, number: int, comment_id: int, *, review
         forge.react(repo, number, comment_id, "eyes", review_comment=review_comment)
     except ForgeError as exc:
         log.info("could not acknowledge comment %s on %s#%s: %s", comment_id, repo, number, exc)
+
+
+def _commented_paths(session: Session, row: Followup) -> list[str]:
+    """The files the follow-up's review comments are on, read from their deliveries (one per comment)."""
+    same = Followup.id == row.id
+    if row.review_id is not None:
+        same = or_(same, Followup.review_id == row.review_id)
+    payloads = session.scalars(select(WebhookDelivery.payload).join(
+        Followup, Followup.delivery_id == WebhookDelivery.delivery_id).where(Followup.task_id == row.task_id, same))
+    paths: list[str] = []
+    for raw in payloads:
+        try:
+            comment = (json.loads(raw or "{}") or {}).get("comment") or {}
+        except ValueError:
+            continue
+        path = comment.get("path") if isinstance(comment, dict) else None
+        if isinstance(path, str) and path and path not in paths:
+            paths.append(path)
+    return paths

@@ -122,14 +122,17 @@ def autoscaler(settings: Settings) -> dict[str, Any] | None:
     return next(iter(replies.values()))["autoscaler"] if replies else None
 
 
+@pytest.mark.parametrize("pool", ["threads", "prefork"])
 def test_a_worker_grows_to_max_on_its_queue_depth_and_shrinks_back_when_it_drains(  # type: ignore[no-untyped-def]
-        make_settings, db: Database, model: FakeAnthropic, tmp_path: Path, processes: list[Process]) -> None:
+        make_settings, db: Database, model: FakeAnthropic, tmp_path: Path, processes: list[Process],
+        pool: str) -> None:
     settings: Settings = make_settings(forge="local", anthropic_api_key=DEFAULT_KEY, anthropic_base_url=model.base_url,
                                        worker_autoscale_interval_seconds=0.3, worker_autoscale_cooldown_seconds=2)
     notes_repo(settings, tmp_path)
     held = Held()
     model.add(*([held] * 8))
-    processes.append(start_worker(settings_env(settings), tmp_path, "backend", "--autoscale", "3,1"))
+    processes.append(start_worker(settings_env(settings), tmp_path, "backend", "--autoscale", "3,1",
+                                  "--pool", pool))
     assert wait_for(lambda: autoscaler(settings), timeout=10, what="the worker's stats")["current"] == 1
     app = make_celery(settings)
     ids = [make_task(db, repo=REPO, issue_number=None, title=f"Note {n}") for n in range(4)]
@@ -152,3 +155,4 @@ def test_a_worker_grows_to_max_on_its_queue_depth_and_shrinks_back_when_it_drain
              what="the worker to shrink back to MIN")
     assert "autoscaler: grew from 1 to 3" in processes[0].log()
     assert "autoscaler: shrank from 3 to 1" in processes[0].log()
+    assert "Timed out waiting for UP message" not in processes[0].log()  # prefork: every grown process came up

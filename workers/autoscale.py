@@ -131,6 +131,9 @@ class QueueDepthAutoscaler(bootsteps.StartStopStep):
         self._consumer: Any = None
         self._timer: Any = None
         self._stop = threading.Event()
+        # held while the depth is read: prefork forks new processes in resize(), and a child forked
+        # while this thread held the connection pool's lock hangs in Celery's after-fork reset
+        self._reading = threading.Lock()
         self._reader: threading.Thread | None = None
         self._broken = False
 
@@ -170,7 +173,8 @@ class QueueDepthAutoscaler(bootsteps.StartStopStep):
 
         while not self._stop.wait(self.plan.interval):
             try:
-                depths = queue_depths(app, self.queues, timeout=self.plan.interval)
+                with self._reading:
+                    depths = queue_depths(app, self.queues, timeout=self.plan.interval)
             except Exception as exc:  # the broker's outage is Celery's to handle; hold the size meanwhile
                 if not self._broken:
                     log.warning("autoscaler: cannot read the depth of %s (%s); keeping the size",
@@ -190,14 +194,15 @@ class QueueDepthAutoscaler(bootsteps.StartStopStep):
                                     now=time.monotonic())
         if size == current:
             return
-        try:
-            (c.pool.grow if size > current else c.pool.shrink)(abs(size - current))
-        except ValueError:  # prefork: fewer idle processes than asked; the next round goes on
-            pass
+        with self._reading:  # prefork forks its new processes in maintain_pool()
+            try:
+                (c.pool.grow if size > current else c.pool.shrink)(abs(size - current))
+            except ValueError:  # prefork: fewer idle processes than asked; the next round goes on
+                pass
+            c.pool.maintain_pool()
         changed = c.pool.num_processes - current
         if changed:
             c._update_prefetch_count(changed)  # as Celery's pool_grow/pool_shrink commands do
-            c.pool.maintain_pool()
             log.info("autoscaler: %s from %d to %d (%d waiting, %d held)", "grew" if changed > 0 else "shrank",
                      current, c.pool.num_processes, self.waiting, len(state.reserved_requests))
 

@@ -164,3 +164,38 @@ def test_docker_compose_reads_the_files_and_refuses_a_missing_secret(tmp_path: P
     without = {name: value for name, value in secrets.items() if name != "FORGECREW_WEBHOOK_SECRET"}
     done = docker_compose_config(tmp_path, without, COMPOSE_FILE)
     assert done.returncode != 0 and "set FORGECREW_WEBHOOK_SECRET in compose/.env" in done.stderr, done.stderr
+
+
+def test_every_worker_takes_the_autoscale_range_and_each_specialty_its_own() -> None:
+    services = forgecrew_services(load(COMPOSE_FILE))
+    workers = {name.removeprefix("worker-"): service for name, service in services.items()
+               if service["command"][0] == "worker"}
+    for specialty, service in workers.items():
+        environment = service["environment"]
+        assert interpolate(environment["FORGECREW_WORKER_AUTOSCALE"]) == "", specialty  # off unless set
+        own = f"WORKER_AUTOSCALE_{specialty.upper().replace('-', '_')}"
+        assert environment[own] == f"${{{own}:-}}", specialty
+    example = ENV_EXAMPLE.read_text()
+    assert "# FORGECREW_WORKER_AUTOSCALE=" in example and "# WORKER_AUTOSCALE_BACKEND=" in example
+    assert "## Autoscaling" in (ROOT / "compose" / "README.md").read_text()
+
+
+def entrypoint_env(tmp_path: Path, env: dict[str, str], *args: str) -> dict[str, str]:
+    """The environment compose/worker-entrypoint hands to forgecrew, run as a non-root user with stub tools."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir(exist_ok=True)
+    (stubs / "id").write_text("#!/bin/sh\necho 1000\n")
+    (stubs / "tini").write_text("#!/bin/sh\nexec env\n")  # `tini -- forgecrew ...`: print what it would get
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    done = subprocess.run(["sh", str(ROOT / "compose" / "worker-entrypoint"), *args], capture_output=True, text=True,
+                          env={"PATH": f"{stubs}:/usr/bin:/bin", **env}, timeout=30, check=True)
+    return dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+
+
+def test_the_entrypoint_picks_its_specialty_s_range_and_drops_an_empty_one(tmp_path: Path) -> None:
+    both = {"FORGECREW_WORKER_AUTOSCALE": "4,1", "WORKER_AUTOSCALE_BACKEND": "12,2", "WORKER_AUTOSCALE_TESTING": ""}
+    assert entrypoint_env(tmp_path, both, "worker", "--specialty", "backend")["FORGECREW_WORKER_AUTOSCALE"] == "12,2"
+    assert entrypoint_env(tmp_path, both, "worker", "--specialty", "testing")["FORGECREW_WORKER_AUTOSCALE"] == "4,1"
+    empty = {"FORGECREW_WORKER_AUTOSCALE": "", "WORKER_AUTOSCALE_BACKEND": ""}
+    assert "FORGECREW_WORKER_AUTOSCALE" not in entrypoint_env(tmp_path, empty, "worker", "--specialty", "backend")

@@ -278,6 +278,7 @@ class DependencyChecks:
 
     def sweep(self) -> None:
         self.announce_cycles()
+        self.announce_waiting()
         for repo in self.check_blockers():
             self.release(repo=repo)
 
@@ -319,18 +320,36 @@ class DependencyChecks:
                 .order_by(Task.id).limit(self.PER_SWEEP)).all()
         return [task_id for task_id in found if self._announce(task_id)]
 
+    def announce_waiting(self) -> list[int]:
+        """Post the progress comment of each task held by its dependencies, once: the issue says what it waits for.
+
+        The worker that runs the task later edits this same comment (tasks.progress_comment_id).
+        """
+        with self.db.session() as session:
+            found = session.scalars(select(Task.id).where(
+                Task.state == TaskState.WAITING.value, Task.issue_number.is_not(None),
+                Task.progress_comment_id.is_(None), Task.wait_reason.startswith("blocked by "))
+                .order_by(Task.id).limit(self.PER_SWEEP)).all()
+        return [task_id for task_id in found if self._announce(task_id)]
+
     def _announce(self, task_id: int) -> bool:
+        from workers.progress_comment import render  # the comment the worker goes on editing
+
         with self.db.session() as session:
             task = session.scalars(select(Task).where(Task.id == task_id).with_for_update(skip_locked=True)).first()
             if task is None or task.progress_comment_id is not None or task.issue_number is None:
                 return False
-            cycle = (task.failure_reason or "")[len(CYCLE_PREFIX):]
-            body = (f"forgecrew did not start this issue: its dependencies form a cycle, {cycle}, so none of "
-                    f"them could ever start.\n\n{CYCLE_ADVICE}")
+            if task.state == TaskState.WAITING:
+                body = render(task.id, {"state": "waiting", "specialty": task.specialty, "reason": task.wait_reason,
+                                        "advice": "It starts by itself, from the default branch as it is then."})
+            else:
+                cycle = (task.failure_reason or "")[len(CYCLE_PREFIX):]
+                body = (f"forgecrew did not start this issue: its dependencies form a cycle, {cycle}, so none of "
+                        f"them could ever start.\n\n{CYCLE_ADVICE}")
             try:
                 comment_id = self.forge_for(task.installation_id).comment(task.repo, task.issue_number, body)
             except ForgeError as exc:
-                log.warning("task %s: could not say on %s#%s that it forms a cycle (%s)", task.id, task.repo,
+                log.warning("task %s: could not say on %s#%s why it does not start (%s)", task.id, task.repo,
                             task.issue_number, exc)
                 return False
             session.execute(update(Task).where(Task.id == task.id).values(progress_comment_id=comment_id)

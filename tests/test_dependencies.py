@@ -205,6 +205,19 @@ def test_the_sweep_comments_once_on_a_refused_cycle(db: Database, settings: Sett
     assert number == 2 and "#2 → #1 → #2" in body and "depends on" in body
 
 
+@pytest.mark.integration
+def test_the_sweep_says_once_what_a_dependent_waits_for(db: Database, settings: Settings) -> None:
+    waiting, _ = new_task(db, settings, 5, "depends on #3")
+    new_task(db, settings, 6)  # nothing to wait for: no comment
+    forge = FakeForge({})
+    checks = DependencyChecks(db, lambda _id: forge, lambda repo: None)
+    assert checks.announce_waiting() == [waiting] and checks.announce_waiting() == []
+    [(number, body)] = forge.comments
+    assert number == 5 and "why: blocked by #3 (open, no forgecrew task yet)" in body
+    with db.session() as session:
+        assert session.get(Task, waiting).progress_comment_id == 77  # the worker edits it when the task runs
+
+
 # -- webhooks: intake holds, a merge or a close releases ------------------------------------------
 
 @pytest.fixture

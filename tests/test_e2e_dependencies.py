@@ -113,6 +113,7 @@ def test_a_dependency_waits_for_its_blockers_merge_and_a_cycle_is_refused_on_git
         reason = "blocked by #1 (its forgecrew PR is not merged yet)"  # the scheduler's next round says so
         wait_for(lambda: task_in(db, dependent, "waiting", processes=processes).wait_reason == reason, timeout=10,
                  what="the dependent's reason to follow its blocker")
+        assert any("blocked by #1" in comment["body"] for comment in github.issue(REPO, 2).comments)
         assert len(model.message_requests) == 4  # the blocker's run only: the dependent never reached a worker
 
         seen: list[str] = []

@@ -27,6 +27,8 @@ def task_summary(task: Task) -> dict[str, Any]:
         "branch": task.branch,
         "pr_url": task.pr_url,
         "triage_reason": task.triage_reason,
+        "triage_confidence": task.triage_confidence,
+        "triage_cost_usd": task.triage_cost_usd,
         "failure_reason": task.failure_reason,
         "lease_owner": task.lease_owner,
         "priority": task.priority,

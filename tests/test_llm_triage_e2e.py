@@ -20,6 +20,7 @@ import pytest
 from common.celery_app import make_celery, message_id
 from common.db import Database
 from common.models import Task, WebhookDelivery
+from common.serialize import task_summary
 from common.settings import Settings
 from coordinator.broker_messages import held_message_ids
 from coordinator.llm_triage import TOOL_NAME
@@ -127,6 +128,8 @@ def test_below_the_threshold_the_rules_decide(services: Services, model: FakeAnt
     assert (task.state, task.specialty, task.triage_confidence) == ("queued", "backend", 0.42)
     assert task.triage_reason.startswith("llm triage: confidence 0.42 < 0.7; rules: rules (score ")
     assert task.triage_cost_usd and task.triage_cost_usd > 0  # the call was made and paid for
+    shown = task_summary(task)  # what `forgecrew tasks show --json` and the REST API print
+    assert (shown["triage_confidence"], shown["triage_cost_usd"]) == (0.42, task.triage_cost_usd)
     assert in_queue(services.settings, task_id, "backend")
 
 

@@ -30,6 +30,9 @@ class TaskSummary(BaseModel):
     branch: str | None
     pr_url: str | None
     triage_reason: str
+    triage_confidence: float | None = Field(None, description="LLM triage's confidence (0..1), when a model "
+                                            "was asked; None for labels and rules alone.")
+    triage_cost_usd: float | None = Field(None, description="What LLM triage's model call cost, when known.")
     failure_reason: str | None
     lease_owner: str | None = Field(description="The worker running it, while it runs.")
     priority: int = Field(0, description="-1 low, 0 normal, 1 high (the forgecrew:priority-* labels).")

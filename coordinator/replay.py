@@ -27,7 +27,9 @@ def replay_delivery(services: Services, delivery_id: str) -> dict[str, Any]:
         answer = process_delivery(services, {"x-github-event": event, "x-github-delivery": new_id}, body)
         if answer.body.get("status") == "duplicate":
             continue  # another replay took this number first
-        if answer.dispatch_task_id is not None:
+        if answer.triage_id is not None:  # LLM triage: classified and sent now (no runner thread here)
+            services.triage.classify(answer.triage_id)
+        elif answer.dispatch_task_id is not None:
             services.dispatcher.dispatch(answer.dispatch_task_id, actor=f"replay:{new_id}")
         return {"replay_of": delivery_id, "delivery": new_id, "event": event, "http_status": answer.status,
                 "outcome": answer.body.get("status") or answer.body.get("error"),

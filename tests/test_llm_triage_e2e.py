@@ -246,3 +246,18 @@ def test_a_task_held_meanwhile_gets_its_decision_and_stays_held(services: Servic
     assert not in_queue(services.settings, task_id, "frontend")
     assert services.triage.classify(task_id) is None  # decided: never asked twice
     assert len(model.message_requests) == 1
+
+
+def test_a_replayed_delivery_is_classified_at_once(services: Services, model: FakeAnthropic, db: Database) -> None:
+    from sqlalchemy import update
+
+    from coordinator.replay import replay_delivery
+
+    model.add(classify(["frontend"], 0.9))
+    first = intake(services, VAGUE, 509)
+    with db.session() as session:  # the first task ended; the person replays the delivery to start again
+        session.execute(update(Task).where(Task.id == first).values(state="cancelled"))
+        delivery_id = session.query(WebhookDelivery).filter_by(task_id=first).one().delivery_id
+    replayed = replay_delivery(services, delivery_id)["task_id"]
+    task = task_row(db, replayed)
+    assert replayed != first and (task.state, task.specialty, task.triage_confidence) == ("queued", "frontend", 0.9)

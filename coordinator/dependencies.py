@@ -65,8 +65,12 @@ def describe_cycle(cycle: Sequence[int]) -> str:
 
 def parse_blockers(body: str | None, *, repo: str, issue_number: int | None) -> list[int]:
     """The issue numbers `body` says this issue depends on, in order of mention, without duplicates."""
+    body = (body or "")[:MAX_BODY]
+    lowered = body.lower()
+    if "depends" not in lowered and "blocked" not in lowered:  # most bodies: intake's hot path pays no more
+        return []
     found: list[int] = []
-    for line in _prose_lines((body or "")[:MAX_BODY]):
+    for line in _prose_lines(body):
         for phrase in _PHRASE.finditer(line):
             for number in _refs_after(line, phrase.end(), repo):
                 if number != issue_number and number not in found and 0 < number <= MAX_ISSUE:
@@ -185,14 +189,13 @@ def admit_new(session: Session, task_id: int, body: str, settings: Settings, *, 
         return None
     from coordinator import admission  # it imports this module for its checks
 
-    if task.issue_number is not None:
-        cycle = find_cycle(session, task.repo, task.issue_number, blockers)
-        if cycle is not None:
-            reason = str(DependencyCycle(cycle))
-            task.failure_reason = reason
-            transition(session, task, TaskState.FAILED, actor=actor, detail=reason)
-            return reason
-    record(session, task, blockers)
+    cycle = find_cycle(session, task.repo, task.issue_number, blockers) if task.issue_number is not None else None
+    record(session, task, blockers)  # a refused task keeps them too: `/forgecrew retry` must not skip its blockers
+    if cycle is not None:
+        reason = str(DependencyCycle(cycle))
+        task.failure_reason = reason
+        transition(session, task, TaskState.FAILED, actor=actor, detail=reason)
+        return reason
     reason = hold_reason(session, task, settings)
     if reason is not None:
         admission.hold(session, task, reason, actor=actor)

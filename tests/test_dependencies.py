@@ -141,8 +141,13 @@ def test_a_dependency_closing_a_cycle_is_refused(db: Database, settings: Setting
     with db.session() as session:
         task = session.get(Task, third)
         assert (task.state, task.failure_reason) == ("failed", held)
-        assert session.scalars(select(TaskDependency).where(TaskDependency.task_id == third)).all() == []
+        # kept, so a `/forgecrew retry` waits for #1 instead of starting past it
+        assert [row.blocker_issue for row in session.scalars(
+            select(TaskDependency).where(TaskDependency.task_id == third))] == [1]
     assert state(db, second)[0] == "waiting"  # the others wait as before
+    with db.session() as session:  # a failed task's rows are no edge (3 → 1 would close 1 → 3 → 1)
+        assert dependencies.find_cycle(session, REPO, 1, [3]) is None
+        assert dependencies.find_cycle(session, REPO, 3, [1]) == [3, 1, 2, 3]
 
 
 @pytest.mark.integration

@@ -93,7 +93,7 @@ def _start(delivery: Delivery, repo: str, issue: dict[str, Any], known: set[str]
     try:
         task_id = insert(delivery.session, new, decision, actor=f"webhook:{delivery.delivery_id}")
     except ActiveTaskExists as exc:
-        return (_added_step(delivery, exc.task_id, added, known)
+        return (_added_step(delivery, exc.task_id, added, known, labels)
                 or Outcome(f"recorded: task {exc.task_id} is already active for this issue", task_id=exc.task_id))
     held = admit_dependencies(delivery.session, task_id, new.body, delivery.settings, repo=repo,
                               issue_number=new.issue_number, actor=f"webhook:{delivery.delivery_id}")
@@ -121,13 +121,18 @@ def _reprioritise(delivery: Delivery, repo: str, issue: dict[str, Any]) -> Outco
     return Outcome(said.description, task_id=said.task_id, dispatch=said.resend)
 
 
-def _added_step(delivery: Delivery, task_id: int | None, label: str | None, known: set[str]) -> Outcome | None:
-    """A specialty label added to an issue whose task is active: a workflow step, when the workflow can take one."""
+def _added_step(delivery: Delivery, task_id: int | None, label: str | None, known: set[str],
+                labels: list[str]) -> Outcome | None:
+    """A second specialty label added to an issue whose task is active: a workflow step, when the workflow can
+    take one. A task no specialty label chose (the trigger label and the rules did) is left as it was."""
     specialty = route_label_specialty(label or "")
     if task_id is None or delivery.action != "labeled" or specialty not in known:
         return None
     task = delivery.session.get(Task, task_id, with_for_update=True)
     assert task is not None and specialty is not None
+    routed = {route_label_specialty(name) for name in labels if name != label}
+    if task.workflow_step is None and task.specialty not in routed:
+        return None
     said = workflow.add_step(delivery.session, task, specialty, delivery.settings)
     if not said.startswith("added"):
         return Outcome(f"recorded: {said}", task_id=task_id)

@@ -126,6 +126,9 @@ class TriageRunner:
             if task is None or not awaiting(task):  # cancelled meanwhile, or another process decided it
                 log.info("task %s no longer waits for triage; decision dropped: %s", task_id, decision.reason)
                 return None
+            if task.workflow_step is not None:  # labels added meanwhile made it a workflow: a person's choice wins
+                decision = replace(decision, specialty=task.specialty, specialties=(),
+                                   reason=f"kept the workflow labels added meanwhile; {decision.reason}")
             task.specialty, task.triage_reason = decision.specialty, decision.reason
             task.triage_confidence, task.triage_cost_usd = decision.confidence, decision.cost_usd
             decision = self._workflow(session, task, decision)

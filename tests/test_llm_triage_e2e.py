@@ -261,3 +261,19 @@ def test_a_replayed_delivery_is_classified_at_once(services: Services, model: Fa
     replayed = replay_delivery(services, delivery_id)["task_id"]
     task = task_row(db, replayed)
     assert replayed != first and (task.state, task.specialty, task.triage_confidence) == ("queued", "frontend", 0.9)
+
+
+def test_a_workflow_labelled_meanwhile_is_kept(services: Services, model: FakeAnthropic, db: Database) -> None:
+    from coordinator import workflow
+
+    model.add(classify(["devops"], 0.97, "a deployment change"))
+    task_id = intake(services, VAGUE, 510)
+    with db.session() as session:  # a person added forgecrew:backend and forgecrew:frontend before the model answered
+        workflow.create_steps(session, session.get(Task, task_id), ["frontend", "backend"], services.settings)
+    services.triage.classify(task_id)
+    with db.session() as session:
+        task = session.get(Task, task_id)
+        assert task is not None
+        assert ([s.specialty for s in task.steps], task.specialty, task.state) == (
+            ["backend", "frontend"], "backend", "queued")
+        assert task.triage_reason.startswith("kept the workflow labels added meanwhile; llm triage (")

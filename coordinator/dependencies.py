@@ -66,8 +66,7 @@ def describe_cycle(cycle: Sequence[int]) -> str:
 def parse_blockers(body: str | None, *, repo: str, issue_number: int | None) -> list[int]:
     """The issue numbers `body` says this issue depends on, in order of mention, without duplicates."""
     body = (body or "")[:MAX_BODY]
-    lowered = body.lower()
-    if "depends" not in lowered and "blocked" not in lowered:  # most bodies: intake's hot path pays no more
+    if not _may_name_blockers(body):  # most bodies: intake's hot path pays no more
         return []
     found: list[int] = []
     for line in _prose_lines(body):
@@ -78,6 +77,11 @@ def parse_blockers(body: str | None, *, repo: str, issue_number: int | None) -> 
                     if len(found) >= MAX_BLOCKERS:
                         return found
     return found
+
+
+def _may_name_blockers(body: str | None) -> bool:
+    lowered = (body or "")[:MAX_BODY].lower()
+    return "depends" in lowered or "blocked" in lowered
 
 
 def _prose_lines(body: str) -> Iterable[str]:
@@ -206,6 +210,8 @@ def admit_new(session: Session, task_id: int, body: str, settings: Settings, *, 
 
 def hold_reason(session: Session, task: Task, settings: Settings) -> str | None:
     """Why `task` still waits for its blockers, or None; clears rows whose blocker's task is done (DB only)."""
+    if not _may_name_blockers(task.body):  # rows come only from the stored body: no query for most sends
+        return None
     rows = session.scalars(select(TaskDependency).where(TaskDependency.task_id == task.id,
                                                         TaskDependency.state == WAITING)
                            .order_by(TaskDependency.blocker_issue)).all()

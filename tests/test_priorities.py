@@ -124,3 +124,20 @@ def test_intake_under_a_limit_holds_the_second_and_a_label_raises_a_waiting_ones
     with db.session() as session:
         assert session.scalar(select(Task.priority).where(Task.issue_number == 2)) == 1
     assert len(messages(settings)) == 1  # the waiting one was not sent
+
+
+def test_a_priority_label_on_a_queued_task_sends_it_again_on_the_high_list(db: Database, settings: Settings) -> None:
+    with TestClient(create_app(settings, run_reconciler=False)) as client:
+        body = json.dumps(labeled_issue("forgecrew:backend", repo="acme/calc", number=1)).encode()
+        assert client.post("/webhooks/github", content=body, headers=headers("issues", body, delivery="d1")
+                           ).status_code == 202
+        client.app.state.services.sender.wait_idle()
+        body = json.dumps(labeled_issue("forgecrew:priority-high", repo="acme/calc", number=1)).encode()
+        answer = client.post("/webhooks/github", content=body, headers=headers("issues", body, delivery="d2"))
+        assert answer.status_code == 202, answer.text
+    assert [m["headers"]["id"] for m in messages(settings, 0)] == ["forgecrew-task-1-1"]
+    assert [m["headers"]["id"] for m in messages(settings, 1)] == ["forgecrew-task-1-2"]  # claim runs it once
+    with db.session() as session:
+        task = session.scalars(select(Task)).one()
+        assert (task.state, task.priority, task.dispatch_count) == ("queued", 1, 2)
+        assert "priority normal -> high (labels)" in [event.detail for event in task.events]

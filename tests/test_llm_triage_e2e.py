@@ -8,8 +8,6 @@ is still thinking.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -180,26 +178,24 @@ def test_off_by_default_intake_sends_at_once_and_asks_no_model(make_settings: Ca
 def test_the_reconciler_classifies_what_a_dead_coordinator_left_pending(
         make_settings: Callable[..., Settings], model: FakeAnthropic, db: Database, tmp_path: Any,
         processes: list[Process]) -> None:
-    gate = Gate(classify(["devops"], 0.99, "never recorded: its coordinator died"))
-    model.add(gate, classify(["frontend"], 0.88, "the second coordinator's answer"))
-    env = settings_env(llm_settings(make_settings, model, reaper_interval_seconds=0.3,
-                                    triage_pending_grace_seconds=1.0))
-    first, url = start_coordinator(env, tmp_path)
-    processes.append(first)
-    task_id = deliver(url, "issues", labeled_issue("forgecrew", number=505, **VAGUE))["task_id"]
-    wait_for(gate.entered.is_set, timeout=10, what="the first coordinator asking the model")
-    os.killpg(first.popen.pid, signal.SIGKILL)  # dies while the model thinks
-    first.popen.wait()
-    gate.opened.set()
-    assert task_row(db, task_id).state == "pending"
-    second, _ = start_coordinator(env, tmp_path)
-    processes.append(second)
+    settings = llm_settings(make_settings, model, reaper_interval_seconds=0.3, triage_pending_grace_seconds=1.0)
+    dead = build_services(settings)  # a coordinator that committed the delivery, then died before classifying
+    try:
+        body = json.dumps(labeled_issue("forgecrew", number=505, **VAGUE)).encode()
+        task_id = process_delivery(dead, {"x-github-event": "issues", "x-github-delivery": "dies-1"}, body).triage_id
+    finally:
+        dead.db.dispose()
+    assert task_id is not None and task_row(db, task_id).state == "pending"
+    model.add(classify(["frontend"], 0.88, "the next coordinator's answer"))
+    coordinator, _ = start_coordinator(settings_env(settings), tmp_path)
+    processes.append(coordinator)
     wait_for(lambda: task_row(db, task_id).state == "queued", timeout=20, what="the sweep triaging the task")
     task = task_row(db, task_id)
     assert (task.specialty, task.triage_confidence) == ("frontend", 0.88)
-    assert task.triage_reason.endswith("frontend: the second coordinator's answer")
-    assert [e.to_state for e in task.events] == ["pending", "triaged", "queued"]
-    assert len(model.message_requests) == 2
+    assert task.triage_reason.endswith("frontend: the next coordinator's answer")
+    assert [(e.to_state, e.actor) for e in task.events] == [("pending", "webhook:dies-1"), ("triaged", "triage"),
+                                                             ("queued", "triage")]
+    assert len(model.message_requests) == 1 and in_queue(settings, task_id, "frontend")
 
 
 def test_several_specialties_make_a_workflow(services: Services, model: FakeAnthropic, db: Database) -> None:

@@ -271,8 +271,9 @@ def _clear(session: Session, rows: Sequence[TaskDependency], reason: str) -> Non
 # -- the reconciler's sweep --------------------------------------------------------------------
 
 class DependencyChecks:
-    """Asks the forge about blockers still open after a while (a missed `issues.closed` webhook would hold the
-    dependent for ever), and says on the issue when a task was refused for a cycle.
+    """Asks the forge about blockers still open after a while (a missed `issues.closed` or merge webhook would
+    hold the dependent for ever; the local forge sends none), and says on the issue what a task waits for or
+    that it was refused for a cycle.
 
     Rate-limited: a blocker is asked about at most once per FORGECREW_DEPENDENCY_CHECK_SECONDS, and at most
     PER_SWEEP forge calls are made per round.
@@ -310,15 +311,27 @@ class DependencyChecks:
                 continue
             self._asked[(repo, number)], asked = now, asked + 1
             try:
-                state = self.forge_for(installation_id).get_issue(repo, number).state
+                why = self._cleared_on_forge(self.forge_for(installation_id), repo, number)
             except ForgeError as exc:  # the next round past the interval asks again
                 log.info("cannot read blocker %s#%s (%s); its dependents keep waiting", repo, number, exc)
                 continue
-            if state == "closed":
+            if why is not None:
                 with self.db.session() as session:
-                    if clear_blocker(session, repo, number, f"#{number} is closed (seen on the forge)"):
+                    if clear_blocker(session, repo, number, why):
                         released.add(repo)
         return sorted(released)
+
+    def _cleared_on_forge(self, forge: Forge, repo: str, number: int) -> str | None:
+        """Why blocker #number no longer blocks, as the forge has it (its forgecrew PR merged, or it closed); None."""
+        with self.db.session() as session:
+            pr_number = session.scalar(select(Task.pr_number).where(
+                Task.repo == repo, Task.issue_number == number, Task.state == TaskState.PR_OPEN.value,
+                Task.pr_number.is_not(None)).order_by(Task.id.desc()).limit(1))
+        if pr_number is not None and forge.pull_state(repo, pr_number) == "merged":
+            return f"#{number}'s forgecrew PR #{pr_number} was merged (seen on the forge)"
+        if forge.get_issue(repo, number).state == "closed":
+            return f"#{number} is closed (seen on the forge)"
+        return None
 
     def announce_cycles(self) -> list[int]:
         """Comment once on each issue whose task was refused for a cycle; the tasks commented on."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -167,6 +169,10 @@ class FakeForge:
             raise ForgeError("502 from the forge")
         return IssueInfo(repo, number, "t", "b", state=self.states.get(number, "open"))
 
+    def pull_state(self, repo: str, number: int) -> str:
+        self.asked.append(f"pull {number}")
+        return self.states.get(number, "open")
+
     def comment(self, repo: str, number: int, body: str) -> int:
         self.comments.append((number, body))
         return 77
@@ -196,6 +202,43 @@ def test_the_sweep_asks_the_forge_about_old_blockers_at_most_once_an_interval(db
     with db.session() as session:
         assert hold_reason(session, session.get(Task, dependent), settings) is None
         assert hold_reason(session, session.get(Task, fresh), settings) is not None
+
+
+@pytest.mark.integration
+def test_the_sweep_finds_a_blockers_merged_pr_on_the_forge(db: Database, settings: Settings) -> None:
+    blocker, _ = new_task(db, settings, 3)
+    move(db, blocker, TaskState.QUEUED, TaskState.RUNNING, TaskState.PR_OPEN, pr_number=12)
+    dependent, _ = new_task(db, settings, 5, "depends on #3")
+    with db.session() as session:
+        for row in session.scalars(select(TaskDependency)):
+            row.created_at = row.created_at.replace(year=2020)
+    forge = FakeForge({12: "open"})
+    checks = DependencyChecks(db, lambda _id: forge, lambda repo: None)
+    assert checks.check_blockers() == [] and forge.asked == ["pull 12", 3]  # PR open, issue open: waits
+    forge.states[12], checks._asked = "merged", {}
+    assert checks.check_blockers() == [REPO]
+    with db.session() as session:
+        [row] = session.scalars(select(TaskDependency)).all()
+        assert row.cleared_reason == "#3's forgecrew PR #12 was merged (seen on the forge)"
+        assert hold_reason(session, session.get(Task, dependent), settings) is None
+
+
+def test_the_local_forge_reports_a_pr_merged_once_its_base_contains_the_branch(tmp_path: Path) -> None:
+    from common.forge.local import LocalForge
+    from tests.sample_repo import write_sample
+
+    forge = LocalForge(Settings(local_forge_root=tmp_path / "forge", webhook_secret="x" * 32))
+    bare = forge.create_repo("acme/calc", write_sample(tmp_path / "sample"))
+    git = ["git", "--git-dir", str(bare)]
+    main = subprocess.run([*git, "rev-parse", "main"], capture_output=True, text=True, check=True).stdout.strip()
+    tree = subprocess.run([*git, "rev-parse", "main^{tree}"], capture_output=True, text=True, check=True).stdout.strip()
+    change = subprocess.run([*git, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit-tree", tree, "-p",
+                             main, "-m", "change"], capture_output=True, text=True, check=True).stdout.strip()
+    subprocess.run([*git, "update-ref", "refs/heads/topic", change], check=True)
+    pr = forge.open_or_update_pr("acme/calc", branch="topic", base="main", title="t", body="b", draft=False)
+    assert forge.pull_state("acme/calc", pr.number) == "open"
+    subprocess.run([*git, "update-ref", "refs/heads/main", change], check=True)
+    assert forge.pull_state("acme/calc", pr.number) == "merged"
 
 
 @pytest.mark.integration

@@ -179,6 +179,10 @@ class Forge(Protocol):
         """The commit pull request `number`'s head is at now (pulls/get): CI results of older ones are stale."""
         ...
 
+    def pull_state(self, repo: str, number: int) -> str:
+        """"open", "closed" or "merged" (pulls/get): how a missed webhook's merge is found after all."""
+        ...
+
     def failing_checks(self, repo: str, sha: str) -> tuple[FailingCheck, ...]:
         """Commit `sha`'s failed check runs with their annotations, then its failed commit statuses.
 

@@ -487,6 +487,12 @@ class GitHubForge:
                           not_found=f"pull request #{number} not found in {repo}"):
             return str(self._repo(repo).get_pull(number).head.sha)
 
+    def pull_state(self, repo: str, number: int) -> str:
+        with self._errors(f"reading pull request #{number}", repo,
+                          not_found=f"pull request #{number} not found in {repo}"):
+            pull = self._repo(repo).get_pull(number)
+            return "merged" if pull.merged else str(pull.state)
+
     def failing_checks(self, repo: str, sha: str) -> tuple[FailingCheck, ...]:
         """The latest run of each check (GitHub's default filter) and the combined status, failed ones only."""
         with self._errors(f"reading the checks of commit {sha[:12]}", repo,

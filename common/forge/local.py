@@ -167,6 +167,19 @@ class LocalForge:
             raise ForgeError(f"branch {branch} of pull request #{number} is not in {repo}")
         return found.stdout.strip()
 
+    def pull_state(self, repo: str, number: int) -> str:
+        """The recorded state; an open PR whose branch the base branch now contains was merged (by git, by hand)."""
+        pull = self._pull(repo, number)
+        if pull["state"] != "open":
+            return str(pull["state"])
+        bare = str(self._existing(repo))
+        head = run_git(["--git-dir", bare, "rev-parse", "--verify", "--quiet", f"refs/heads/{pull['branch']}^{{commit}}"])
+        if head.returncode != 0:
+            return "open"
+        contained = run_git(["--git-dir", bare, "merge-base", "--is-ancestor", head.stdout.strip(),
+                             f"refs/heads/{pull['base']}"])
+        return "merged" if contained.returncode == 0 else "open"
+
     def failing_checks(self, repo: str, sha: str) -> tuple[FailingCheck, ...]:
         """Bare repositories run no CI."""
         return ()

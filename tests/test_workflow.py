@@ -199,3 +199,5 @@ def test_the_next_step_reads_the_earlier_steps_and_the_pr_lists_them_all() -> No
     assert "| 1 | backend | `abcdef123456` | ✅ `pytest` passed in 1.0s | 1200 / 300 | $0.0123 |" in body
     assert "| 2 | frontend | no change | no tests found | 800 / 100 | not priced |" in body
     assert "### 1. backend\nAdded the endpoint." in body
+    assert "2 specialties worked on this in turn, on this one branch: backend → frontend." in body
+    assert body.endswith("· 2 steps · tokens in 2000, out 400 · cost $0.0123")

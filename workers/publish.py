@@ -62,7 +62,11 @@ def pr_body(request: PublishRequest, files: list[str], notes: Sequence[str] = ()
     lines = []
     if request.issue_number:
         lines.append(f"Fixes #{request.issue_number}\n")
-    lines += ["## Summary", request.summary.strip() or "(no summary)", "", "## Files changed"]
+    summary = request.summary.strip() or "(no summary)"
+    if request.steps:  # each step's own summary is under Steps
+        summary = (f"{len(request.steps)} specialties worked on this in turn, on this one branch: "
+                   + " → ".join(step.specialty for step in request.steps) + ". What each did is under Steps.")
+    lines += ["## Summary", summary, "", "## Files changed"]
     lines += [f"- `{path}`" for path in files[:100]] + ([f"- … and {len(files) - 100} more"] if len(files) > 100 else [])
     if request.steps:
         lines += ["", *steps_section(request.steps)]
@@ -76,6 +80,13 @@ def pr_body(request: PublishRequest, files: list[str], notes: Sequence[str] = ()
                       request.tests.output[-3000:], "```", "</details>"]
     usage = request.usage
     cost = f"${request.cost_usd:.4f}" if request.cost_usd is not None else "not priced"
+    if request.steps:  # every step's, not only the last one's
+        priced = [step.cost_usd for step in request.steps if step.cost_usd is not None]
+        total = f"${sum(priced):.4f}" if priced else "not priced"
+        lines += ["", "---", f"forgecrew · model `{request.model}` · {len(request.steps)} steps · tokens in "
+                  f"{sum(s.input_tokens for s in request.steps)}, out {sum(s.output_tokens for s in request.steps)} "
+                  f"· cost {total}"]
+        return "\n".join(lines)
     lines += ["", "---", f"forgecrew · model `{request.model}` · tokens in {usage.input_tokens}, out "
               f"{usage.output_tokens}, cache read {usage.cache_read_tokens}, cache write "
               f"{usage.cache_write_tokens} · cost {cost}"]
@@ -133,6 +144,9 @@ def publish(forge: Forge, settings: Settings, workspace: Workspace, request: Pub
         forge.push_branch(request.repo, source=change.git_dir, commit=change.commit, branch=workspace.branch,
                           expected=workspace.remote_branch_sha)
         workspace.record_push(change.commit)
+        if request.steps:  # the last step's own commit, known only now
+            request = replace(request, steps=(*request.steps[:-1], replace(request.steps[-1],
+                                                                           commit_sha=change.commit)))
     fence()
     pr = forge.open_or_update_pr(
         request.repo, branch=workspace.branch, base=workspace.base_branch, title=redact(pr_title(request)),

@@ -183,6 +183,7 @@ def advance(db: Database, held: Claim, state: WorkflowState, result: StepResult,
         row = load_fenced(session, held)
         complete(session, row, state.position, result, run_id)
         row.workflow_step, row.specialty = nxt.position, nxt.specialty
+        row.attempt = 0  # MAX_ATTEMPTS counts each step's runs: a worker lost in step 3 is not a third attempt
         row.dispatched_at = db_now(session)
         transition(session, row, TaskState.QUEUED, actor=held.owner, detail=detail[:1000])
         release(row)

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from common.celery_app import make_celery, message_id, send_run
 from common.db import Database
 from common.errors import SettingsError
 from common.models import Task
 from common.settings import Settings, SpecialtyConfig
+from coordinator.cli import load_commands
 from tests.conftest import settings_env
 from tests.factories import make_task
 from tests.fakes.anthropic_server import DEFAULT_KEY, FakeAnthropic, tool_use
@@ -88,11 +88,9 @@ def test_the_range_comes_from_the_flag_then_the_specialty_then_the_setting(make_
 ])
 def test_the_worker_command_refuses_a_wrong_range_with_a_reason(settings: Settings, extra: list[str],
                                                                   reason: str) -> None:
-    env = {**settings_env(settings), "PATH": "/usr/bin:/bin", "FORGECREW_ANTHROPIC_API_KEY": DEFAULT_KEY,
-           "FORGECREW_FORGE": "local"}
-    done = subprocess.run([sys.executable, "-m", "coordinator.cli", "worker", "-s", "backend", *extra], env=env,
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode != 0 and reason in done.stderr, done.stderr
+    env = {**settings_env(settings), "FORGECREW_ANTHROPIC_API_KEY": DEFAULT_KEY, "FORGECREW_FORGE": "local"}
+    result = CliRunner().invoke(load_commands(), ["worker", "-s", "backend", *extra], env=env)
+    assert result.exit_code != 0 and reason in result.output, result.output
 
 
 # -- a real worker process ------------------------------------------------------------------------
@@ -143,6 +141,8 @@ def test_a_worker_grows_to_max_on_its_queue_depth_and_shrinks_back_when_it_drain
     wait_for(lambda: held.waiting == 3, timeout=20, interval=0.1, what="three sessions at once")
     stats = wait_for(lambda: (s := autoscaler(settings)) and s["waiting"] == 1 and s, timeout=10, what="the depth")
     assert stats["current"] == 3 and stats["held"] == 3
+    pool_stats = next(iter(make_celery(settings).control.inspect(timeout=1).stats().values()))["pool"]
+    assert pool_stats["max-concurrency"] == 3  # what `forgecrew workers` shows as CONC
     held.release.set()
 
     def finished() -> bool:

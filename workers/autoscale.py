@@ -201,6 +201,7 @@ class QueueDepthAutoscaler(bootsteps.StartStopStep):
                 pass
             c.pool.maintain_pool()
         changed = c.pool.num_processes - current
+        c.pool.limit = c.pool.num_processes  # what stats report as max-concurrency (`forgecrew workers` CONC)
         if changed:
             c._update_prefetch_count(changed)  # as Celery's pool_grow/pool_shrink commands do
             log.info("autoscaler: %s from %d to %d (%d waiting, %d held)", "grew" if changed > 0 else "shrank",

@@ -107,7 +107,6 @@ def worker(ctx: click.Context, specialties: tuple[str, ...], concurrency: int | 
 
     settings = settings_from(ctx)
     settings.require_worker()  # the pipeline checks again per run; this fails at start, not per task
-    guard_agent_host(settings)
     queues = [name.strip() for item in specialties for name in item.split(",") if name.strip()]
     known = queue_names(settings)
     unknown = [name for name in queues if name not in known]
@@ -119,6 +118,7 @@ def worker(ctx: click.Context, specialties: tuple[str, ...], concurrency: int | 
     if plan is not None and (concurrency or pool == "solo"):
         raise click.UsageError("--autoscale sizes the worker itself: drop --concurrency" if concurrency
                                else "the solo pool runs one task at a time and cannot autoscale; use threads")
+    guard_agent_host(settings)
     check_database(settings)
     wait_for_broker(settings)  # bounded at start; once running, Celery reconnects for ever
     quiet_root_warning()

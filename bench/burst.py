@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(1, str(ROOT / "bench"))
 
 import intake_bench  # noqa: E402
+from common.celery_app import REDIS_SEP  # noqa: E402
 from tests.support import payload  # noqa: E402
 
 ALLOWLIST = "acme/*,Codertocat/*"
@@ -218,7 +219,8 @@ def queued_by_task(broker_url: str) -> dict[int, list[str]]:
             message_id = json.loads(raw).get("headers", {}).get("id", "")
             matched = MESSAGE_TASK.match(message_id)
             if matched:
-                found.setdefault(int(matched.group(1)), []).append(key.decode())
+                # kombu keeps a queue's priority steps as `queue:step` lists (common/celery_app.py)
+                found.setdefault(int(matched.group(1)), []).append(key.decode().rsplit(REDIS_SEP, 1)[0])
     return found
 
 

@@ -19,7 +19,6 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from datetime import timedelta
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -275,8 +274,8 @@ class DependencyChecks:
     hold the dependent for ever; the local forge sends none), and says on the issue what a task waits for or
     that it was refused for a cycle.
 
-    Rate-limited: a blocker is asked about at most once per FORGECREW_DEPENDENCY_CHECK_SECONDS, and at most
-    PER_SWEEP forge calls are made per round.
+    A blocker is asked about at the first round that sees it (an issue may name one closed long ago), then
+    at most once per FORGECREW_DEPENDENCY_CHECK_SECONDS; at most PER_SWEEP blockers are asked about per round.
     """
 
     PER_SWEEP = 10
@@ -296,12 +295,10 @@ class DependencyChecks:
         """Clear the rows of blockers the forge reports closed; the repositories whose tasks may go on."""
         interval = self.db.settings.dependency_check_seconds
         with self.db.session() as session:
-            since = db_now(session) - timedelta(seconds=interval)
             candidates = session.execute(
                 select(Task.repo, TaskDependency.blocker_issue, func.min(Task.installation_id))
                 .join(Task, Task.id == TaskDependency.task_id)
-                .where(TaskDependency.state == WAITING, TaskDependency.created_at <= since,
-                       Task.state == TaskState.WAITING.value)
+                .where(TaskDependency.state == WAITING, Task.state == TaskState.WAITING.value)
                 .group_by(Task.repo, TaskDependency.blocker_issue)
                 .order_by(Task.repo, TaskDependency.blocker_issue).limit(500)).all()
         now, released, asked = self.clock(), set(), 0

@@ -179,29 +179,27 @@ class FakeForge:
 
 
 @pytest.mark.integration
-def test_the_sweep_asks_the_forge_about_old_blockers_at_most_once_an_interval(db: Database,
+def test_the_sweep_asks_the_forge_about_blockers_at_once_then_once_an_interval(db: Database,
                                                                               settings: Settings) -> None:
-    dependent, _ = new_task(db, settings, 5, "depends on #3, #4")
-    fresh, _ = new_task(db, settings, 6, "depends on #8")
-    with db.session() as session:  # #3 and #4 recorded long enough ago to be asked about; #8 just now
-        for row in session.scalars(select(TaskDependency).where(TaskDependency.task_id == dependent)):
-            row.created_at = row.created_at.replace(year=2020)
+    dependent, _ = new_task(db, settings, 5, "depends on #3, #4")  # #3 closed before anyone wrote this
+    other, _ = new_task(db, settings, 6, "depends on #8")
     forge, released, now = FakeForge({3: "closed", 4: "error"}), [], [1000.0]
     checks = DependencyChecks(db, lambda _id: forge, lambda repo: released.append(repo), clock=lambda: now[0])
+    checks.PER_SWEEP = 2
     checks.sweep()
-    assert sorted(forge.asked) == [3, 4] and released == [REPO]
+    assert forge.asked == [3, 4] and released == [REPO]  # at once; #8 is past this round's limit
     with db.session() as session:
         assert hold_reason(session, session.get(Task, dependent), settings) == (
             "blocked by #4 (open, no forgecrew task yet)")
     checks.sweep()
-    assert sorted(forge.asked) == [3, 4]  # within the interval: not asked again
+    assert forge.asked == [3, 4, 8]  # #8 at the next round; #4 not again within the interval
     now[0] += settings.dependency_check_seconds + 1
     forge.states[4] = "closed"
     checks.sweep()
-    assert sorted(forge.asked) == [3, 4, 4] and released == [REPO, REPO]
+    assert forge.asked == [3, 4, 8, 4, 8] and released == [REPO, REPO]  # the interval is over for both
     with db.session() as session:
         assert hold_reason(session, session.get(Task, dependent), settings) is None
-        assert hold_reason(session, session.get(Task, fresh), settings) is not None
+        assert hold_reason(session, session.get(Task, other), settings) == "blocked by #8 (open, no forgecrew task yet)"
 
 
 @pytest.mark.integration
@@ -209,9 +207,6 @@ def test_the_sweep_finds_a_blockers_merged_pr_on_the_forge(db: Database, setting
     blocker, _ = new_task(db, settings, 3)
     move(db, blocker, TaskState.QUEUED, TaskState.RUNNING, TaskState.PR_OPEN, pr_number=12)
     dependent, _ = new_task(db, settings, 5, "depends on #3")
-    with db.session() as session:
-        for row in session.scalars(select(TaskDependency)):
-            row.created_at = row.created_at.replace(year=2020)
     forge = FakeForge({12: "open"})
     checks = DependencyChecks(db, lambda _id: forge, lambda repo: None)
     assert checks.check_blockers() == [] and forge.asked == ["pull 12", 3]  # PR open, issue open: waits

@@ -201,3 +201,35 @@ def test_the_next_step_reads_the_earlier_steps_and_the_pr_lists_them_all() -> No
     assert "### 1. backend\nAdded the endpoint." in body
     assert "2 specialties worked on this in turn, on this one branch: backend → frontend." in body
     assert body.endswith("· 2 steps · tokens in 2000, out 400 · cost $0.0123")
+
+
+def test_a_review_on_a_workflows_pr_is_run_by_the_step_that_changed_the_commented_file(
+        db: Database, settings: Settings) -> None:
+    from common.models import Followup, WebhookDelivery
+    from coordinator.dispatch import Dispatcher
+    from coordinator.followups.runner import FollowupRunner
+
+    task_id = make_task(db)
+    with db.session() as session:
+        task = session.get(Task, task_id)
+        workflow.create_steps(session, task, ["backend", "frontend", "testing"], settings)
+    with db.session() as session:
+        for position, files in enumerate((["api.py"], ["web/app.tsx"], ["tests/test_api.py"])):
+            step = session.scalars(select_step(task_id, position)).one()
+            step.state, step.files = "done", json.dumps(files)
+        task = session.get(Task, task_id)
+        task.state, task.workflow_step, task.specialty, task.pr_number = "pr_open", 2, "testing", 5
+        for delivery, path in (("d-review", None), ("d-comment", "web/app.tsx")):
+            comment = {"comment": {"id": 1, "path": path}} if path else {"review": {"id": 9}}
+            session.add(WebhookDelivery(delivery_id=delivery, event="pull_request_review", payload=json.dumps(comment)))
+            session.add(Followup(task_id=task_id, delivery_id=delivery, kind="review", author="reviewer",
+                                 review_id=9, state="pending"))
+    runner = FollowupRunner(db, Dispatcher(db, make_celery(settings)), lambda _: None)  # type: ignore[arg-type,return-value]
+    try:
+        assert runner.start_next(task_id) is not None
+    finally:
+        runner.stop()
+    with db.session() as session:
+        task = session.get(Task, task_id)
+        assert (task.state, task.specialty) == ("queued", "frontend")
+        assert any("routed to frontend" in (event.detail or "") for event in task.events)

@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
+from common import migrate
 from common.db import Database
 from common.models import Task, TaskEvent
 from common.settings import Settings
@@ -168,3 +169,24 @@ def test_lock_keys_are_stable_and_distinct() -> None:
     assert limits.lock_key("repo", "acme/calc") == limits.lock_key("repo", "acme/calc")
     assert limits.lock_key("repo", "acme/calc") != limits.lock_key("installation", "acme/calc")
     assert -(2 ** 63) <= limits.lock_key("requester", "alice") < 2 ** 63
+
+
+def test_on_sqlite_the_locks_are_no_ops_and_the_checks_count_the_same(
+        make_settings: Callable[..., Settings], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`forgecrew up` runs on SQLite: one process, every transaction IMMEDIATE, no advisory locks."""
+    settings = make_settings(database_url=f"sqlite:///{tmp_path / 'limits.db'}", max_running_per_repo=1,
+                             max_tasks_per_requester_per_day=1)
+    migrate.upgrade(settings)
+    database = Database(settings)
+    try:
+        first, second = new_task(database, number=1), new_task(database, number=2, requester="bob")
+        third = new_task(database, number=3, repo="acme/other")
+        with database.session() as session:
+            assert admission.admit_many(session, [first, second, third], settings) == {first, third}
+        with database.session() as session:
+            assert session.get(Task, second).wait_reason.startswith("repository acme/calc has 1 of 1")
+        fourth = new_task(database, number=4, repo="acme/third")
+        held = reason(database, settings, fourth)  # alice's first send (task 1) is in the window
+        assert held is not None and held.startswith("requester alice has started 1 of 1 tasks in 24 h")
+    finally:
+        database.dispose()

@@ -156,3 +156,9 @@ def test_a_worker_grows_to_max_on_its_queue_depth_and_shrinks_back_when_it_drain
     assert "autoscaler: grew from 1 to 3" in processes[0].log()
     assert "autoscaler: shrank from 3 to 1" in processes[0].log()
     assert "Timed out waiting for UP message" not in processes[0].log()  # prefork: every grown process came up
+
+    # Celery's own `celery control autoscale MAX MIN` moves the range of the running worker
+    reply = make_celery(settings).control.autoscale(5, 2, reply=True, timeout=2)
+    assert reply and "min=2" in str(reply) and ("max=3" if pool == "threads" else "max=5") in str(reply)
+    wait_for(lambda: (s := autoscaler(settings)) and s["current"] == 2, timeout=10, interval=0.3,
+             what="the worker to grow to its new MIN")

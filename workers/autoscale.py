@@ -155,7 +155,7 @@ class QueueDepthAutoscaler(bootsteps.StartStopStep):
 
     def info(self, c: Any) -> dict[str, Any]:
         current = c.pool.num_processes if c.pool else None
-        return {"autoscaler": {"max": self.plan.maximum, "min": self.plan.minimum, "current": current,
+        return {"autoscaler": {"max": self.sizer.maximum, "min": self.sizer.minimum, "current": current,
                                "waiting": self.waiting, "held": len(state.reserved_requests)}}
 
     def update(self, max: int | None = None, min: int | None = None) -> tuple[int, int]:  # noqa: A002
@@ -194,12 +194,15 @@ class QueueDepthAutoscaler(bootsteps.StartStopStep):
                                     now=time.monotonic())
         if size == current:
             return
-        with self._reading:  # prefork forks its new processes in maintain_pool()
-            try:
-                (c.pool.grow if size > current else c.pool.shrink)(abs(size - current))
-            except ValueError:  # prefork: fewer idle processes than asked; the next round goes on
-                pass
+        if not self._reading.acquire(blocking=False):  # a read under way: never wait in the event loop
+            return
+        try:  # prefork forks its new processes in maintain_pool()
+            (c.pool.grow if size > current else c.pool.shrink)(abs(size - current))
+        except ValueError:  # prefork: fewer idle processes than asked; the next round goes on
+            pass
+        finally:
             c.pool.maintain_pool()
+            self._reading.release()
         changed = c.pool.num_processes - current
         c.pool.limit = c.pool.num_processes  # what stats report as max-concurrency (`forgecrew workers` CONC)
         if changed:

@@ -26,7 +26,7 @@ class TriageDecision:
 
 
 class Triage(Protocol):
-    """Anything that can choose a specialty (rules now, an LLM classifier later)."""
+    """Anything that can choose a specialty: RuleTriage, or LLMTriage (coordinator/llm_triage.py) before it."""
 
     def __call__(self, *, title: str, body: str, labels: list[str]) -> TriageDecision: ...
 

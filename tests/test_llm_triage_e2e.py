@@ -107,6 +107,7 @@ def services(make_settings: Callable[..., Settings], model: FakeAnthropic, db: D
     """In-process coordinator parts with LLM triage on and a short model timeout."""
     built = build_services(llm_settings(make_settings, model, triage_timeout_seconds=0.5))
     yield built
+    built.triage.stop()
     built.db.dispose()
 
 
@@ -273,3 +274,24 @@ def test_a_workflow_labelled_meanwhile_is_kept(services: Services, model: FakeAn
         assert ([s.specialty for s in task.steps], task.specialty, task.state) == (
             ["backend", "frontend"], "backend", "queued")
         assert task.triage_reason.startswith("kept the workflow labels added meanwhile; llm triage (")
+
+
+def test_the_sweep_takes_only_tasks_past_the_grace_and_claims_them(services: Services, model: FakeAnthropic,
+                                                                   db: Database) -> None:
+    from datetime import timedelta
+
+    model.add(classify(["frontend"], 0.9))
+    task_id = intake(services, VAGUE, 511)
+    assert services.triage.sweep() == []  # its own coordinator may still be asking the model
+    with db.session() as session:  # as if its coordinator had stopped a grace ago
+        task = session.get(Task, task_id)
+        assert task is not None
+        task.updated_at -= timedelta(seconds=services.settings.triage_pending_grace_seconds + 1)
+    other = build_services(services.settings)  # a second coordinator's reconciler, sweeping at the same time
+    try:
+        assert services.triage.sweep() == [task_id]
+        assert other.triage.sweep() == []  # claimed for one more grace
+    finally:
+        other.db.dispose()
+    wait_for(lambda: task_row(db, task_id).state == "queued", timeout=10, what="the pool classifying the task")
+    assert task_row(db, task_id).specialty == "frontend" and len(model.message_requests) == 1

@@ -180,7 +180,7 @@ def test_on_sqlite_the_locks_are_no_ops_and_the_checks_count_the_same(
     database = Database(settings)
     try:
         first, second = new_task(database, number=1), new_task(database, number=2, requester="bob")
-        third = new_task(database, number=3, repo="acme/other")
+        third = new_task(database, number=3, repo="acme/other", requester="carol")
         with database.session() as session:
             assert admission.admit_many(session, [first, second, third], settings) == {first, third}
         with database.session() as session:

@@ -20,6 +20,7 @@ from common.models import Task
 from common.settings import Settings
 from common.states import TaskState
 from common.transitions import transition
+from coordinator import limits
 
 log = logging.getLogger(__name__)
 ACTOR = "scheduler"
@@ -29,7 +30,7 @@ HoldCheck = Callable[[Session, Task, Settings], "str | None"]
 
 def checks() -> Sequence[HoldCheck]:
     """In the order a person reads the reason: what it waits for first, then for whom it waits."""
-    from coordinator import dependencies, limits, overlap
+    from coordinator import dependencies, overlap
 
     return (dependencies.hold_reason, overlap.hold_reason, limits.hold_reason)
 
@@ -74,16 +75,12 @@ def gated(settings: Settings) -> bool:
 
     False with no limit configured: the webhook hot path then sends as it always did.
     """
-    from coordinator import limits
-
     return limits.configured(settings)
 
 
 def admit_many(session: Session, task_ids: Sequence[int], settings: Settings, *,
                actor: str = ACTOR) -> set[int]:
     """admit() for a batch of sendable tasks in one transaction; the ids that may be sent now."""
-    from coordinator import limits
-
     tasks = session.scalars(select(Task).where(Task.id.in_(task_ids),
                                                Task.state.in_([TaskState.TRIAGED.value, TaskState.QUEUED.value]))
                             .order_by(Task.id).with_for_update()).all()
@@ -111,8 +108,6 @@ class Scheduler:
                 query = query.where(Task.repo == repo)
             waiting = session.scalars(query.order_by(Task.priority.desc(), Task.id)
                                       .with_for_update(skip_locked=True)).all()
-            from coordinator import limits
-
             limits.lock(session, waiting, self.db.settings)  # all at once, in one order: no deadlock
             for task in waiting:
                 reason = hold_reason(session, task, self.db.settings)

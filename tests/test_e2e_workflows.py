@@ -9,14 +9,12 @@ step stops the chain until a writer's `/forgecrew retry` resumes it at that step
 
 from __future__ import annotations
 
-import copy
-import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ from tests.fakes.github_server import FakeGitHub
 from tests.sample_repo import ISSUE_BODY, ISSUE_TITLE, fixing_script, write_sample
 from tests.support import Process, deliver, labeled_issue, start_coordinator, start_worker, wait_for
 from tests.test_e2e_plans import REPO, TOKEN, first_message, say
+from tests.test_ops_cli import as_json, forgecrew
 
 pytestmark = pytest.mark.integration
 LOCAL_REPO = "acme/calc"
@@ -50,7 +49,7 @@ def frontend_script(seen: list[str] | None = None) -> list[Any]:
     return [page, tool_use("finish", {"summary": "Added `ui/index.html`, a page that shows a sum."})]
 
 
-def tester_script() -> list[Any]:
+def negatives_script() -> list[Any]:
     return [tool_use("write_file", {"path": "tests/test_negatives.py", "content": NEGATIVES}),
             tool_use("finish", {"summary": "Added a test for negative numbers."})]
 
@@ -97,7 +96,9 @@ def on_github(make_settings: Callable[..., Settings], github: FakeGitHub, model:
         env = settings_env(settings)
         coordinator, url = start_coordinator(env, tmp_path)
         processes.append(coordinator)
-        started = [start_worker(env, tmp_path, "backend", "--specialty", "frontend,testing") for _ in range(workers)]
+        with ThreadPoolExecutor(workers) as pool:  # they start side by side: each takes seconds to be ready
+            started = list(pool.map(lambda _: start_worker(env, tmp_path, "backend", "--specialty",
+                                                           "frontend,testing"), range(workers)))
         processes.extend(started)
         return url, git_root / f"{REPO}.git", started
 
@@ -221,7 +222,7 @@ def test_a_failing_middle_step_stops_the_chain_and_retry_resumes_at_it(
     status = [c["body"] for c in github.issue(REPO, 1).comments if "step 2 of 3 (frontend) failed" in c["body"]]
     assert status, [c["body"][:300] for c in github.issue(REPO, 1).comments]
 
-    model.add(*frontend_script(), *tester_script())
+    model.add(*frontend_script(), *negatives_script())
     answer = say(url, github, db, "/forgecrew retry", author="reviewer")
     assert answer.state == "done", answer.reply
     task = ended(db, task_id, "pr_open", processes)
@@ -235,35 +236,29 @@ def test_a_failing_middle_step_stops_the_chain_and_retry_resumes_at_it(
 def test_three_specialties_on_the_local_forge_from_labels_to_one_pr(
         make_settings: Callable[..., Settings], model: FakeAnthropic, db: Database, tmp_path: Path,
         processes: list[Process]) -> None:
+    """`forgecrew submit` of an issue with three labels, `tasks show` of the workflow (the CLI in process)."""
     settings: Settings = make_settings(forge="local", anthropic_api_key=DEFAULT_KEY,
-                                       anthropic_base_url=model.base_url, reaper_interval_seconds=1)
+                                       anthropic_base_url=model.base_url)
     forge = LocalForge(settings)
     forge.create_repo(LOCAL_REPO, write_sample(tmp_path / "sample"))
     forge.create_issue(LOCAL_REPO, 1, ISSUE_TITLE, ISSUE_BODY,
                        labels=("forgecrew:testing", "forgecrew:frontend", "forgecrew:backend"))
-    env = settings_env(settings)
-    coordinator, _ = start_coordinator(env, tmp_path)
-    processes.append(coordinator)
-    processes.append(start_worker(env, tmp_path, "backend,frontend,testing"))
-    model.add(*fixing_script(), *frontend_script(), *tester_script())
-    submitted = subprocess.run([sys.executable, "-m", "coordinator.cli", "submit", "--repo", LOCAL_REPO, "--issue",
-                                "1", "--json"], env=env, capture_output=True, text=True, timeout=60)
-    assert submitted.returncode == 0, submitted.stderr
-    task_id = json.loads(submitted.stdout)["id"]
+    processes.append(start_worker(settings_env(settings), tmp_path, "backend,frontend,testing"))
+    model.add(*fixing_script(), *frontend_script(), *negatives_script())
+    task_id = as_json(forgecrew(settings, "submit", "--repo", LOCAL_REPO, "--issue", "1", "--json"))["id"]
     task = ended(db, task_id, "pr_open", processes)
 
     [pr] = forge.pull_requests(LOCAL_REPO)
     assert "## Steps (3 specialties, one branch)" in pr["body"]
     assert branch_commits(forge.bare_path(LOCAL_REPO), task.branch) == [
         f"Forgecrew-Step: {task_id}/{n}" for n in range(3)]
-    shown = subprocess.run([sys.executable, "-m", "coordinator.cli", "tasks", "show", str(task_id)], env=env,
-                           capture_output=True, text=True, timeout=60)
-    assert shown.returncode == 0, shown.stderr
-    order = [shown.stdout.index(f"{n}. {name}") for n, name in ((1, "backend"), (2, "frontend"), (3, "testing"))]
-    assert order == sorted(order) and shown.stdout.count(" done ") >= 3, shown.stdout
-    detail = json.loads(subprocess.run([sys.executable, "-m", "coordinator.cli", "tasks", "show", str(task_id),
-                                        "--json"], env=env, capture_output=True, text=True, timeout=60).stdout)
+    shown = forgecrew(settings, "tasks", "show", str(task_id))
+    assert shown.exit_code == 0, shown.output
+    order = [shown.stdout.index(f"{n}. {name:<10} done ") for n, name in ((1, "backend"), (2, "frontend"),
+                                                                         (3, "testing"))]
+    assert order == sorted(order), shown.stdout
+    detail = as_json(forgecrew(settings, "tasks", "show", str(task_id), "--json"))
     assert [(s["specialty"], s["state"]) for s in detail["steps"]] == [
         ("backend", "done"), ("frontend", "done"), ("testing", "done")]
-    assert detail["steps"][2]["files"] == ["tests/test_negatives.py"]
-    assert copy.deepcopy(detail["steps"][0]["files"]) == ["calc.py"]
+    assert [s["files"] for s in detail["steps"]] == [["calc.py"], ["ui/index.html"], ["tests/test_negatives.py"]]
+    assert all(s["commit_sha"] for s in detail["steps"])

@@ -159,8 +159,9 @@ class Settings(BaseSettings):
                                          "after it was sent says so in its progress comment (0: never).")
     dependency_check_seconds: float = Field(300.0, gt=0, description="How often the reconciler asks the forge "
                                             "whether an issue a waiting task depends on (\"depends on #N\") is "
-                                            "closed or its forgecrew PR merged, in case the webhook was missed "
-                                            "(a new one is asked about at once).")
+                                            "closed or its forgecrew PR merged (a new one is asked about at once), "
+                                            "and whether the PR a serialized overlapping task waits for has merged "
+                                            "or closed: in case the webhook was missed, or the forge sends none.")
     max_followups_per_pr: int = Field(5, ge=0, description="Follow-up runs (reviews, PR comments) per pull "
                                       "request; past them forgecrew says on the PR that a person is needed.")
     max_ci_fixes_per_pr: int = Field(3, ge=0, description="Follow-up runs that try to fix a pull request's own "

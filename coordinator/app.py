@@ -19,6 +19,7 @@ from coordinator.conversation.runner import CommandRunner
 from coordinator.dependencies import DependencyChecks
 from coordinator.followups.runner import FollowupRunner
 from coordinator.given_up_notice import GiveUpNotices
+from coordinator.overlap import OverlapChecks
 from coordinator.metrics import endpoint as metrics
 from coordinator.operations import Operations
 from coordinator.queued_notice import QueuedNotices
@@ -48,6 +49,8 @@ def add_sweeps(services: Services) -> tuple[CommandRunner, FollowupRunner]:
     services.reconciler.sweeps.append(GiveUpNotices(services.db, lambda installation_id: make_forge(
         settings, installation_id)).sweep)
     services.reconciler.sweeps.append(DependencyChecks(services.db, lambda installation_id: make_forge(
+        settings, installation_id), services.scheduler.release).sweep)
+    services.reconciler.sweeps.append(OverlapChecks(services.db, lambda installation_id: make_forge(
         settings, installation_id), services.scheduler.release).sweep)
     services.reconciler.sweeps.append(services.scheduler.sweep)
     services.reconciler.sweeps.append(services.triage.sweep)  # pending tasks a stopped coordinator never triaged

@@ -105,3 +105,38 @@ def test_recorded_files_that_are_not_a_list_count_as_none() -> None:
     for value in (None, "", "{", '{"a": 1}', '"calc.py"', '[1, "calc.py"]'):
         files = overlap.files_of(Task(changed_files=value))
         assert files in ([], ["calc.py"]) and (files == ["calc.py"]) == (value == '[1, "calc.py"]')
+
+
+@pytest.mark.integration
+def test_the_sweep_finds_the_awaited_pr_merged_on_the_local_forge(db: Database, settings: Settings,
+                                                                   tmp_path: Path) -> None:
+    """No webhook comes from the local forge: the serialized task is released once git shows the merge."""
+    import subprocess
+
+    from common.forge.local import LocalForge
+    from tests.sample_repo import write_sample
+
+    forge = LocalForge(settings)
+    bare = forge.create_repo(REPO, write_sample(tmp_path / "sample"))
+    git = ["git", "--git-dir", str(bare)]
+    main = subprocess.run([*git, "rev-parse", "main"], capture_output=True, text=True, check=True).stdout.strip()
+    change = subprocess.run([*git, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit-tree",
+                             f"{main}^{{tree}}", "-p", main, "-m", "change"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    subprocess.run([*git, "update-ref", "refs/heads/topic", change], check=True)
+    pr = forge.open_or_update_pr(REPO, branch="topic", base="main", title="t", body="b", draft=False)
+    other = task(db, 1, *PR_OPEN, files=["calc.py"], pr=pr.number)
+    held = task(db, 2, TaskState.WAITING, files=["calc.py"],
+                wait_reason=f"overlaps task {other}'s PR #{pr.number} (calc.py); starts again once it merges or closes")
+    released: list[str] = []
+    now = [0.0]
+    checks = coordinator_overlap.OverlapChecks(db, lambda _id: forge, lambda repo: released.append(repo),
+                                               clock=lambda: now[0])
+    assert checks.sweep() == [] and released == []  # still open
+    subprocess.run([*git, "update-ref", "refs/heads/main", change], check=True)  # merged by hand
+    assert checks.sweep() == []  # asked a moment ago: not again within the interval
+    now[0] += settings.dependency_check_seconds
+    assert checks.sweep() == [other] and released == [REPO]
+    with db.session() as session:
+        assert session.get(Task, other).state == "done"
+        assert coordinator_overlap.hold_reason(session, session.get(Task, held), settings) is None

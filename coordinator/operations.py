@@ -187,6 +187,12 @@ class Operations:
                                    state=state.value)
             if task.specialty == specialty:
                 raise TaskConflict(f"task {task_id} is already on {specialty}", task_id=task_id, state=state.value)
+            if task.workflow_step is not None:  # a workflow: the current step changes specialty
+                steps = workflow.steps_of(session, task_id)
+                if any(step.specialty == specialty for step in steps):
+                    raise TaskConflict(f"task {task_id}'s workflow already has a {specialty} step", task_id=task_id,
+                                       state=state.value)
+                next(step for step in steps if step.position == task.workflow_step).specialty = specialty
             previous, task.specialty = task.specialty, specialty
             record_note(session, task, actor=actor, detail=f"routed from {previous} to {specialty}")
             sends = task.dispatch_count

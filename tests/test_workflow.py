@@ -6,6 +6,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from common import canvas
 from common.celery_app import make_celery, message_id
 from common.db import Database
@@ -233,3 +235,21 @@ def test_a_review_on_a_workflows_pr_is_run_by_the_step_that_changed_the_commente
         task = session.get(Task, task_id)
         assert (task.state, task.specialty) == ("queued", "frontend")
         assert any("routed to frontend" in (event.detail or "") for event in task.events)
+
+
+def test_routing_a_workflow_changes_its_current_step_and_the_chain_follows(db: Database, settings: Settings) -> None:
+    from coordinator.dispatch import Dispatcher
+    from common.errors import TaskConflict
+    from coordinator.operations import Operations
+
+    celery = make_celery(settings)
+    operations = Operations(db, Dispatcher(db, celery), celery)
+    task_id = operations.submit(repo="acme/app", issue=None, title="Users page", specialty="backend,testing",
+                                requested_by="tester")["id"]
+    assert steps_of(db, task_id) == [(0, "backend", "pending"), (1, "testing", "pending")]
+    with pytest.raises(TaskConflict, match="already has a testing step"):
+        operations.route(task_id, "testing", actor="tester")
+    detail = operations.route(task_id, "devops", actor="tester")
+    assert (detail["specialty"], [s["specialty"] for s in detail["steps"]]) == ("devops", ["devops", "testing"])
+    with db.session() as session:
+        assert canvas.remaining(session, session.get(Task, task_id)) == [(0, "devops"), (1, "testing")]

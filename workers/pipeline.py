@@ -100,8 +100,6 @@ class Pipeline:
         self.workflow = None if self.followup else wf.load_state(self.db, task.id)
         if self.workflow is not None and self.workflow.current.state == "done":
             self.workflow = None  # every step done (a re-run of the whole task): one run as its last specialty
-        if self.workflow is not None:
-            wf.start_step(self.db, held, self.workflow.position, run_id)
         self.notes = IssueNotes(None, self.redact, task.repo, task.issue_number)
         outcome = Outcome(TaskState.FAILED.value)
         try:
@@ -132,6 +130,8 @@ class Pipeline:
     # -- the steps ---------------------------------------------------------------------------
 
     def _work(self, task: TaskSnapshot, held: Claim, should_stop: Callable[[], str | None]) -> Outcome:
+        if self.workflow is not None:
+            wf.start_step(self.db, held, self.workflow.position, self.run_id)
         self.sandbox = make_sandbox(self.settings)
         if not self.sandbox.confined:
             self._event(held, UNSANDBOXED_WARNING)

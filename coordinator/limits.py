@@ -142,14 +142,17 @@ def release_freed(scheduler: object, settings: Settings, repo: str | None) -> li
     return scheduler.release(repo=repo if only_repo else None)  # type: ignore[attr-defined, no-any-return]
 
 
-def release_after_run(db: Database, celery: Celery, repo: str | None) -> list[int]:
-    """release_freed from a worker process, with its own database and Celery app; never raises."""
+def release_after_run(db: Database, celery: Celery, task_id: int) -> list[int]:
+    """release_freed from a worker process once its run of `task_id` ended, with the worker's own
+    database and Celery app; never raises (it runs in the task body's `finally`)."""
     if not configured(db.settings):
         return []
     from coordinator.admission import Scheduler
     from coordinator.dispatch import Dispatcher
 
     try:
+        with db.session() as session:
+            repo = session.scalar(select(Task.repo).where(Task.id == task_id))
         return release_freed(Scheduler(db, Dispatcher(db, celery)), db.settings, repo)
     except Exception:  # the reconciler's sweep releases them anyway; the run itself is finished
         log.exception("releasing waiting tasks after a run failed; the reconciler's sweep will")

@@ -8,12 +8,10 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_process_init
 
-from sqlalchemy import select
-
 from common import canvas
 from common.celery_app import RUN_TASK, task_label
 from common.models import Task
-from coordinator.limits import configured, release_after_run
+from coordinator.limits import release_after_run
 from workers import workflow
 from workers.execute import execute
 from workers.runtime import WorkerRuntime
@@ -46,18 +44,11 @@ def register_tasks(app: Celery, runtime: WorkerRuntime, *, enforce_limits: bool 
                 _hand_on(app, runtime, self.request, task_id)
             return ended
         finally:  # its slot is free now: with a limit on, the next waiting task goes without waiting a sweep
-            release_after_run(runtime.db, app, _repo_of(runtime, task_id))
+            release_after_run(runtime.db, app, task_id)
 
     @worker_process_init.connect(weak=False)
     def _after_fork(**_: object) -> None:
         runtime.reset()
-
-
-def _repo_of(runtime: WorkerRuntime, task_id: int) -> str | None:
-    if not configured(runtime.settings):
-        return None
-    with runtime.db.session() as session:
-        return session.scalar(select(Task.repo).where(Task.id == task_id))
 
 
 def _hand_on(app: Celery, runtime: WorkerRuntime, request: Any, task_id: int) -> None:

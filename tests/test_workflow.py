@@ -253,3 +253,30 @@ def test_routing_a_workflow_changes_its_current_step_and_the_chain_follows(db: D
     assert (detail["specialty"], [s["specialty"] for s in detail["steps"]]) == ("devops", ["devops", "testing"])
     with db.session() as session:
         assert canvas.remaining(session, session.get(Task, task_id)) == [(0, "devops"), (1, "testing")]
+
+
+def test_a_step_pushed_by_a_run_that_died_before_recording_it_is_recorded_not_run_again(
+        forge_settings: Settings, db: Database, forge: object, model: object) -> None:
+    from tests.pipeline_support import REPO, run_task
+    from tests.sample_repo import ISSUE_BODY, ISSUE_TITLE, fixing_script
+
+    task_id = make_task(db, repo=REPO, title=ISSUE_TITLE, body=ISSUE_BODY)
+    with db.session() as session:
+        workflow.create_steps(session, session.get(Task, task_id), ["backend", "frontend"], forge_settings)
+    model.add(*fixing_script())  # type: ignore[attr-defined]
+    first = run_task(forge_settings, db, forge, task_id)  # type: ignore[arg-type]
+    assert first.state == "queued" and first.reason.startswith("step 1 of 2 (backend) done (pushed ")
+    with db.session() as session:  # as if the worker died between its push and the transaction recording it
+        step = session.scalars(select_step(task_id, 0)).one()
+        pushed, step.state, step.commit_sha = step.commit_sha, "running", None
+        task = session.get(Task, task_id)
+        task.workflow_step, task.specialty = 0, "backend"
+    calls = len(model.message_requests)  # type: ignore[attr-defined]
+    again = run_task(forge_settings, db, forge, task_id)  # type: ignore[arg-type]
+    assert again.state == "queued"
+    assert len(model.message_requests) == calls  # type: ignore[attr-defined]  # the model was not asked again
+    with db.session() as session:
+        step = session.scalars(select_step(task_id, 0)).one()
+        assert (step.state, step.commit_sha, step.summary) == ("done", pushed, "Fixed `add` to return the sum.")
+        assert json.loads(step.files or "[]") == ["calc.py"]
+        assert any("already on" in (event.detail or "") for event in session.get(Task, task_id).events)

@@ -144,7 +144,8 @@ class Pipeline:
                                           interval=self.settings.progress_edit_interval_seconds)
             # written at the agent's first step, not here: the first model request waits for no forge call
             job = self.followup
-            specialty = f"{task.specialty} ({self.workflow.name()})" if self.workflow else task.specialty
+            state = self.workflow
+            specialty = f"{task.specialty}, step {state.position + 1} of {len(state.steps)}" if state else task.specialty
             self.status.facts.update(state="running", specialty=specialty, attempt=task.attempt, turns=0,
                                      tests="", pr=f"#{job.pr_number}" if job else "", reason="", advice="",
                                      followup=job.id if job else None)
@@ -461,8 +462,9 @@ class Pipeline:
         workspace.mark_finished("queued")
         detail = self.redact(wf.advance(self.db, held, state, result, self.run_id))
         self.progress(detail)
-        self._status(final=True, state="queued", reason="", advice="", tests=result.tests.headline()
-                     if result.tests else "no tests found", pr=detail)
+        self._status(final=True, state="queued", reason="", pr="", tests=result.tests.headline()
+                     if result.tests else "no tests found",
+                     advice=f"{detail[0].upper()}{detail[1:]}. The pull request opens after the last step.")
         return Outcome(TaskState.QUEUED.value, detail)
 
     def _overlaps(self, held: Claim, files: list[str]) -> list[str]:

@@ -115,9 +115,15 @@ class Held:
         return tool_use("finish", {"summary": "Nothing to change."})
 
 
-def autoscaler(settings: Settings) -> dict[str, Any] | None:
+def worker_stats(settings: Settings) -> dict[str, Any] | None:
+    """The one worker's `inspect stats` reply; None when it did not answer in time (a loaded host)."""
     replies = make_celery(settings).control.inspect(timeout=1).stats() or {}
-    return next(iter(replies.values()))["autoscaler"] if replies else None
+    return next(iter(replies.values())) if replies else None
+
+
+def autoscaler(settings: Settings) -> dict[str, Any] | None:
+    stats = worker_stats(settings)
+    return stats["autoscaler"] if stats else None
 
 
 @pytest.mark.parametrize("pool", ["threads", "prefork"])
@@ -134,14 +140,15 @@ def test_a_worker_grows_to_max_on_its_queue_depth_and_shrinks_back_when_it_drain
     assert wait_for(lambda: autoscaler(settings), timeout=10, what="the worker's stats")["current"] == 1
     app = make_celery(settings)
     ids = [make_task(db, repo=REPO, issue_number=None, title=f"Note {n}") for n in range(4)]
-    for task_id in ids:
-        send_run(app, settings, task_id=task_id, specialty="backend", message=message_id(task_id, 1))
+    for n, task_id in enumerate(ids):  # the last one low: its message is on another priority list of the queue
+        send_run(app, settings, task_id=task_id, specialty="backend", message=message_id(task_id, 1),
+                 priority=-1 if n == 3 else 0)
 
     # four waiting on a worker of one: it grows to three and runs three at once; the fourth waits
     wait_for(lambda: held.waiting == 3, timeout=20, interval=0.1, what="three sessions at once")
     stats = wait_for(lambda: (s := autoscaler(settings)) and s["waiting"] == 1 and s, timeout=10, what="the depth")
     assert stats["current"] == 3 and stats["held"] == 3
-    pool_stats = next(iter(make_celery(settings).control.inspect(timeout=1).stats().values()))["pool"]
+    pool_stats = wait_for(lambda: worker_stats(settings), timeout=10, what="the worker's stats")["pool"]
     assert pool_stats["max-concurrency"] == 3  # what `forgecrew workers` shows as CONC
     held.release.set()
 
@@ -158,7 +165,8 @@ def test_a_worker_grows_to_max_on_its_queue_depth_and_shrinks_back_when_it_drain
     assert "Timed out waiting for UP message" not in processes[0].log()  # prefork: every grown process came up
 
     # Celery's own `celery control autoscale MAX MIN` moves the range of the running worker
-    reply = make_celery(settings).control.autoscale(5, 2, reply=True, timeout=2)
+    reply = wait_for(lambda: make_celery(settings).control.autoscale(5, 2, reply=True, timeout=2), timeout=10,
+                     what="the worker's answer to autoscale")
     assert reply and "min=2" in str(reply) and ("max=3" if pool == "threads" else "max=5") in str(reply)
     wait_for(lambda: (s := autoscaler(settings)) and s["current"] == 2, timeout=10, interval=0.3,
              what="the worker to grow to its new MIN")

@@ -46,18 +46,21 @@ class AutoscalePlan:
 
 
 def autoscale_plan(settings: Settings, queues: Sequence[str], requested: str | None = None) -> AutoscalePlan | None:
-    """The flag, else the consumed specialties' own `autoscale`, else `worker_autoscale`; None = fixed size."""
-    text = requested
-    if text is None:
-        own = {config.autoscale for config in settings.specialties if config.name in queues and config.autoscale}
-        if len(own) > 1:
-            raise SettingsError(f"specialties {', '.join(queues)} set different autoscale ranges ({', '.join(sorted(own))}); "
-                                "run one worker per specialty or pass --autoscale MAX,MIN")
-        text = own.pop() if own else settings.worker_autoscale
-    if text is None:
-        return None
+    """The flag, else the consumed specialties' own `autoscale`, else `worker_autoscale`; None = fixed size.
+
+    A worker consuming several specialties with ranges of their own takes the widest (largest MAX,
+    smallest MIN), so `forgecrew up --single-worker` serves each as configured.
+    """
     try:
-        maximum, minimum = autoscale_range(text)
+        if requested is not None:
+            maximum, minimum = autoscale_range(requested)
+        else:
+            own = [autoscale_range(config.autoscale) for config in settings.specialties
+                   if config.name in queues and config.autoscale]
+            if not own and settings.worker_autoscale is None:
+                return None
+            own = own or [autoscale_range(settings.worker_autoscale)]  # type: ignore[arg-type]
+            maximum, minimum = max(high for high, _ in own), min(low for _, low in own)
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
     return AutoscalePlan(maximum=maximum, minimum=minimum, cooldown=settings.worker_autoscale_cooldown_seconds,

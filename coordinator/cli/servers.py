@@ -114,10 +114,12 @@ def worker(ctx: click.Context, specialties: tuple[str, ...], concurrency: int | 
         raise click.BadParameter(f"unknown specialty {', '.join(unknown)}; known: {', '.join(known)}",
                                  param_hint="--specialty")
     pool = pool or settings.worker_pool
-    plan = autoscale_plan(settings, queues, autoscale)
-    if plan is not None and (concurrency or pool == "solo"):
-        raise click.UsageError("--autoscale sizes the worker itself: drop --concurrency" if concurrency
-                               else "the solo pool runs one task at a time and cannot autoscale; use threads")
+    if autoscale and concurrency:
+        raise click.UsageError("--autoscale sizes the worker itself: drop --concurrency")
+    # a --concurrency flag is a fixed size asked for now: it beats an autoscale setting
+    plan = None if concurrency else autoscale_plan(settings, queues, autoscale)
+    if plan is not None and pool == "solo":
+        raise click.UsageError("the solo pool runs one task at a time and cannot autoscale; use threads")
     guard_agent_host(settings)
     check_database(settings)
     wait_for_broker(settings)  # bounded at start; once running, Celery reconnects for ever

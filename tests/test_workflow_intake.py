@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -20,9 +20,12 @@ from coordinator.app import create_app
 from tests.support import headers, labeled_issue, queue_key
 
 
+TOKEN = "workflow-api-token-0123456789abcdef"
+
+
 @pytest.fixture
-def client(settings: Settings, db: Database) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, run_reconciler=False)) as test_client:
+def client(make_settings: Callable[..., Settings], db: Database) -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings(api_token=TOKEN), run_reconciler=False)) as test_client:
         yield test_client
 
 
@@ -80,3 +83,13 @@ def test_a_label_added_later_adds_a_step_until_the_workflow_has_passed_its_place
     assert steps(db, task_id)[-1] == (2, "testing", "pending")
     refused = label(client, "forgecrew:frontend", "forgecrew:backend", "forgecrew:testing", "forgecrew:backend")
     assert refused["status"] == f"recorded: task {task_id} already has a backend step"
+
+
+def test_the_rest_api_lists_a_workflows_steps(client: TestClient, db: Database) -> None:
+    task_id = label(client, "forgecrew:testing", "forgecrew:backend")["task_id"]
+    response = client.get(f"/api/v1/tasks/{task_id}", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 200, response.text
+    detail = response.json()
+    assert detail["workflow_step"] == 0
+    assert [(s["position"], s["specialty"], s["state"], s["files"]) for s in detail["steps"]] == [
+        (0, "backend", "pending", []), (1, "testing", "pending", [])]

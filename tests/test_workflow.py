@@ -22,6 +22,8 @@ from workers.llm import Usage
 from workers.prompts import workflow_section
 from workers.publish import PublishRequest, pr_body
 
+pytestmark = pytest.mark.integration  # PostgreSQL, Redis
+
 
 def settings_with(**values: object) -> Settings:
     return Settings(database_url="postgresql://unused/none", broker_url="redis://127.0.0.1:6379/15", **values)

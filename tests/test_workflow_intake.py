@@ -19,6 +19,8 @@ from common.settings import Settings
 from coordinator.app import create_app
 from tests.support import headers, labeled_issue, queue_key
 
+pytestmark = pytest.mark.integration  # PostgreSQL, Redis
+
 
 TOKEN = "workflow-api-token-0123456789abcdef"
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from common.db import Database, db_now
 from common.forge.base import Forge
@@ -156,7 +157,7 @@ class StepResult:
     cost_usd: float | None
 
 
-def complete(session, task: Task, position: int, result: StepResult, run_id: int | None) -> WorkflowStep:  # type: ignore[no-untyped-def]
+def complete(session: Session, task: Task, position: int, result: StepResult, run_id: int | None) -> WorkflowStep:
     """Mark the step done, in the caller's (fenced) transaction."""
     step = _step(session, task.id, position)
     step.state, step.summary, step.commit_sha = "done", result.summary[:8000], result.commit_sha
@@ -190,9 +191,9 @@ def advance(db: Database, held: Claim, state: WorkflowState, result: StepResult,
     return detail
 
 
-def fail_step(session, task_id: int, position: int, reason: str) -> None:  # type: ignore[no-untyped-def]
+def fail_step(session: Session, task_id: int, position: int, reason: str) -> None:
     step = _step(session, task_id, position)
-    if step is not None and step.state != "done":
+    if step.state != "done":
         step.state, step.detail, step.finished_at = "failed", reason[:4000], db_now(session)
 
 
@@ -261,11 +262,14 @@ def push_step(forge: Forge, settings: Settings, workspace: Workspace, message: s
     return change.commit, changed_files(change.git_dir, change.parent, change.commit)
 
 
-def _steps(session, task_id: int) -> list[WorkflowStep]:  # type: ignore[no-untyped-def]
+def _steps(session: Session, task_id: int) -> list[WorkflowStep]:
     return list(session.scalars(select(WorkflowStep).where(WorkflowStep.task_id == task_id)
                                 .order_by(WorkflowStep.position)))
 
 
-def _step(session, task_id: int, position: int) -> WorkflowStep:  # type: ignore[no-untyped-def]
-    return session.scalar(select(WorkflowStep).where(WorkflowStep.task_id == task_id,
+def _step(session: Session, task_id: int, position: int) -> WorkflowStep:
+    step = session.scalar(select(WorkflowStep).where(WorkflowStep.task_id == task_id,
                                                      WorkflowStep.position == position))
+    if step is None:
+        raise LookupError(f"task {task_id} has no workflow step {position}")
+    return step

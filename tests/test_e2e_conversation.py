@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from common.forge.local import LocalForge
 from common.models import CommentCommand, Task, TaskRun
 from common.settings import Settings
 from tests.conftest import settings_env
-from tests.fakes.anthropic_server import DEFAULT_KEY, FakeAnthropic, tool_use
+from tests.fakes.anthropic_server import DEFAULT_KEY, FakeAnthropic, Gate, tool_use
 from tests.fakes.github_server import FakeGitHub
 from tests.followup_support import review_payload
 from tests.sample_repo import ISSUE_BODY, ISSUE_TITLE, fixing_script, write_sample
@@ -84,17 +83,6 @@ def comment(github: FakeGitHub, text: str, *, author: str = "maintainer") -> dic
     data["sender"] = {**data["sender"], "login": author, "type": "User"}
     return data
 
-
-class Gate:
-    """A script step that holds the model's reply until the test opens the gate."""
-
-    def __init__(self, reply: Any) -> None:
-        self.reply, self.reached, self.opened = reply, threading.Event(), threading.Event()
-
-    def __call__(self, request: Any) -> Any:
-        self.reached.set()
-        assert self.opened.wait(60), "the test never opened the gate"
-        return self.reply
 
 
 def label(url: str) -> int:

@@ -26,7 +26,7 @@ from coordinator.dispatch import Dispatcher
 from coordinator.intake import NewTask, insert_task
 from coordinator.triage import TriageDecision
 from tests.conftest import settings_env
-from tests.fakes.anthropic_server import DEFAULT_KEY, FakeAnthropic
+from tests.fakes.anthropic_server import DEFAULT_KEY, FakeAnthropic, Gate
 from tests.sample_repo import ISSUE_BODY, ISSUE_TITLE, fixing_script, write_sample
 from tests.support import Process, deliver, labeled_issue, start_coordinator, start_worker, wait_for
 
@@ -35,17 +35,6 @@ REPO = "acme/calc"
 IN_FLIGHT = ("running", "testing")
 API_TOKEN = "scheduling-test-api-token-0123456789"
 
-
-class Gate:
-    """A script step that holds the model's reply until the test opens the gate."""
-
-    def __init__(self, reply: Any) -> None:
-        self.reply, self.reached, self.opened = reply, threading.Event(), threading.Event()
-
-    def __call__(self, request: Any) -> Any:
-        self.reached.set()
-        assert self.opened.wait(60), "the test never opened the gate"
-        return self.reply
 
 
 class RunningSampler:

@@ -8,7 +8,6 @@ is still thinking.
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -25,7 +24,7 @@ from coordinator.llm_triage import TOOL_NAME
 from coordinator.services import Services, build_services
 from coordinator.webhooks.endpoint import process_delivery
 from tests.conftest import settings_env
-from tests.fakes.anthropic_server import DEFAULT_KEY, FakeAnthropic, Reply, Spec, error, text, tool_use
+from tests.fakes.anthropic_server import DEFAULT_KEY, FakeAnthropic, Gate, Reply, Spec, error, text, tool_use
 from tests.support import Process, deliver, labeled_issue, start_coordinator, wait_for
 
 pytestmark = pytest.mark.integration
@@ -34,17 +33,6 @@ VAGUE = {"title": "Make the settings screen friendlier", "body": "People get los
 # The rules send this one to backend
 SERVERISH = {"title": "Orders endpoint times out", "body": "The server takes 30 s on large orders."}
 
-
-class Gate:
-    """A scripted reply that waits until the test opens the gate."""
-
-    def __init__(self, reply: Spec) -> None:
-        self.reply, self.entered, self.opened = reply, threading.Event(), threading.Event()
-
-    def __call__(self, body: dict[str, Any]) -> Spec:
-        self.entered.set()
-        self.opened.wait(30)
-        return self.reply
 
 
 def classify(specialties: list[str], confidence: float, reason: str = "a change to a settings page") -> Reply:
@@ -79,7 +67,7 @@ def test_the_webhook_is_answered_before_the_model_and_the_task_goes_where_it_dec
     processes.append(coordinator)
     try:
         answer = deliver(url, "issues", labeled_issue("forgecrew", number=501, **VAGUE))
-        wait_for(gate.entered.is_set, timeout=10, what="the model asked")
+        wait_for(gate.reached.is_set, timeout=10, what="the model asked")
         # the model is still thinking: the delivery is answered and committed, the task pending
         assert not gate.opened.is_set()
         task_id = answer["task_id"]

@@ -141,6 +141,23 @@ def dropped() -> Dropped:
 # ---- request validation, as the real API does it -----------------------------------------------
 
 
+class Gate:
+    """A script step that holds the model's reply until the test opens the gate.
+
+    `reached` is set once a request got here: the agent (or triage) is mid-call, and the test can
+    act on the state that holds meanwhile (a comment, a kill, a second delivery) before `opened`.
+    """
+
+    def __init__(self, reply: Any, *, wait: float = 60.0) -> None:
+        self.reply, self.wait = reply, wait
+        self.reached, self.opened = threading.Event(), threading.Event()
+
+    def __call__(self, request: Any) -> Any:
+        self.reached.set()
+        assert self.opened.wait(self.wait), "the test never opened the gate"
+        return self.reply
+
+
 def _blocks(content: Any) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []

@@ -261,13 +261,19 @@ def wait_final(db: Database, task_id: int, *, timeout: float = 150) -> Story:
 
 
 def queued_messages(settings: Settings) -> list[str]:
-    """Ids of the messages waiting on every specialty queue of the broker (Redis)."""
+    """Ids of the messages waiting on every specialty queue of the broker (Redis), of every priority.
+
+    kombu keeps one list per priority step: the queue's name for step 0, `<queue>:<step>` for the rest.
+    """
     import redis
 
+    from common.celery_app import REDIS_PRIORITY_STEPS, REDIS_SEP
     from common.specialties import queue_names
 
     client = redis.Redis.from_url(settings.broker_url)
-    return [json.loads(raw)["headers"]["id"] for queue in queue_names(settings) for raw in client.lrange(queue, 0, -1)]
+    keys = [queue if step == 0 else f"{queue}{REDIS_SEP}{step}"
+            for queue in queue_names(settings) for step in REDIS_PRIORITY_STEPS]
+    return [json.loads(raw)["headers"]["id"] for key in keys for raw in client.lrange(key, 0, -1)]
 
 
 def deliver(url: str, data: dict[str, Any], *, event: str = "issues", delivery: str | None = None) -> httpx.Response:

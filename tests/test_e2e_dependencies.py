@@ -185,6 +185,7 @@ def test_overlapping_tasks_are_noted_or_serialized_on_the_local_forge(
     assert second.wait_reason == (f"overlaps task {first.id}'s PR #{first.pr_number} (calc.py); starts again "
                                   "once it merges or closes")
     assert [pull["number"] for pull in forge.pull_requests(serial)] == [first.pr_number]  # nothing pushed
+    assert second.attempt == 0  # its fresh run after the wait is not counted as a retry of a lost worker
     assert not forge._has_branch(serial, second.branch or "")
 
     seen: list[str] = []

@@ -483,6 +483,9 @@ class Pipeline:
         with self.db.session() as session:
             row = load_fenced(session, held)
             row.wait_reason, row.waiting_since = reason, db_now(session)
+            # this run ended as it should: the fresh run after the wait is not a retry of a lost worker,
+            # so it gets MAX_ATTEMPTS of its own (as each workflow step does)
+            row.attempt = 0
             transition(session, row, TaskState.WAITING, actor=held.owner, detail=f"waiting: {reason}"[:1000])
             release(row)
         self.progress(f"waiting: {reason}")

@@ -108,9 +108,13 @@ def test_labeled_issue_becomes_a_pr_on_github(make_settings, db: Database, model
         [pr] = github.pulls(REPO)
         assert task.pr_number == pr.number and pr.head == task.branch
         assert "Fixes #1" in pr.body and "passed" in pr.body and "forgecrew:tests-failing" not in pr.labels
-        issue = github.issue(REPO, 1)
-        assert "forgecrew:pr-open" in issue.labels and "forgecrew:working" not in issue.labels
-        assert any(str(pr.number) in comment["body"] for comment in issue.comments)
+        # the task records pr_open first, then the worker announces it on the issue (labels, comment)
+        def announced() -> Any:
+            issue = github.issue(REPO, 1)
+            labelled = "forgecrew:pr-open" in issue.labels and "forgecrew:working" not in issue.labels
+            return issue if labelled and any(str(pr.number) in c["body"] for c in issue.comments) else None
+
+        wait_for(announced, timeout=30, what="the PR announced on the issue")
         assert github.violations == []
         first = json.dumps(model.message_requests[0].body)
         assert "It returns -1 for me too." in first  # a writer's comment is read

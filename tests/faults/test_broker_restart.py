@@ -87,6 +87,11 @@ def test_broker_restarted_empty_every_task_not_started_is_sent_again_none_twice(
     private_redis.start()  # empty: issues 2 and 3's messages are gone
     restarted = time.monotonic()
     assert queued_messages(settings) == []
+    # issue 1 holds the only worker slot until every resend is recorded: a free worker could claim a
+    # resent task before the reconciler records its send, and then the claim records the step instead
+    wait_for(lambda: all(len(sends(db, ids[n])) == 2 for n in QUEUED) and all(len(sends(db, ids[n])) == 1
+                                                                             for n in DOWN),
+             timeout=60, what="the reconciler to resend every task not started")
     opened.set()
     ends = {number: wait_final(db, task_id, timeout=180) for number, task_id in ids.items()}
     recovered = time.monotonic() - restarted

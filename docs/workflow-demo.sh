@@ -6,12 +6,14 @@ DEMO=${DEMO:-$(mktemp -d -t forgecrew-workflow-demo.XXXXXX)}
 export ROOT=$(cd "$(dirname "$0")/.." && pwd) DEMO
 export FORGECREW_HOME=$DEMO/home PATH=$ROOT/.venv/bin:$PATH PYTHONPATH=$ROOT
 export FORGECREW_ANTHROPIC_API_KEY=sk-ant-api03-fake-test-key-000000000000
-rm -rf "$DEMO/home" "$DEMO/calc"
+rm -rf "$DEMO/home" "$DEMO/calc" && mkdir -p "$DEMO"
 python "$ROOT/docs/workflow_demo_model.py" > "$DEMO/model.log" 2>&1 & MODEL=$!
 sleep 2; export FORGECREW_ANTHROPIC_BASE_URL=$(head -1 "$DEMO/model.log")
 forgecrew up --port 8765 --no-flower > "$DEMO/up.log" 2>&1 & UP=$!
 trap 'kill -INT $UP 2>/dev/null; wait $UP 2>/dev/null; kill $MODEL 2>/dev/null' EXIT
-until curl -sf http://127.0.0.1:8765/readyz > /dev/null; do sleep 1; done
+until curl -sf http://127.0.0.1:8765/readyz > /dev/null; do
+  kill -0 $UP 2>/dev/null || { tail -n 30 "$DEMO/up.log"; exit 1; }; sleep 1
+done
 echo "\$ forgecrew up --port 8765 --no-flower   (ready; model at $FORGECREW_ANTHROPIC_BASE_URL)"
 # the local forge has no issue tracker of its own: seed the repository and issue 1
 python - <<'PY'

@@ -66,3 +66,19 @@ def load(db: Database, task_id: int) -> Task:
 def pushed_file(forge: LocalForge, branch: str, path: str, repo: str = REPO) -> str:
     return subprocess.run(["git", "--git-dir", str(forge.bare_path(repo)), "show", f"{branch}:{path}"],
                           capture_output=True, text=True, check=True).stdout
+
+
+def github_cluster_settings(make_settings: Callable[..., Settings], github_api_url: str, model: FakeAnthropic,
+                            tmp_path: Path, *, repo: str, token: str, **overrides: object) -> Settings:
+    """Settings of a cluster against the fake GitHub, whose repository `repo` is cloned from tmp_path/git.
+
+    The sample repository is written there first; follow-ups and retries are quick (a reaper each
+    second, progress edits unthrottled) unless `overrides` say otherwise.
+    """
+    git_root = tmp_path / "git"
+    LocalForge(make_settings(local_forge_root=git_root)).create_repo(repo, write_sample(tmp_path / "sample"))
+    quick: dict[str, object] = {"reaper_interval_seconds": 1, "progress_edit_interval_seconds": 0}
+    return make_settings(
+        forge="github", github_token=token, github_api_url=github_api_url,
+        clone_url_template=f"file://{git_root}/{{full_name}}.git", github_write_interval_seconds=0,
+        anthropic_api_key=DEFAULT_KEY, anthropic_base_url=model.base_url, **{**quick, **overrides})

@@ -19,14 +19,14 @@ import pytest
 from sqlalchemy import select
 
 from common.db import Database
-from common.forge.local import LocalForge
 from common.models import Followup, Task, TaskRun
 from common.settings import Settings
 from tests.ci_support import check_run_payload, check_suite_payload, status_payload
 from tests.conftest import settings_env
-from tests.fakes.anthropic_server import DEFAULT_KEY, FakeAnthropic, tool_use
+from tests.fakes.anthropic_server import FakeAnthropic, tool_use
 from tests.fakes.github_server import FakeGitHub
-from tests.sample_repo import ISSUE_BODY, ISSUE_TITLE, fixing_script, write_sample
+from tests.sample_repo import ISSUE_BODY, ISSUE_TITLE, fixing_script
+from tests.pipeline_support import github_cluster_settings
 from tests.support import Process, headers, labeled_issue, start_coordinator, start_worker, wait_for
 
 pytestmark = pytest.mark.integration
@@ -63,12 +63,8 @@ def github(git_root: Path) -> Iterator[FakeGitHub]:
 def cluster(make_settings: Callable[..., Settings], github: FakeGitHub, model: FakeAnthropic, tmp_path: Path,
             git_root: Path, processes: list[Process]) -> str:
     """A coordinator and a backend worker against the fake GitHub, one CI fix allowed per PR; the coordinator URL."""
-    LocalForge(make_settings(local_forge_root=git_root)).create_repo(REPO, write_sample(tmp_path / "sample"))
-    settings: Settings = make_settings(
-        forge="github", github_token=TOKEN, github_api_url=github.api_url,
-        clone_url_template=f"file://{git_root}/{{full_name}}.git", github_write_interval_seconds=0,
-        anthropic_api_key=DEFAULT_KEY, anthropic_base_url=model.base_url, reaper_interval_seconds=1,
-        progress_edit_interval_seconds=0, max_ci_fixes_per_pr=1)
+    settings = github_cluster_settings(make_settings, github.api_url, model, tmp_path, repo=REPO,
+                                       token=TOKEN, max_ci_fixes_per_pr=1)
     env = settings_env(settings)
     coordinator, url = start_coordinator(env, tmp_path)
     processes.append(coordinator)

@@ -17,18 +17,18 @@ import pytest
 from sqlalchemy import select
 
 from common.db import Database
-from common.forge.local import LocalForge
 from common.models import Followup, Task, TaskRun
 from common.settings import Settings
 from tests.conftest import settings_env
-from tests.fakes.anthropic_server import DEFAULT_KEY, FakeAnthropic, tool_use
+from tests.fakes.anthropic_server import FakeAnthropic, tool_use
 from tests.fakes.github_server import FakeGitHub
 from tests.followup_support import (
     pr_comment_payload,
     review_comment_payload,
     review_payload,
 )
-from tests.sample_repo import ISSUE_BODY, ISSUE_TITLE, fixing_script, write_sample
+from tests.sample_repo import ISSUE_BODY, ISSUE_TITLE, fixing_script
+from tests.pipeline_support import github_cluster_settings
 from tests.support import (
     Process,
     deliver,
@@ -63,13 +63,8 @@ def cluster(make_settings: Callable[..., Settings], github: FakeGitHub, model: F
     """Start a coordinator and a backend worker against the fake GitHub; returns settings and the coordinator URL."""
 
     def start() -> tuple[Settings, str]:
-        git_root = tmp_path / "git"
-        LocalForge(make_settings(local_forge_root=git_root)).create_repo(REPO, write_sample(tmp_path / "sample"))
-        settings: Settings = make_settings(
-            forge="github", github_token=TOKEN, github_api_url=github.api_url,
-            clone_url_template=f"file://{git_root}/{{full_name}}.git", github_write_interval_seconds=0,
-            anthropic_api_key=DEFAULT_KEY, anthropic_base_url=model.base_url, reaper_interval_seconds=1,
-            progress_edit_interval_seconds=0)
+        settings = github_cluster_settings(make_settings, github.api_url, model, tmp_path, repo=REPO,
+                                           token=TOKEN)
         env = settings_env(settings)
         coordinator, url = start_coordinator(env, tmp_path)
         processes.append(coordinator)

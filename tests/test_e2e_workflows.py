@@ -29,6 +29,7 @@ from tests.conftest import settings_env
 from tests.fakes.anthropic_server import DEFAULT_KEY, FakeAnthropic, error, tool_use
 from tests.fakes.github_server import FakeGitHub
 from tests.sample_repo import ISSUE_BODY, ISSUE_TITLE, fixing_script, write_sample
+from tests.pipeline_support import github_cluster_settings
 from tests.support import Process, deliver, labeled_issue, start_coordinator, start_worker, wait_for
 from tests.test_e2e_plans import REPO, TOKEN, first_message, say
 from tests.test_ops_cli import as_json, forgecrew
@@ -87,12 +88,8 @@ def on_github(make_settings: Callable[..., Settings], github: FakeGitHub, model:
 
     def start(workers: int = 1, **overrides: Any) -> tuple[str, Path, list[Process]]:
         git_root = tmp_path / "git"
-        LocalForge(make_settings(local_forge_root=git_root)).create_repo(REPO, write_sample(tmp_path / "sample"))
-        settings: Settings = make_settings(
-            forge="github", github_token=TOKEN, github_api_url=github.api_url,
-            clone_url_template=f"file://{git_root}/{{full_name}}.git", github_write_interval_seconds=0,
-            anthropic_api_key=DEFAULT_KEY, anthropic_base_url=model.base_url, reaper_interval_seconds=1,
-            progress_edit_interval_seconds=0, **overrides)
+        settings = github_cluster_settings(make_settings, github.api_url, model, tmp_path, repo=REPO,
+                                           token=TOKEN, **overrides)
         env = settings_env(settings)
         coordinator, url = start_coordinator(env, tmp_path)
         processes.append(coordinator)
